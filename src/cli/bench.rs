@@ -1,0 +1,78 @@
+//! `edgerun bench ...`: one subcommand per benchmark.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::Result;
+use clap::{Args, Subcommand};
+
+use super::GlobalArgs;
+use super::settings::Runtime;
+use crate::bench::ocr::{self, OcrBenchSettings, Reference};
+
+#[derive(Debug, Args)]
+pub struct BenchArgs {
+    #[command(subcommand)]
+    pub which: Benchmark,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Benchmark {
+    /// Word accuracy and latency of each OCR operating point, end-to-end OCR, and parity
+    /// with the Python reference.
+    Ocr(OcrBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct OcrBenchArgs {
+    /// Crops per word dataset (default: all).
+    #[arg(long, value_name = "N")]
+    pub samples: Option<usize>,
+    /// ICDAR 2015 end-to-end images to read (0 skips the end-to-end run).
+    #[arg(long, default_value_t = 250, value_name = "N")]
+    pub e2e_images: usize,
+    /// Cascade thresholds to measure (the first is used end to end).
+    #[arg(long, value_delimiter = ',', default_values_t = [0.9f32, 0.97], value_name = "P,...")]
+    pub thresholds: Vec<f32>,
+    /// Decode printable ASCII only.
+    #[arg(long)]
+    pub ascii: bool,
+    /// Longest image side the detector sees.
+    #[arg(long, default_value_t = 960, value_name = "PX")]
+    pub det_limit: u32,
+    /// Skip the Python reference (parity and speed ratio).
+    #[arg(long)]
+    pub no_reference: bool,
+    /// Python interpreter for the reference (needs export/requirements.txt).
+    #[arg(long, default_value = "python3", value_name = "PATH")]
+    pub python: PathBuf,
+    /// Where to write the JSON report.
+    #[arg(long, default_value = "bench-results/ocr.json", value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
+    let runtime = Runtime::from_args(global)?;
+    match &args.which {
+        Benchmark::Ocr(a) => {
+            let pipeline = runtime.ocr_pipeline()?;
+            let settings = OcrBenchSettings {
+                samples: a.samples,
+                e2e_images: a.e2e_images,
+                thresholds: a.thresholds.clone(),
+                ascii_only: a.ascii,
+                det_limit: a.det_limit,
+                threads: runtime.threads,
+                reference: (!a.no_reference).then(|| Reference {
+                    python: a.python.clone(),
+                    script: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("export/reference_ocr.py"),
+                    models: runtime.models_root.join("ocr"),
+                }),
+                out: a.out.clone(),
+            };
+            ocr::run(&pipeline, &settings)?;
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}

@@ -1,0 +1,78 @@
+//! The command line: what the user typed ([`Cli`], parsed by clap) is kept apart from the
+//! settings the runtime resolves from it ([`settings`]); each subcommand has one entry point.
+//! Nothing here does inference itself.
+
+mod bench;
+mod ocr;
+pub mod settings;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+pub use self::bench::BenchArgs;
+pub use self::ocr::OcrArgs;
+
+/// Adaptive inference runtime for edge devices.
+#[derive(Debug, Parser)]
+#[command(name = "edgerun", version, about, propagate_version = true)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: GlobalArgs,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// Settings every subcommand understands.
+#[derive(Debug, Args)]
+pub struct GlobalArgs {
+    /// Models folder (default: $EDGERUN_MODELS, ./models, or the source tree's models/).
+    #[arg(long, global = true, value_name = "DIR")]
+    pub models: Option<PathBuf>,
+    /// Threads per model run.
+    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
+    pub threads: usize,
+    /// Log more (-v info, -vv debug); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Read the text in images (scene-text recognition).
+    Ocr(OcrArgs),
+    /// Run a benchmark: print a table and write JSON.
+    Bench(BenchArgs),
+}
+
+/// Recognizer choice as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum RecArg {
+    Tiny,
+    Small,
+    Cascade,
+}
+
+/// Runs the parsed command.
+pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
+    match cli.command {
+        Command::Ocr(args) => ocr::run(&cli.global, &args),
+        Command::Bench(args) => bench::run(&cli.global, &args),
+    }
+}
+
+/// Logs go to stderr so stdout stays machine-readable.
+pub fn init_logging(verbose: u8) {
+    let default = match verbose {
+        0 => "warn",
+        1 => "info",
+        _ => "debug",
+    };
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .try_init();
+}

@@ -1,0 +1,136 @@
+//! The shared benchmark data, for tests and benchmarks; the runtime never reads it.
+//!
+//! Everything is found through [`root`] (env `EDGERUN_DATA`, default `../shared/data`), and
+//! nothing is copied into the repository.
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+/// The data folder: `EDGERUN_DATA`, else `../shared/data`.
+pub fn root() -> PathBuf {
+    std::env::var_os("EDGERUN_DATA")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("../shared/data"))
+}
+
+/// A cropped word image and its label.
+#[derive(Debug, Clone)]
+pub struct WordCrop {
+    pub path: PathBuf,
+    pub label: String,
+}
+
+/// IIIT5K-Words test set (3000 crops).
+pub fn iiit5k() -> Result<Vec<WordCrop>> {
+    read_tags(&root().join("ocr/iiit5k"))
+}
+
+/// ICDAR 2015 word recognition test set (2077 crops).
+pub fn ic15_words() -> Result<Vec<WordCrop>> {
+    read_tags(&root().join("ocr/ic15-words"))
+}
+
+/// Reads `test.tags`: `relative/path.png LABEL` per line (labels may contain spaces).
+fn read_tags(dir: &Path) -> Result<Vec<WordCrop>> {
+    let tags = dir.join("test.tags");
+    let text = std::fs::read_to_string(&tags)
+        .with_context(|| format!("reading {} (set EDGERUN_DATA?)", tags.display()))?;
+    text.lines()
+        .filter(|l| !l.trim().is_empty())
+        .map(|line| {
+            let (path, label) = line
+                .split_once(' ')
+                .with_context(|| format!("{}: bad line {line:?}", tags.display()))?;
+            Ok(WordCrop {
+                path: dir.join(path),
+                label: label.to_string(),
+            })
+        })
+        .collect()
+}
+
+/// A ground-truth word of an end-to-end image.
+#[derive(Debug, Clone)]
+pub struct GtWord {
+    pub quad: [[f64; 2]; 4],
+    pub text: String,
+    /// `false` for `###` (don't care) regions.
+    pub care: bool,
+}
+
+/// A full scene image with its ground-truth words.
+#[derive(Debug, Clone)]
+pub struct SceneImage {
+    pub path: PathBuf,
+    pub words: Vec<GtWord>,
+}
+
+/// ICDAR 2015 end-to-end test images `img_1..img_count` (at most 250 here).
+pub fn ic15_e2e(count: usize) -> Result<Vec<SceneImage>> {
+    let dir = root().join("ocr/ic15-e2e");
+    (1..=count)
+        .map(|n| {
+            let gt = dir.join(format!("Gts/gt_img_{n}.txt"));
+            let text = std::fs::read_to_string(&gt)
+                .with_context(|| format!("reading {} (set EDGERUN_DATA?)", gt.display()))?;
+            let words = text
+                .trim_start_matches('\u{feff}')
+                .lines()
+                .filter(|l| !l.trim().is_empty())
+                .map(|l| parse_gt_line(l).with_context(|| format!("{}: {l:?}", gt.display())))
+                .collect::<Result<_>>()?;
+            Ok(SceneImage {
+                path: dir.join(format!("Imgs/img_{n}.jpg")),
+                words,
+            })
+        })
+        .collect()
+}
+
+/// `x1,y1,...,x4,y4,TEXT` where TEXT may itself contain commas.
+fn parse_gt_line(line: &str) -> Result<GtWord> {
+    let fields: Vec<&str> = line.trim_end_matches('\r').splitn(9, ',').collect();
+    if fields.len() != 9 {
+        bail!("expected 8 coordinates and a text");
+    }
+    let mut quad = [[0.0; 2]; 4];
+    for i in 0..8 {
+        quad[i / 2][i % 2] = fields[i].trim().parse()?;
+    }
+    let text = fields[8].to_string();
+    Ok(GtWord {
+        quad,
+        care: text != "###",
+        text,
+    })
+}
+
+/// The standard recognition protocol's comparison key: lower-case ASCII letters and digits only.
+pub fn word_key(s: &str) -> String {
+    s.chars()
+        .filter(char::is_ascii_alphanumeric)
+        .map(|c| c.to_ascii_lowercase())
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn gt_text_may_contain_commas() {
+        let w = parse_gt_line("1,2,3,4,5,6,7,8,a,b").unwrap();
+        assert_eq!(w.text, "a,b");
+        assert_eq!(w.quad[3], [7.0, 8.0]);
+        assert!(w.care);
+        assert!(!parse_gt_line("1,2,3,4,5,6,7,8,###").unwrap().care);
+        assert!(parse_gt_line("1,2,3").is_err());
+    }
+
+    #[test]
+    fn word_key_is_case_insensitive_alphanumeric() {
+        assert_eq!(word_key("Don't-STOP 42!"), "dontstop42");
+        assert_eq!(word_key("é-"), "");
+    }
+}

@@ -1,0 +1,231 @@
+//! Image decoding with limits, and the pixel operations the vision models were trained with.
+//!
+//! Decoding refuses oversized or malformed input before allocating for it, so a hostile
+//! header cannot exhaust memory. Resampling follows OpenCV's `INTER_LINEAR` (half-pixel
+//! centres, no antialiasing) because PP-OCR's published preprocessing uses it: a different
+//! filter changes what the recognizer reads. This module knows nothing about models.
+
+use std::io::Cursor;
+
+use image::{ImageFormat, ImageReader, Limits, RgbImage};
+use ndarray::ArrayViewMut3;
+
+/// Default upper bound on decoded pixels (width x height): a 48-megapixel photo.
+pub const DEFAULT_MAX_PIXELS: u64 = 48_000_000;
+
+/// Why bytes could not become an image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("not a PNG or JPEG image")]
+    Unsupported,
+    #[error("image has zero size ({width}x{height})")]
+    Empty { width: u32, height: u32 },
+    #[error("image is {width}x{height} ({} MP), above the limit of {} MP", (*width as u64 * *height as u64) / 1_000_000, max_pixels / 1_000_000)]
+    TooLarge {
+        width: u32,
+        height: u32,
+        max_pixels: u64,
+    },
+    #[error("malformed image: {0}")]
+    Malformed(String),
+}
+
+impl ImageError {
+    /// The stable error code for responses (`unsupported_media`, `too_large`, `bad_request`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            ImageError::Unsupported => "unsupported_media",
+            ImageError::TooLarge { .. } => "too_large",
+            ImageError::Empty { .. } | ImageError::Malformed(_) => "bad_request",
+        }
+    }
+}
+
+/// Decodes a PNG or JPEG into 8-bit RGB, checking its size from the header first.
+pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
+    let reader = || -> Result<ImageReader<Cursor<&[u8]>>, ImageError> {
+        let reader = ImageReader::new(Cursor::new(bytes))
+            .with_guessed_format()
+            .map_err(|e| ImageError::Malformed(e.to_string()))?;
+        match reader.format() {
+            Some(ImageFormat::Png | ImageFormat::Jpeg) => Ok(reader),
+            _ => Err(ImageError::Unsupported),
+        }
+    };
+    let (width, height) = reader()?
+        .into_dimensions()
+        .map_err(|e| ImageError::Malformed(e.to_string()))?;
+    if width == 0 || height == 0 {
+        return Err(ImageError::Empty { width, height });
+    }
+    if width as u64 * height as u64 > max_pixels {
+        return Err(ImageError::TooLarge {
+            width,
+            height,
+            max_pixels,
+        });
+    }
+    let mut reader = reader()?;
+    let mut limits = Limits::default();
+    // Decoded RGBA at 16 bits per channel is the worst case the decoders allocate.
+    limits.max_alloc = Some(max_pixels.saturating_mul(8).max(1 << 20));
+    reader.limits(limits);
+    let image = reader
+        .decode()
+        .map_err(|e| ImageError::Malformed(e.to_string()))?;
+    Ok(image.into_rgb8())
+}
+
+/// Resizes like OpenCV's `cv::resize(..., INTER_LINEAR)`.
+pub fn resize_bilinear(src: &RgbImage, width: u32, height: u32) -> RgbImage {
+    assert!(width > 0 && height > 0, "resize to zero size");
+    if src.dimensions() == (width, height) {
+        return src.clone();
+    }
+    let xs = taps(src.width(), width);
+    let ys = taps(src.height(), height);
+    let (src_w, raw) = (src.width() as usize, src.as_raw());
+    let mut out = RgbImage::new(width, height);
+    for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
+        let (row0, row1) = (y0 * src_w * 3, y1 * src_w * 3);
+        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
+            let px = out.get_pixel_mut(x as u32, y as u32);
+            for c in 0..3 {
+                let at = |row: usize, col: usize| raw[row + col * 3 + c] as f32;
+                let top = at(row0, x0) * (1.0 - fx) + at(row0, x1) * fx;
+                let bottom = at(row1, x0) * (1.0 - fx) + at(row1, x1) * fx;
+                px.0[c] = (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
+            }
+        }
+    }
+    out
+}
+
+/// For each destination index: the two source indices and the weight of the second.
+fn taps(src: u32, dst: u32) -> Vec<(usize, usize, f32)> {
+    let scale = src as f64 / dst as f64;
+    let last = src as usize - 1;
+    (0..dst)
+        .map(|d| {
+            let pos = (d as f64 + 0.5) * scale - 0.5;
+            let base = pos.floor();
+            let frac = pos - base;
+            if base < 0.0 {
+                (0, 0, 0.0)
+            } else if base as usize >= last {
+                (last, last, 0.0)
+            } else {
+                (base as usize, base as usize + 1, frac as f32)
+            }
+        })
+        .collect()
+}
+
+/// Writes `img` into a `[3, h, w]` tensor in BGR channel order as `(x / 255 - mean) / std`,
+/// with `mean` and `std` given per output channel (B, G, R). Pixels beyond the image stay
+/// untouched, so the caller decides the padding value.
+pub fn write_bgr_normalized(
+    img: &RgbImage,
+    mut out: ArrayViewMut3<'_, f32>,
+    mean: [f32; 3],
+    std: [f32; 3],
+) {
+    let (h, w) = (out.shape()[1], out.shape()[2]);
+    assert!(
+        img.height() as usize <= h && img.width() as usize <= w,
+        "image larger than its tensor"
+    );
+    for (x, y, px) in img.enumerate_pixels() {
+        for (channel, rgb) in [2usize, 1, 0].into_iter().enumerate() {
+            out[[channel, y as usize, x as usize]] =
+                (px.0[rgb] as f32 / 255.0 - mean[channel]) / std[channel];
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+    use ndarray::Array3;
+
+    fn encode_png(img: &RgbImage) -> Vec<u8> {
+        let mut bytes = Vec::new();
+        img.write_to(&mut Cursor::new(&mut bytes), ImageFormat::Png)
+            .unwrap();
+        bytes
+    }
+
+    #[test]
+    fn decodes_png_to_rgb() {
+        let img = RgbImage::from_pixel(7, 3, Rgb([10, 20, 30]));
+        let decoded = decode(&encode_png(&img), DEFAULT_MAX_PIXELS).unwrap();
+        assert_eq!(decoded.dimensions(), (7, 3));
+        assert_eq!(decoded.get_pixel(6, 2), &Rgb([10, 20, 30]));
+    }
+
+    #[test]
+    fn rejects_text_as_unsupported() {
+        let err = decode(b"this is not an image", DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(matches!(err, ImageError::Unsupported), "{err}");
+        assert_eq!(err.code(), "unsupported_media");
+    }
+
+    #[test]
+    fn rejects_truncated_png_as_malformed() {
+        let bytes = encode_png(&RgbImage::from_pixel(64, 64, Rgb([1, 2, 3])));
+        let err = decode(&bytes[..bytes.len() / 2], DEFAULT_MAX_PIXELS).unwrap_err();
+        assert!(matches!(err, ImageError::Malformed(_)), "{err}");
+        assert_eq!(err.code(), "bad_request");
+    }
+
+    #[test]
+    fn rejects_too_many_pixels_from_the_header() {
+        let bytes = encode_png(&RgbImage::new(100, 100));
+        let err = decode(&bytes, 9_999).unwrap_err();
+        assert!(
+            matches!(
+                err,
+                ImageError::TooLarge {
+                    width: 100,
+                    height: 100,
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn bilinear_matches_opencv_on_a_ramp() {
+        // A 4-pixel ramp 0, 100, 200, 250 resized to 2: OpenCV gives 50 and 225
+        // (centres at source 0.5 and 2.5).
+        let mut src = RgbImage::new(4, 1);
+        for (x, v) in [0u8, 100, 200, 250].into_iter().enumerate() {
+            src.put_pixel(x as u32, 0, Rgb([v, v, v]));
+        }
+        let out = resize_bilinear(&src, 2, 1);
+        assert_eq!(out.get_pixel(0, 0).0[0], 50);
+        assert_eq!(out.get_pixel(1, 0).0[0], 225);
+        // Upscaling 2 -> 4 of (0, 200): OpenCV gives 0, 50, 150, 200 (edges clamp).
+        let mut src = RgbImage::new(2, 1);
+        src.put_pixel(1, 0, Rgb([200, 200, 200]));
+        let out = resize_bilinear(&src, 4, 1);
+        let row: Vec<u8> = (0..4).map(|x| out.get_pixel(x, 0).0[0]).collect();
+        assert_eq!(row, vec![0, 50, 150, 200]);
+    }
+
+    #[test]
+    fn normalization_is_bgr_with_per_channel_stats() {
+        let img = RgbImage::from_pixel(2, 1, Rgb([255, 0, 51]));
+        let mut t = Array3::<f32>::from_elem((3, 2, 3), -9.0);
+        write_bgr_normalized(&img, t.view_mut(), [0.5, 0.5, 0.5], [0.5, 0.5, 0.5]);
+        // Channel 0 is blue (51 -> 0.2 -> -0.6), channel 2 is red (255 -> 1.0).
+        assert!((t[[0, 0, 0]] - (-0.6)).abs() < 1e-6);
+        assert!((t[[1, 0, 1]] - (-1.0)).abs() < 1e-6);
+        assert!((t[[2, 0, 0]] - 1.0).abs() < 1e-6);
+        // Padding is left alone.
+        assert_eq!(t[[0, 0, 2]], -9.0);
+        assert_eq!(t[[2, 1, 0]], -9.0);
+    }
+}

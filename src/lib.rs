@@ -1,0 +1,21 @@
+//! edgerun: an adaptive inference runtime for edge devices.
+//!
+//! The crate is laid out by concern, following a model -> optimized plan -> run pipeline:
+//!
+//! - [`engine`]: loads ONNX files into runnable plans and runs them on `ndarray` tensors
+//!   (tract today; ONNX Runtime fits the same trait).
+//! - [`models`]: the model directory and its manifests; verifies every file before use.
+//! - [`imaging`]: image decoding with size limits and the resampling the models were trained with.
+//! - [`services`]: what a device serves (scene-text recognition first), written against
+//!   [`engine`] and independent of how requests arrive.
+//! - [`data`]: the shared benchmark data (`EDGERUN_DATA`), for tests and benchmarks only.
+//! - [`bench`]: benchmarks that print a table and write JSON.
+//! - [`cli`]: command-line parsing and one entry point per subcommand.
+
+pub mod bench;
+pub mod cli;
+pub mod data;
+pub mod engine;
+pub mod imaging;
+pub mod models;
+pub mod services;

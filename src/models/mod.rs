@@ -1,0 +1,233 @@
+//! The model directory: one folder per service, each with a `manifest.toml` that names every
+//! file with its sha256, source and license.
+//!
+//! Nothing is loaded that the manifest does not name, and nothing whose bytes do not match
+//! it: a missing or corrupt file is a clear error at start-up, not a wrong answer later.
+//! This module only resolves and verifies files; it does not parse models (that is
+//! [`crate::engine`]'s job).
+
+use std::fs::File;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+use sha2::{Digest, Sha256};
+
+/// Why a model file could not be used.
+#[derive(Debug, thiserror::Error)]
+pub enum ModelError {
+    #[error("model manifest {path} cannot be read: {source}")]
+    ManifestIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+    #[error("model manifest {path} is malformed: {source}")]
+    ManifestParse {
+        path: PathBuf,
+        source: Box<toml::de::Error>,
+    },
+    #[error("{file} is not listed in {manifest}")]
+    NotInManifest { file: String, manifest: PathBuf },
+    #[error(
+        "model file {path} is missing (run `python export/{service}.py` to produce it): {source}"
+    )]
+    Missing {
+        path: PathBuf,
+        service: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "model file {path} is corrupt: sha256 {actual} does not match the manifest's {expected}"
+    )]
+    Corrupt {
+        path: PathBuf,
+        expected: String,
+        actual: String,
+    },
+}
+
+/// A service's `manifest.toml`, as written by its `export/` script.
+#[derive(Debug, Clone, Deserialize)]
+pub struct Manifest {
+    pub service: String,
+    pub files: Vec<ManifestEntry>,
+}
+
+/// One file of a service's model folder.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestEntry {
+    pub file: String,
+    pub role: String,
+    #[serde(default)]
+    pub description: String,
+    pub sha256: String,
+    pub source: String,
+    pub license: String,
+    #[serde(default)]
+    pub upstream: Option<String>,
+    #[serde(default)]
+    pub transform: Option<String>,
+}
+
+/// A service's model folder with its parsed manifest.
+#[derive(Debug, Clone)]
+pub struct ModelDir {
+    dir: PathBuf,
+    manifest: Manifest,
+}
+
+impl ModelDir {
+    /// Opens `root/service` and reads its manifest.
+    pub fn open(root: &Path, service: &str) -> Result<ModelDir, ModelError> {
+        let dir = root.join(service);
+        let path = dir.join("manifest.toml");
+        let text = std::fs::read_to_string(&path).map_err(|source| ModelError::ManifestIo {
+            path: path.clone(),
+            source,
+        })?;
+        let manifest = toml::from_str(&text).map_err(|source| ModelError::ManifestParse {
+            path,
+            source: Box::new(source),
+        })?;
+        Ok(ModelDir { dir, manifest })
+    }
+
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The path of `file` after checking that it exists and matches its sha256.
+    pub fn verified_path(&self, file: &str) -> Result<PathBuf, ModelError> {
+        let entry = self
+            .manifest
+            .files
+            .iter()
+            .find(|e| e.file == file)
+            .ok_or_else(|| ModelError::NotInManifest {
+                file: file.to_string(),
+                manifest: self.dir.join("manifest.toml"),
+            })?;
+        let path = self.dir.join(&entry.file);
+        let actual = sha256_file(&path).map_err(|source| ModelError::Missing {
+            path: path.clone(),
+            service: self.manifest.service.clone(),
+            source,
+        })?;
+        if !actual.eq_ignore_ascii_case(&entry.sha256) {
+            return Err(ModelError::Corrupt {
+                path,
+                expected: entry.sha256.clone(),
+                actual,
+            });
+        }
+        Ok(path)
+    }
+
+    /// The verified contents of a text file (dictionaries, tokenizers).
+    pub fn verified_text(&self, file: &str) -> Result<String, ModelError> {
+        let path = self.verified_path(file)?;
+        std::fs::read_to_string(&path).map_err(|source| ModelError::Missing {
+            path,
+            service: self.manifest.service.clone(),
+            source,
+        })
+    }
+}
+
+/// The models folder to use: `EDGERUN_MODELS` if set, else `./models` if it exists, else
+/// the `models/` of the source tree this binary was built from.
+pub fn default_root() -> PathBuf {
+    if let Some(dir) = std::env::var_os("EDGERUN_MODELS") {
+        return PathBuf::from(dir);
+    }
+    let local = PathBuf::from("models");
+    if local.join("ocr").is_dir() {
+        return local;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+}
+
+fn sha256_file(path: &Path) -> std::io::Result<String> {
+    let mut file = File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut buffer = vec![0u8; 1 << 16];
+    loop {
+        let n = file.read(&mut buffer)?;
+        if n == 0 {
+            break;
+        }
+        hasher.update(&buffer[..n]);
+    }
+    Ok(hex::encode(hasher.finalize()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn write_dir(content: &[u8]) -> tempfile::TempDir {
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("svc");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("a.bin"), content).unwrap();
+        // sha256("hello")
+        std::fs::write(
+            dir.join("manifest.toml"),
+            r#"service = "svc"
+[[files]]
+file = "a.bin"
+role = "test"
+sha256 = "2cf24dba5fb0a30e26e83b2ac5b9e29e1b161e5c1fa7425e73043362938b9824"
+source = "test"
+license = "CC0-1.0"
+"#,
+        )
+        .unwrap();
+        tmp
+    }
+
+    #[test]
+    fn verifies_matching_file() {
+        let tmp = write_dir(b"hello");
+        let dir = ModelDir::open(tmp.path(), "svc").unwrap();
+        assert_eq!(
+            dir.verified_path("a.bin").unwrap(),
+            tmp.path().join("svc/a.bin")
+        );
+        assert_eq!(dir.verified_text("a.bin").unwrap(), "hello");
+    }
+
+    #[test]
+    fn corrupt_file_is_reported_with_both_hashes() {
+        let tmp = write_dir(b"hellO");
+        let dir = ModelDir::open(tmp.path(), "svc").unwrap();
+        let err = dir.verified_path("a.bin").unwrap_err();
+        assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
+        let text = err.to_string();
+        assert!(text.contains("is corrupt"), "{text}");
+        assert!(text.contains("2cf24dba5fb0a30e"), "{text}");
+    }
+
+    #[test]
+    fn missing_file_and_unlisted_file_are_errors() {
+        let tmp = write_dir(b"hello");
+        std::fs::remove_file(tmp.path().join("svc/a.bin")).unwrap();
+        let dir = ModelDir::open(tmp.path(), "svc").unwrap();
+        let err = dir.verified_path("a.bin").unwrap_err();
+        assert!(matches!(err, ModelError::Missing { .. }), "{err}");
+        assert!(err.to_string().contains("export/svc.py"), "{err}");
+        let err = dir.verified_path("b.bin").unwrap_err();
+        assert!(matches!(err, ModelError::NotInManifest { .. }), "{err}");
+    }
+
+    #[test]
+    fn missing_manifest_is_an_error() {
+        let tmp = tempfile::tempdir().unwrap();
+        let err = ModelDir::open(tmp.path(), "nothing").unwrap_err();
+        assert!(matches!(err, ModelError::ManifestIo { .. }), "{err}");
+    }
+}

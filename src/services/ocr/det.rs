@@ -1,0 +1,422 @@
+//! Text detection with a DB (differentiable binarization) model: preprocessing, and the
+//! post-processing that turns its probability map into text boxes, as PP-OCR publishes it.
+
+use image::{GrayImage, Luma, RgbImage};
+use imageproc::contours::find_contours;
+use imageproc::drawing::draw_polygon_mut;
+use imageproc::geometric_transformations::{
+    Border, Interpolation, Projection, rotate270, warp_into,
+};
+use imageproc::geometry::min_area_rect;
+use imageproc::point::Point;
+use ndarray::{Array4, ArrayView2, s};
+use serde::{Deserialize, Serialize};
+
+use crate::imaging::{resize_bilinear, write_bgr_normalized};
+
+/// ImageNet statistics in the detector's BGR channel order (PP-OCR applies the RGB-ordered
+/// constants to BGR pixels; the model was trained that way).
+const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+const STD: [f32; 3] = [0.229, 0.224, 0.225];
+
+/// Knobs of DB post-processing; the defaults are PP-OCR's.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DbParams {
+    /// Pixels above this probability are text.
+    pub threshold: f32,
+    /// Boxes whose mean probability is below this are dropped.
+    pub box_threshold: f32,
+    /// Boxes grow by `area * unclip_ratio / perimeter` on every side (DB shrinks its targets).
+    pub unclip_ratio: f32,
+    /// Candidate regions whose shorter side is below this (map pixels) are dropped.
+    pub min_size: f32,
+    /// At most this many regions are scored per image.
+    pub max_candidates: usize,
+}
+
+impl Default for DbParams {
+    fn default() -> Self {
+        DbParams {
+            threshold: 0.3,
+            box_threshold: 0.5,
+            unclip_ratio: 1.6,
+            min_size: 3.0,
+            max_candidates: 1000,
+        }
+    }
+}
+
+/// A detected text region: corners clockwise from top-left, in image pixels.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct TextBox {
+    pub points: [[i32; 2]; 4],
+    /// Mean text probability inside the region before unclipping.
+    pub score: f32,
+}
+
+/// The detector's input size for an image: the long side at most `limit` (never upscaled),
+/// each side rounded to a multiple of 32 (at least 32).
+pub fn input_size(width: u32, height: u32, limit: u32) -> (u32, u32) {
+    let long = width.max(height) as f64;
+    let ratio = if long > limit as f64 {
+        limit as f64 / long
+    } else {
+        1.0
+    };
+    let round32 = |side: u32| {
+        let scaled = (side as f64 * ratio).floor();
+        (((scaled / 32.0).round_ties_even() * 32.0) as u32).max(32)
+    };
+    (round32(width), round32(height))
+}
+
+/// The `[1, 3, H, W]` detector input for `image`.
+pub fn preprocess(image: &RgbImage, limit: u32) -> Array4<f32> {
+    let (w, h) = input_size(image.width(), image.height(), limit);
+    let resized = resize_bilinear(image, w, h);
+    let mut tensor = Array4::<f32>::zeros((1, 3, h as usize, w as usize));
+    write_bgr_normalized(&resized, tensor.slice_mut(s![0, .., .., ..]), MEAN, STD);
+    tensor
+}
+
+/// Text boxes from a `[H, W]` probability map, scaled to an image of `image_size`, sorted
+/// in reading order (top to bottom, then left to right within a line).
+pub fn boxes_from_probability(
+    prob: ArrayView2<'_, f32>,
+    image_size: (u32, u32),
+    params: &DbParams,
+) -> Vec<TextBox> {
+    let (map_h, map_w) = prob.dim();
+    let bitmap = GrayImage::from_fn(map_w as u32, map_h as u32, |x, y| {
+        Luma([if prob[[y as usize, x as usize]] > params.threshold {
+            255
+        } else {
+            0
+        }])
+    });
+    let scale_x = image_size.0 as f64 / map_w as f64;
+    let scale_y = image_size.1 as f64 / map_h as f64;
+    let mut boxes = Vec::new();
+    for contour in find_contours::<i32>(&bitmap)
+        .iter()
+        .take(params.max_candidates)
+    {
+        let rect = Rect::enclosing(&contour.points);
+        if rect.short_side() < params.min_size as f64 {
+            continue;
+        }
+        let score = mean_inside(prob, &rect.corners);
+        if score < params.box_threshold {
+            continue;
+        }
+        let grown = rect.unclip(params.unclip_ratio as f64);
+        if grown.short_side() < params.min_size as f64 + 2.0 {
+            continue;
+        }
+        let to_image = |[x, y]: [f64; 2]| {
+            [
+                ((x * scale_x).round_ties_even() as i32).clamp(0, image_size.0 as i32),
+                ((y * scale_y).round_ties_even() as i32).clamp(0, image_size.1 as i32),
+            ]
+        };
+        let points = order_clockwise(grown.corners.map(to_image)).map(|[x, y]| {
+            [
+                x.clamp(0, image_size.0 as i32 - 1),
+                y.clamp(0, image_size.1 as i32 - 1),
+            ]
+        });
+        let side = |a: [i32; 2], b: [i32; 2]| {
+            (((a[0] - b[0]) as f64).powi(2) + ((a[1] - b[1]) as f64).powi(2)).sqrt() as i32
+        };
+        if side(points[0], points[1]) <= 3 || side(points[0], points[3]) <= 3 {
+            continue;
+        }
+        boxes.push(TextBox { points, score });
+    }
+    sort_reading_order(&mut boxes);
+    boxes
+}
+
+/// A rotated rectangle as corners `[tl, tr, br, bl]`.
+#[derive(Debug, Clone, Copy)]
+struct Rect {
+    corners: [[f64; 2]; 4],
+}
+
+impl Rect {
+    /// The minimum-area rectangle around a contour.
+    fn enclosing(points: &[Point<i32>]) -> Rect {
+        let [a, b, c, d] = min_area_rect(points);
+        Rect {
+            corners: [a, b, c, d].map(|p| [p.x as f64, p.y as f64]),
+        }
+    }
+
+    fn width(&self) -> f64 {
+        distance(self.corners[0], self.corners[1])
+    }
+
+    fn height(&self) -> f64 {
+        distance(self.corners[0], self.corners[3])
+    }
+
+    fn short_side(&self) -> f64 {
+        self.width().min(self.height())
+    }
+
+    /// Grows the rectangle by `area * ratio / perimeter` on every side. For a rectangle this
+    /// is exactly the minimum-area rectangle around PP-OCR's round-joined polygon offset.
+    fn unclip(&self, ratio: f64) -> Rect {
+        let (w, h) = (self.width(), self.height());
+        let d = w * h * ratio / (2.0 * (w + h));
+        let [tl, tr, _, bl] = self.corners;
+        let unit = |from: [f64; 2], to: [f64; 2], len: f64| {
+            [(to[0] - from[0]) / len, (to[1] - from[1]) / len]
+        };
+        let (u, v) = (unit(tl, tr, w), unit(tl, bl, h));
+        let shift = |p: [f64; 2], su: f64, sv: f64| {
+            [
+                p[0] + d * (su * u[0] + sv * v[0]),
+                p[1] + d * (su * u[1] + sv * v[1]),
+            ]
+        };
+        let [tl, tr, br, bl] = self.corners;
+        Rect {
+            corners: [
+                shift(tl, -1.0, -1.0),
+                shift(tr, 1.0, -1.0),
+                shift(br, 1.0, 1.0),
+                shift(bl, -1.0, 1.0),
+            ],
+        }
+    }
+}
+
+fn distance(a: [f64; 2], b: [f64; 2]) -> f64 {
+    ((a[0] - b[0]).powi(2) + (a[1] - b[1]).powi(2)).sqrt()
+}
+
+/// Mean probability inside a quadrilateral (its pixels as a filled polygon).
+fn mean_inside(prob: ArrayView2<'_, f32>, corners: &[[f64; 2]; 4]) -> f32 {
+    let (h, w) = prob.dim();
+    let clamp = |v: f64, hi: usize| (v as i64).clamp(0, hi as i64 - 1) as usize;
+    let xmin = clamp(
+        corners
+            .iter()
+            .map(|p| p[0])
+            .fold(f64::MAX, f64::min)
+            .floor(),
+        w,
+    );
+    let xmax = clamp(
+        corners.iter().map(|p| p[0]).fold(f64::MIN, f64::max).ceil(),
+        w,
+    );
+    let ymin = clamp(
+        corners
+            .iter()
+            .map(|p| p[1])
+            .fold(f64::MAX, f64::min)
+            .floor(),
+        h,
+    );
+    let ymax = clamp(
+        corners.iter().map(|p| p[1]).fold(f64::MIN, f64::max).ceil(),
+        h,
+    );
+    let mut mask = GrayImage::new((xmax - xmin + 1) as u32, (ymax - ymin + 1) as u32);
+    let polygon: Vec<Point<i32>> = corners
+        .iter()
+        .map(|p| Point::new(p[0] as i32 - xmin as i32, p[1] as i32 - ymin as i32))
+        .collect();
+    draw_polygon_mut(&mut mask, &polygon, Luma([1]));
+    let (mut sum, mut count) = (0.0f64, 0usize);
+    for (x, y, m) in mask.enumerate_pixels() {
+        if m.0[0] != 0 {
+            sum += prob[[ymin + y as usize, xmin + x as usize]] as f64;
+            count += 1;
+        }
+    }
+    if count == 0 {
+        0.0
+    } else {
+        (sum / count as f64) as f32
+    }
+}
+
+/// Orders four corners as top-left, top-right, bottom-right, bottom-left: the two leftmost
+/// points are the left side, and within each side the upper one comes first.
+fn order_clockwise(mut points: [[i32; 2]; 4]) -> [[i32; 2]; 4] {
+    points.sort_by_key(|p| p[0]);
+    let (left, right) = points.split_at_mut(2);
+    left.sort_by_key(|p| p[1]);
+    right.sort_by_key(|p| p[1]);
+    [left[0], right[0], right[1], left[1]]
+}
+
+/// Top to bottom; boxes whose tops are within 10 pixels count as one line, left to right.
+fn sort_reading_order(boxes: &mut [TextBox]) {
+    boxes.sort_by_key(|b| (b.points[0][1], b.points[0][0]));
+    for i in 0..boxes.len().saturating_sub(1) {
+        for j in (0..=i).rev() {
+            let (a, b) = (boxes[j].points[0], boxes[j + 1].points[0]);
+            if (b[1] - a[1]).abs() < 10 && b[0] < a[0] {
+                boxes.swap(j, j + 1);
+            } else {
+                break;
+            }
+        }
+    }
+}
+
+/// Cuts the box out of the image with a perspective warp; crops at least 1.5 times taller
+/// than wide are turned upright (rotated 90 degrees counter-clockwise) for the recognizer.
+pub fn crop(image: &RgbImage, text_box: &TextBox) -> Option<RgbImage> {
+    let p = text_box.points.map(|[x, y]| [x as f64, y as f64]);
+    let width = distance(p[0], p[1]).max(distance(p[2], p[3])) as u32;
+    let height = distance(p[0], p[3]).max(distance(p[1], p[2])) as u32;
+    if width == 0 || height == 0 {
+        return None;
+    }
+    let from = p.map(|[x, y]| (x as f32, y as f32));
+    let (w, h) = (width as f32, height as f32);
+    let projection =
+        Projection::from_control_points(from, [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)])?;
+    let mut out = RgbImage::new(width, height);
+    warp_into(
+        image,
+        projection,
+        Interpolation::Bicubic,
+        Border::Replicate,
+        &mut out,
+    );
+    if height as f32 / width as f32 >= 1.5 {
+        out = rotate270(&out);
+    }
+    Some(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+    use ndarray::Array2;
+
+    /// A probability map with filled rectangles of the given probability.
+    fn map_with(h: usize, w: usize, rects: &[(usize, usize, usize, usize, f32)]) -> Array2<f32> {
+        let mut m = Array2::<f32>::zeros((h, w));
+        for &(x0, y0, x1, y1, p) in rects {
+            m.slice_mut(s![y0..y1, x0..x1]).fill(p);
+        }
+        m
+    }
+
+    #[test]
+    fn input_size_limits_the_long_side_and_rounds_to_32() {
+        assert_eq!(input_size(1280, 720, 960), (960, 544));
+        assert_eq!(input_size(100, 40, 960), (96, 32));
+        assert_eq!(input_size(10, 10, 960), (32, 32));
+        assert_eq!(input_size(720, 1280, 640), (352, 640));
+    }
+
+    #[test]
+    fn preprocess_shape_and_values() {
+        let img = RgbImage::from_pixel(64, 32, Rgb([255, 128, 0]));
+        let t = preprocess(&img, 960);
+        assert_eq!(t.shape(), &[1, 3, 32, 64]);
+        // Channel 0 is blue (0) normalised with the first mean/std.
+        assert!((t[[0, 0, 5, 5]] - (0.0 - 0.485) / 0.229).abs() < 1e-5);
+        assert!((t[[0, 2, 5, 5]] - (1.0 - 0.406) / 0.225).abs() < 1e-5);
+    }
+
+    #[test]
+    fn one_axis_aligned_region_becomes_one_unclipped_box() {
+        // Region x 20..60, y 10..20 (contour pixels 20..=59, 10..=19): min-area rect
+        // 39 x 9, unclip distance 39*9*1.6/(2*48) = 5.85.
+        let prob = map_with(40, 100, &[(20, 10, 60, 20, 0.9)]);
+        let boxes = boxes_from_probability(prob.view(), (100, 40), &DbParams::default());
+        assert_eq!(boxes.len(), 1);
+        let b = &boxes[0];
+        assert!((b.score - 0.9).abs() < 1e-6, "{}", b.score);
+        assert_eq!(b.points, [[14, 4], [65, 4], [65, 25], [14, 25]]);
+    }
+
+    #[test]
+    fn coordinates_scale_to_the_original_image() {
+        let prob = map_with(40, 100, &[(20, 10, 60, 20, 0.9)]);
+        let boxes = boxes_from_probability(prob.view(), (200, 80), &DbParams::default());
+        assert_eq!(boxes[0].points, [[28, 8], [130, 8], [130, 50], [28, 50]]);
+    }
+
+    #[test]
+    fn weak_small_and_faint_regions_are_dropped() {
+        let prob = map_with(
+            60,
+            100,
+            &[
+                (10, 10, 50, 20, 0.45), // above threshold 0.3 but box score < 0.5
+                (70, 10, 72, 30, 0.9),  // 2 pixels wide: shorter side < 3
+                (10, 40, 50, 50, 0.2),  // below the binarisation threshold
+            ],
+        );
+        let boxes = boxes_from_probability(prob.view(), (100, 60), &DbParams::default());
+        assert!(boxes.is_empty(), "{boxes:?}");
+    }
+
+    #[test]
+    fn boxes_come_in_reading_order() {
+        // Two words on one line (tops 3 px apart, right one higher) and one line below.
+        let prob = map_with(
+            80,
+            200,
+            &[
+                (120, 10, 180, 22, 0.8),
+                (20, 13, 80, 25, 0.8),
+                (20, 50, 120, 62, 0.8),
+            ],
+        );
+        let boxes = boxes_from_probability(prob.view(), (200, 80), &DbParams::default());
+        let lefts: Vec<i32> = boxes.iter().map(|b| b.points[0][0]).collect();
+        let tops: Vec<i32> = boxes.iter().map(|b| b.points[0][1]).collect();
+        assert_eq!(lefts.len(), 3);
+        assert!(lefts[0] < lefts[1], "{lefts:?}");
+        assert!(tops[2] > tops[0] + 20, "{tops:?}");
+    }
+
+    #[test]
+    fn rotated_region_gives_a_rotated_box() {
+        // A diagonal band: the box must be tilted, not axis-aligned.
+        let mut prob = Array2::<f32>::zeros((100, 100));
+        for i in 10..90usize {
+            for t in 0..8usize {
+                prob[[(i + t).min(99), i]] = 0.9;
+            }
+        }
+        let boxes = boxes_from_probability(prob.view(), (100, 100), &DbParams::default());
+        assert_eq!(boxes.len(), 1);
+        let [tl, tr, _, _] = boxes[0].points;
+        assert!(tr[1] - tl[1] > 40, "{:?}", boxes[0].points);
+    }
+
+    #[test]
+    fn crop_cuts_the_box_and_turns_tall_crops_upright() {
+        let mut img = RgbImage::from_pixel(50, 50, Rgb([0, 0, 0]));
+        for y in 10..20 {
+            for x in 5..45 {
+                img.put_pixel(x, y, Rgb([200, 100, 50]));
+            }
+        }
+        let wide = TextBox {
+            points: [[5, 10], [45, 10], [45, 20], [5, 20]],
+            score: 1.0,
+        };
+        let c = crop(&img, &wide).unwrap();
+        assert_eq!(c.dimensions(), (40, 10));
+        assert_eq!(c.get_pixel(20, 5), &Rgb([200, 100, 50]));
+        let tall = TextBox {
+            points: [[5, 5], [15, 5], [15, 45], [5, 45]],
+            score: 1.0,
+        };
+        assert_eq!(crop(&img, &tall).unwrap().dimensions(), (40, 10));
+    }
+}

@@ -1,0 +1,330 @@
+//! Scene-text recognition: find text in a photo and read it, with PP-OCR models.
+//!
+//! The pipeline is detection (DB) -> perspective crops -> recognition (CTC). Recognition is
+//! elastic: a tiny recognizer, a small one, or a *confidence cascade* that runs the tiny one
+//! first and sends only the crops it is unsure about to the small one (the training-free
+//! cascade idea: confident predictions bypass the heavier model). Every result names the
+//! recognizer that produced it.
+//!
+//! This module takes decoded images and returns results; it does not parse requests,
+//! decode files or choose operating points.
+
+pub mod det;
+pub mod rec;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use image::RgbImage;
+use ndarray::{Axis, s};
+use serde::{Deserialize, Serialize};
+
+use crate::engine::{Engine, EngineError, Input, Model};
+use crate::models::{ModelDir, ModelError};
+
+pub use self::det::{DbParams, TextBox};
+pub use self::rec::Charset;
+
+/// Why OCR failed. Bad images are rejected before they get here (see [`crate::imaging`]).
+#[derive(Debug, thiserror::Error)]
+pub enum OcrError {
+    #[error(transparent)]
+    Model(#[from] ModelError),
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error("{model} outputs shape {shape:?}, expected {expected}")]
+    UnexpectedOutput {
+        model: &'static str,
+        shape: Vec<usize>,
+        expected: String,
+    },
+}
+
+/// Which recognizer reads the crops.
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case", tag = "kind")]
+pub enum RecognizerChoice {
+    Tiny,
+    Small,
+    /// Tiny first; crops with confidence below `threshold` are read again by small.
+    Cascade {
+        threshold: f32,
+    },
+}
+
+/// A recognizer, named in results.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RecognizerKind {
+    Tiny,
+    Small,
+}
+
+/// Per-request settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct OcrOptions {
+    /// The detector sees the image with its long side at most this many pixels.
+    pub det_limit: u32,
+    pub db: DbParams,
+    pub recognizer: RecognizerChoice,
+    /// Decode only printable ASCII (for Latin-script deployments; avoids look-alike CJK).
+    pub ascii_only: bool,
+    /// Crops per recognizer run.
+    pub batch_size: usize,
+}
+
+impl Default for OcrOptions {
+    fn default() -> Self {
+        OcrOptions {
+            det_limit: 960,
+            db: DbParams::default(),
+            recognizer: RecognizerChoice::Cascade { threshold: 0.9 },
+            ascii_only: false,
+            batch_size: 6,
+        }
+    }
+}
+
+/// One read word or line.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Recognition {
+    pub text: String,
+    pub confidence: f32,
+    pub recognizer: RecognizerKind,
+}
+
+/// A text region found in an image and what it says.
+#[derive(Debug, Clone, Serialize)]
+pub struct TextItem {
+    #[serde(rename = "box")]
+    pub text_box: [[i32; 2]; 4],
+    pub box_score: f32,
+    #[serde(flatten)]
+    pub recognition: Recognition,
+}
+
+/// Where the time of one request went, in milliseconds.
+#[derive(Debug, Clone, Default, Serialize)]
+pub struct Timings {
+    pub det_ms: f64,
+    pub crop_ms: f64,
+    pub rec_ms: f64,
+    pub total_ms: f64,
+}
+
+/// The result of reading one image.
+#[derive(Debug, Clone, Serialize)]
+pub struct ImageResult {
+    pub items: Vec<TextItem>,
+    /// Crops the small recognizer read (all of them for `small`, the unsure ones in a cascade).
+    pub heavy_calls: usize,
+    pub timings: Timings,
+}
+
+/// A recognizer model with its character set.
+struct Recognizer {
+    kind: RecognizerKind,
+    model: Arc<dyn Model>,
+    charset: Charset,
+}
+
+impl Recognizer {
+    fn load(
+        engine: &dyn Engine,
+        dir: &ModelDir,
+        kind: RecognizerKind,
+        model: &str,
+        dictionary: &str,
+    ) -> Result<Recognizer, OcrError> {
+        let charset = Charset::from_dictionary(&dir.verified_text(dictionary)?);
+        let model = engine.load(&dir.verified_path(model)?)?;
+        Ok(Recognizer {
+            kind,
+            model,
+            charset,
+        })
+    }
+
+    /// Reads crops in batches of similar width; results come back in input order.
+    fn read(
+        &self,
+        crops: &[&RgbImage],
+        ascii_only: bool,
+        batch_size: usize,
+    ) -> Result<Vec<Recognition>, OcrError> {
+        let mut order: Vec<usize> = (0..crops.len()).collect();
+        order.sort_by(|&a, &b| rec::aspect(crops[a]).total_cmp(&rec::aspect(crops[b])));
+        let mut results = vec![None; crops.len()];
+        for chunk in order.chunks(batch_size.max(1)) {
+            let batch: Vec<&RgbImage> = chunk.iter().map(|&i| crops[i]).collect();
+            let input = rec::preprocess(&batch);
+            let output = self.model.run(&[Input::F32(input.view().into_dyn())])?;
+            let probs = output.into_iter().next().unwrap_or_default();
+            if probs.ndim() != 3
+                || probs.shape()[0] != batch.len()
+                || probs.shape()[2] != self.charset.class_count()
+            {
+                return Err(OcrError::UnexpectedOutput {
+                    model: "recognizer",
+                    shape: probs.shape().to_vec(),
+                    expected: format!("[{}, T, {}]", batch.len(), self.charset.class_count()),
+                });
+            }
+            for (row, &i) in chunk.iter().enumerate() {
+                let (text, confidence) = self
+                    .charset
+                    .decode(probs.slice(s![row, .., ..]), ascii_only);
+                results[i] = Some(Recognition {
+                    text,
+                    confidence,
+                    recognizer: self.kind,
+                });
+            }
+        }
+        Ok(results.into_iter().flatten().collect())
+    }
+}
+
+/// The loaded OCR models; share one across worker threads.
+pub struct OcrPipeline {
+    detector: Arc<dyn Model>,
+    tiny: Recognizer,
+    small: Recognizer,
+}
+
+impl OcrPipeline {
+    /// Loads `models/ocr` (verifying every file) with `engine`.
+    pub fn load(engine: &dyn Engine, dir: &ModelDir) -> Result<OcrPipeline, OcrError> {
+        Ok(OcrPipeline {
+            detector: engine.load(&dir.verified_path("det_tiny.onnx")?)?,
+            tiny: Recognizer::load(
+                engine,
+                dir,
+                RecognizerKind::Tiny,
+                "rec_tiny.onnx",
+                "dict_tiny.txt",
+            )?,
+            small: Recognizer::load(
+                engine,
+                dir,
+                RecognizerKind::Small,
+                "rec_small.onnx",
+                "dict_small.txt",
+            )?,
+        })
+    }
+
+    /// Builds the plans for a typical single crop ahead of time.
+    pub fn warm_up(&self) -> Result<(), OcrError> {
+        let shape = [1, 3, rec::HEIGHT as usize, rec::MIN_WIDTH as usize];
+        self.tiny.model.warm_up(&[&shape])?;
+        self.small.model.warm_up(&[&shape])?;
+        Ok(())
+    }
+
+    /// Engine description of each model, for logs and status.
+    pub fn describe(&self) -> String {
+        format!(
+            "det: {}; rec tiny: {}; rec small: {}",
+            self.detector.describe(),
+            self.tiny.model.describe(),
+            self.small.model.describe()
+        )
+    }
+
+    /// Reads word crops (each image is one word or line) with the chosen recognizer(s).
+    pub fn recognize(
+        &self,
+        crops: &[&RgbImage],
+        options: &OcrOptions,
+    ) -> Result<Vec<Recognition>, OcrError> {
+        let read = |r: &Recognizer, crops: &[&RgbImage]| {
+            r.read(crops, options.ascii_only, options.batch_size)
+        };
+        match options.recognizer {
+            RecognizerChoice::Tiny => read(&self.tiny, crops),
+            RecognizerChoice::Small => read(&self.small, crops),
+            RecognizerChoice::Cascade { threshold } => {
+                let mut results = read(&self.tiny, crops)?;
+                let unsure: Vec<usize> = (0..results.len())
+                    .filter(|&i| results[i].confidence < threshold)
+                    .collect();
+                if !unsure.is_empty() {
+                    let again: Vec<&RgbImage> = unsure.iter().map(|&i| crops[i]).collect();
+                    for (i, better) in unsure.into_iter().zip(read(&self.small, &again)?) {
+                        results[i] = better;
+                    }
+                }
+                Ok(results)
+            }
+        }
+    }
+
+    /// Finds the text regions of `image`.
+    pub fn detect(&self, image: &RgbImage, options: &OcrOptions) -> Result<Vec<TextBox>, OcrError> {
+        let input = det::preprocess(image, options.det_limit);
+        let output = self.detector.run(&[Input::F32(input.view().into_dyn())])?;
+        let prob = output.into_iter().next().unwrap_or_default();
+        let (h, w) = (input.shape()[2], input.shape()[3]);
+        if prob.shape() != [1, 1, h, w] {
+            return Err(OcrError::UnexpectedOutput {
+                model: "detector",
+                shape: prob.shape().to_vec(),
+                expected: format!("[1, 1, {h}, {w}]"),
+            });
+        }
+        let map = prob.index_axis(Axis(0), 0).index_axis_move(Axis(0), 0);
+        let map = map
+            .into_dimensionality::<ndarray::Ix2>()
+            .expect("checked rank");
+        Ok(det::boxes_from_probability(
+            map,
+            image.dimensions(),
+            &options.db,
+        ))
+    }
+
+    /// Detects, crops and reads all text in `image`. Empty readings are dropped.
+    pub fn read_image(
+        &self,
+        image: &RgbImage,
+        options: &OcrOptions,
+    ) -> Result<ImageResult, OcrError> {
+        let start = Instant::now();
+        let boxes = self.detect(image, options)?;
+        let det_done = Instant::now();
+        let (boxes, crops): (Vec<TextBox>, Vec<RgbImage>) = boxes
+            .into_iter()
+            .filter_map(|b| det::crop(image, &b).map(|c| (b, c)))
+            .unzip();
+        let crops_done = Instant::now();
+        let crop_refs: Vec<&RgbImage> = crops.iter().collect();
+        let recognitions = self.recognize(&crop_refs, options)?;
+        let end = Instant::now();
+        let heavy_calls = recognitions
+            .iter()
+            .filter(|r| r.recognizer == RecognizerKind::Small)
+            .count();
+        let items = boxes
+            .into_iter()
+            .zip(recognitions)
+            .filter(|(_, r)| !r.text.is_empty())
+            .map(|(b, recognition)| TextItem {
+                text_box: b.points,
+                box_score: b.score,
+                recognition,
+            })
+            .collect();
+        let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
+        Ok(ImageResult {
+            items,
+            heavy_calls,
+            timings: Timings {
+                det_ms: ms(start, det_done),
+                crop_ms: ms(det_done, crops_done),
+                rec_ms: ms(crops_done, end),
+                total_ms: ms(start, end),
+            },
+        })
+    }
+}

@@ -1,0 +1,212 @@
+//! Text recognition with a CTC model: the character set, batch preprocessing and greedy
+//! CTC decoding, as PP-OCR publishes them.
+
+use image::RgbImage;
+use ndarray::{Array4, ArrayView2, s};
+
+use crate::imaging::{resize_bilinear, write_bgr_normalized};
+
+/// Input height of every PP-OCR recognizer.
+pub const HEIGHT: u32 = 48;
+/// Narrowest input width: shorter crops are padded to it.
+pub const MIN_WIDTH: u32 = 320;
+
+/// The classes a CTC recognizer predicts: blank, the dictionary, then a space.
+#[derive(Debug, Clone)]
+pub struct Charset {
+    /// Class `i` for `1 <= i <= len` is `labels[i - 1]`; class `len + 1` is a space.
+    labels: Vec<String>,
+    /// Class indices allowed when decoding is restricted to printable ASCII.
+    ascii_classes: Vec<usize>,
+}
+
+impl Charset {
+    /// Parses a dictionary: one character per line; `\r` line endings are tolerated.
+    pub fn from_dictionary(text: &str) -> Charset {
+        let mut labels: Vec<String> = text
+            .split('\n')
+            .map(|line| line.strip_suffix('\r').unwrap_or(line).to_string())
+            .collect();
+        if labels.last().is_some_and(String::is_empty) {
+            labels.pop();
+        }
+        let mut ascii_classes = vec![0];
+        ascii_classes.extend(
+            labels
+                .iter()
+                .enumerate()
+                .filter(|(_, l)| l.len() == 1 && l.bytes().all(|b| (0x20..0x7f).contains(&b)))
+                .map(|(i, _)| i + 1),
+        );
+        ascii_classes.push(labels.len() + 1);
+        Charset {
+            labels,
+            ascii_classes,
+        }
+    }
+
+    /// Number of classes the model must output (blank + dictionary + space).
+    pub fn class_count(&self) -> usize {
+        self.labels.len() + 2
+    }
+
+    fn label(&self, class: usize) -> &str {
+        match class {
+            0 => "",
+            c if c <= self.labels.len() => &self.labels[c - 1],
+            _ => " ",
+        }
+    }
+
+    /// Greedy CTC decoding of one `[T, C]` probability sequence: best class per step, merge
+    /// repeats, drop blanks. Confidence is the mean probability of the kept steps (0 if none).
+    pub fn decode(&self, probs: ArrayView2<'_, f32>, ascii_only: bool) -> (String, f32) {
+        let mut text = String::new();
+        let (mut sum, mut kept) = (0.0f64, 0usize);
+        let mut previous = usize::MAX;
+        for step in probs.rows() {
+            let (class, p) = if ascii_only {
+                best_of(self.ascii_classes.iter().map(|&c| (c, step[c])))
+            } else {
+                best_of(step.iter().copied().enumerate())
+            };
+            if class != previous && class != 0 {
+                text.push_str(self.label(class));
+                sum += p as f64;
+                kept += 1;
+            }
+            previous = class;
+        }
+        let confidence = if kept == 0 {
+            0.0
+        } else {
+            (sum / kept as f64) as f32
+        };
+        (text, confidence)
+    }
+}
+
+/// The first class with the highest probability (as numpy's argmax).
+fn best_of(scores: impl Iterator<Item = (usize, f32)>) -> (usize, f32) {
+    scores.fold((0, f32::NEG_INFINITY), |best, (c, p)| {
+        if p > best.1 { (c, p) } else { best }
+    })
+}
+
+/// Width-to-height ratio, the key crops are batched by.
+pub fn aspect(img: &RgbImage) -> f32 {
+    img.width() as f32 / img.height() as f32
+}
+
+/// The `[N, 3, 48, W]` input for a batch of crops: each resized to height 48 keeping its
+/// aspect (capped at W), normalised to [-1, 1], right-padded with 0. W is the widest crop's
+/// width at height 48, at least 320.
+pub fn preprocess(crops: &[&RgbImage]) -> Array4<f32> {
+    let max_ratio = crops
+        .iter()
+        .map(|c| aspect(c))
+        .fold(MIN_WIDTH as f32 / HEIGHT as f32, f32::max);
+    let width = (HEIGHT as f32 * max_ratio) as usize;
+    let mut batch = Array4::<f32>::zeros((crops.len(), 3, HEIGHT as usize, width));
+    for (i, crop) in crops.iter().enumerate() {
+        let resized_w = ((HEIGHT as f32 * aspect(crop)).ceil() as usize).clamp(1, width);
+        let resized = resize_bilinear(crop, resized_w as u32, HEIGHT);
+        write_bgr_normalized(
+            &resized,
+            batch.slice_mut(s![i, .., .., ..]),
+            [0.5; 3],
+            [0.5; 3],
+        );
+    }
+    batch
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use image::Rgb;
+    use ndarray::Array2;
+
+    fn charset() -> Charset {
+        Charset::from_dictionary("a\r\nb\r\nc\r\n")
+    }
+
+    /// One-hot-ish steps: each step puts `p` on its class and spreads the rest.
+    fn steps(classes: &[(usize, f32)], n_classes: usize) -> Array2<f32> {
+        let mut m = Array2::<f32>::zeros((classes.len(), n_classes));
+        for (t, &(c, p)) in classes.iter().enumerate() {
+            m.row_mut(t).fill((1.0 - p) / (n_classes - 1) as f32);
+            m[[t, c]] = p;
+        }
+        m
+    }
+
+    #[test]
+    fn dictionary_strips_carriage_returns_and_adds_blank_and_space() {
+        let cs = charset();
+        assert_eq!(cs.class_count(), 5);
+        assert_eq!(cs.label(1), "a");
+        assert_eq!(cs.label(3), "c");
+        assert_eq!(cs.label(4), " ");
+        assert_eq!(cs.label(0), "");
+    }
+
+    #[test]
+    fn ctc_merges_repeats_and_drops_blanks() {
+        let cs = charset();
+        // a a _ a b b _ _ c <space> c  ->  "aab c c" ... repeats merge only when adjacent.
+        let seq = [
+            (1, 0.9),
+            (1, 0.7),
+            (0, 0.99),
+            (1, 0.8),
+            (2, 0.6),
+            (2, 0.9),
+            (0, 0.9),
+            (0, 0.9),
+            (3, 0.5),
+            (4, 0.6),
+            (3, 0.7),
+        ];
+        let (text, conf) = cs.decode(steps(&seq, 5).view(), false);
+        assert_eq!(text, "aabc c");
+        // Kept steps are the first of each run: 0.9, 0.8, 0.6, 0.5, 0.6, 0.7.
+        let expected = (0.9 + 0.8 + 0.6 + 0.5 + 0.6 + 0.7) / 6.0;
+        assert!((conf - expected).abs() < 1e-6, "{conf} vs {expected}");
+    }
+
+    #[test]
+    fn all_blank_decodes_to_empty_with_zero_confidence() {
+        let (text, conf) = charset().decode(steps(&[(0, 0.9), (0, 0.8)], 5).view(), false);
+        assert_eq!(text, "");
+        assert_eq!(conf, 0.0);
+    }
+
+    #[test]
+    fn ascii_mode_skips_non_ascii_classes() {
+        let cs = Charset::from_dictionary("x\né\ny\n");
+        // Step 0 prefers 'é' (class 2) with 'y' second; ASCII mode must take 'y'.
+        let mut m = Array2::<f32>::zeros((1, 5));
+        m[[0, 2]] = 0.6;
+        m[[0, 3]] = 0.3;
+        m[[0, 0]] = 0.1;
+        assert_eq!(cs.decode(m.view(), false).0, "é");
+        let (text, conf) = cs.decode(m.view(), true);
+        assert_eq!(text, "y");
+        assert!((conf - 0.3).abs() < 1e-6);
+    }
+
+    #[test]
+    fn batch_is_padded_to_the_widest_crop_and_at_least_320() {
+        let short = RgbImage::from_pixel(20, 10, Rgb([255, 255, 255])); // -> 96 x 48
+        let long = RgbImage::from_pixel(100, 10, Rgb([0, 0, 0])); // ratio 10 -> 480 x 48
+        let t = preprocess(&[&short]);
+        assert_eq!(t.shape(), &[1, 3, 48, 320]);
+        assert_eq!(t[[0, 0, 10, 95]], 1.0);
+        assert_eq!(t[[0, 0, 10, 96]], 0.0);
+        let t = preprocess(&[&short, &long]);
+        assert_eq!(t.shape(), &[2, 3, 48, 480]);
+        assert_eq!(t[[1, 2, 47, 479]], -1.0);
+        assert_eq!(t[[0, 1, 0, 200]], 0.0);
+    }
+}
