@@ -7,7 +7,7 @@ use imageproc::drawing::draw_polygon_mut;
 use imageproc::geometric_transformations::{
     Border, Interpolation, Projection, rotate270, warp_into,
 };
-use imageproc::geometry::min_area_rect;
+use imageproc::geometry::convex_hull;
 use imageproc::point::Point;
 use ndarray::{Array4, ArrayView2, s};
 use serde::{Deserialize, Serialize};
@@ -119,7 +119,8 @@ pub fn boxes_from_probability(
                 ((y * scale_y).round_ties_even() as i32).clamp(0, image_size.1 as i32),
             ]
         };
-        let points = order_clockwise(grown.corners.map(to_image)).map(|[x, y]| {
+        // Unclipping and scaling keep the corner order of `order_corners`.
+        let points = grown.corners.map(to_image).map(|[x, y]| {
             [
                 x.clamp(0, image_size.0 as i32 - 1),
                 y.clamp(0, image_size.1 as i32 - 1),
@@ -144,11 +145,54 @@ struct Rect {
 }
 
 impl Rect {
-    /// The minimum-area rectangle around a contour.
+    /// The minimum-area rectangle around a contour, in exact (unrounded) coordinates.
+    ///
+    /// Rotating calipers over the convex hull: the best rectangle has a side on a hull edge.
+    /// (imageproc's `min_area_rect` rounds corners outward to integers, which grows and skews
+    /// small rotated boxes by a pixel or two and changes what the recognizer reads.)
     fn enclosing(points: &[Point<i32>]) -> Rect {
-        let [a, b, c, d] = min_area_rect(points);
+        let hull: Vec<[f64; 2]> = convex_hull(points.to_vec())
+            .into_iter()
+            .map(|p| [p.x as f64, p.y as f64])
+            .collect();
+        if hull.len() < 3 {
+            // A point or a segment: a degenerate rectangle along it.
+            let (a, b) = (hull[0], *hull.last().unwrap_or(&hull[0]));
+            return Rect {
+                corners: order_corners([a, b, b, a]),
+            };
+        }
+        let mut best = (f64::MAX, [[0.0; 2]; 4]);
+        for i in 0..hull.len() {
+            let (a, b) = (hull[i], hull[(i + 1) % hull.len()]);
+            let len = distance(a, b);
+            if len == 0.0 {
+                continue;
+            }
+            let u = [(b[0] - a[0]) / len, (b[1] - a[1]) / len];
+            let v = [-u[1], u[0]];
+            let project = |p: &[f64; 2], d: [f64; 2]| p[0] * d[0] + p[1] * d[1];
+            let (mut u0, mut u1, mut v0, mut v1) = (f64::MAX, f64::MIN, f64::MAX, f64::MIN);
+            for p in &hull {
+                let (pu, pv) = (project(p, u), project(p, v));
+                (u0, u1, v0, v1) = (u0.min(pu), u1.max(pu), v0.min(pv), v1.max(pv));
+            }
+            let area = (u1 - u0) * (v1 - v0);
+            if area < best.0 {
+                let corner = |cu: f64, cv: f64| [cu * u[0] + cv * v[0], cu * u[1] + cv * v[1]];
+                best = (
+                    area,
+                    [
+                        corner(u0, v0),
+                        corner(u1, v0),
+                        corner(u1, v1),
+                        corner(u0, v1),
+                    ],
+                );
+            }
+        }
         Rect {
-            corners: [a, b, c, d].map(|p| [p.x as f64, p.y as f64]),
+            corners: order_corners(best.1),
         }
     }
 
@@ -246,11 +290,11 @@ fn mean_inside(prob: ArrayView2<'_, f32>, corners: &[[f64; 2]; 4]) -> f32 {
 
 /// Orders four corners as top-left, top-right, bottom-right, bottom-left: the two leftmost
 /// points are the left side, and within each side the upper one comes first.
-fn order_clockwise(mut points: [[i32; 2]; 4]) -> [[i32; 2]; 4] {
-    points.sort_by_key(|p| p[0]);
+fn order_corners(mut points: [[f64; 2]; 4]) -> [[f64; 2]; 4] {
+    points.sort_by(|a, b| a[0].total_cmp(&b[0]));
     let (left, right) = points.split_at_mut(2);
-    left.sort_by_key(|p| p[1]);
-    right.sort_by_key(|p| p[1]);
+    left.sort_by(|a, b| a[1].total_cmp(&b[1]));
+    right.sort_by(|a, b| a[1].total_cmp(&b[1]));
     [left[0], right[0], right[1], left[1]]
 }
 

@@ -69,7 +69,8 @@ pub struct OcrOptions {
     pub recognizer: RecognizerChoice,
     /// Decode only printable ASCII (for Latin-script deployments; avoids look-alike CJK).
     pub ascii_only: bool,
-    /// Crops per recognizer run.
+    /// Crops per recognizer run. 1 by default: with fixed-shape plans a batch is padded to its
+    /// widest crop, which costs more than it saves on a CPU, and every batch size is a plan.
     pub batch_size: usize,
 }
 
@@ -80,7 +81,7 @@ impl Default for OcrOptions {
             db: DbParams::default(),
             recognizer: RecognizerChoice::Cascade { threshold: 0.9 },
             ascii_only: false,
-            batch_size: 6,
+            batch_size: 1,
         }
     }
 }

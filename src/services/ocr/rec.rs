@@ -98,15 +98,28 @@ pub fn aspect(img: &RgbImage) -> f32 {
     img.width() as f32 / img.height() as f32
 }
 
+/// Input width for a batch whose widest crop is `needed` pixels wide at height 48.
+///
+/// Widths come in a few geometric steps (320, 416, 544, 704, ... each about 1.25 times the
+/// last, in multiples of 32) rather than exactly: an engine that plans per shape would
+/// otherwise build a new plan for almost every batch of a scene. The extra right padding
+/// costs at most a quarter more work on wide crops.
+pub fn padded_width(needed: usize) -> usize {
+    let mut width = MIN_WIDTH as usize;
+    while width < needed {
+        width = (width * 5 / 4).div_ceil(32) * 32;
+    }
+    width
+}
+
 /// The `[N, 3, 48, W]` input for a batch of crops: each resized to height 48 keeping its
-/// aspect (capped at W), normalised to [-1, 1], right-padded with 0. W is the widest crop's
-/// width at height 48, at least 320.
+/// aspect, normalised to [-1, 1], right-padded with 0. W is [`padded_width`] of the widest.
 pub fn preprocess(crops: &[&RgbImage]) -> Array4<f32> {
     let max_ratio = crops
         .iter()
         .map(|c| aspect(c))
         .fold(MIN_WIDTH as f32 / HEIGHT as f32, f32::max);
-    let width = (HEIGHT as f32 * max_ratio) as usize;
+    let width = padded_width((HEIGHT as f32 * max_ratio) as usize);
     let mut batch = Array4::<f32>::zeros((crops.len(), 3, HEIGHT as usize, width));
     for (i, crop) in crops.iter().enumerate() {
         let resized_w = ((HEIGHT as f32 * aspect(crop)).ceil() as usize).clamp(1, width);
@@ -197,6 +210,15 @@ mod tests {
     }
 
     #[test]
+    fn widths_come_in_geometric_steps() {
+        let steps: Vec<usize> = [0, 320, 321, 416, 417, 544, 600, 1000]
+            .into_iter()
+            .map(padded_width)
+            .collect();
+        assert_eq!(steps, vec![320, 320, 416, 416, 544, 544, 704, 1120]);
+    }
+
+    #[test]
     fn batch_is_padded_to_the_widest_crop_and_at_least_320() {
         let short = RgbImage::from_pixel(20, 10, Rgb([255, 255, 255])); // -> 96 x 48
         let long = RgbImage::from_pixel(100, 10, Rgb([0, 0, 0])); // ratio 10 -> 480 x 48
@@ -205,8 +227,9 @@ mod tests {
         assert_eq!(t[[0, 0, 10, 95]], 1.0);
         assert_eq!(t[[0, 0, 10, 96]], 0.0);
         let t = preprocess(&[&short, &long]);
-        assert_eq!(t.shape(), &[2, 3, 48, 480]);
+        assert_eq!(t.shape(), &[2, 3, 48, 544]);
         assert_eq!(t[[1, 2, 47, 479]], -1.0);
+        assert_eq!(t[[1, 2, 47, 480]], 0.0);
         assert_eq!(t[[0, 1, 0, 200]], 0.0);
     }
 }

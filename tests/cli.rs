@@ -1,0 +1,115 @@
+//! The `edgerun` binary as a user runs it.
+
+mod common;
+
+use std::process::Command;
+
+use common::{fixture, png_header};
+use serde_json::Value;
+
+fn edgerun(args: &[&str]) -> (i32, Vec<Value>, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_edgerun"))
+        .args(args)
+        .output()
+        .expect("run edgerun");
+    let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
+    let lines = stdout
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("{e}: {l}")))
+        .collect();
+    (
+        out.status.code().unwrap_or(-1),
+        lines,
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+#[test]
+fn ocr_prints_one_json_object_per_image() {
+    let sign = fixture("sign.png");
+    let (code, lines, stderr) = edgerun(&["ocr", sign.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 1);
+    let result = &lines[0];
+    assert_eq!(result["image"], sign.to_str().unwrap());
+    assert_eq!(
+        (result["width"].as_u64(), result["height"].as_u64()),
+        (Some(640), Some(360))
+    );
+    let texts: Vec<&str> = result["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect();
+    assert_eq!(texts, ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+    let first = &result["items"][0];
+    assert_eq!(first["recognizer"], "tiny");
+    assert_eq!(first["box"].as_array().unwrap().len(), 4);
+    assert!(first["confidence"].as_f64().unwrap() > 0.9);
+    for key in ["det_ms", "crop_ms", "rec_ms", "total_ms", "decode_ms"] {
+        assert!(result["timings"][key].as_f64().is_some(), "{key}");
+    }
+}
+
+#[test]
+fn crops_mode_reads_each_image_as_one_word() {
+    let word = fixture("sign_word.png");
+    let (code, lines, stderr) = edgerun(&[
+        "ocr",
+        "--crops",
+        "--rec",
+        "small",
+        word.to_str().unwrap(),
+        word.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines.len(), 2);
+    for line in &lines {
+        assert_eq!(line["text"], "Station");
+        assert_eq!(line["recognizer"], "small");
+    }
+}
+
+#[test]
+fn bad_files_get_error_objects_and_exit_code_1() {
+    let tmp = tempfile::tempdir().unwrap();
+    let huge = tmp.path().join("huge.png");
+    std::fs::write(&huge, png_header(20_000, 20_000)).unwrap();
+    let text = tmp.path().join("notes.png");
+    std::fs::write(&text, "just text").unwrap();
+    let missing = tmp.path().join("missing.jpg");
+    let sign = fixture("sign_word.png");
+    let (code, lines, _) = edgerun(&[
+        "ocr",
+        "--crops",
+        huge.to_str().unwrap(),
+        text.to_str().unwrap(),
+        missing.to_str().unwrap(),
+        sign.to_str().unwrap(),
+    ]);
+    assert_eq!(code, 1);
+    let codes: Vec<&str> = lines
+        .iter()
+        .map(|l| l["error"]["code"].as_str().unwrap_or("ok"))
+        .collect();
+    assert_eq!(codes, ["too_large", "unsupported_media", "not_found", "ok"]);
+    assert_eq!(
+        lines[3]["text"], "Station",
+        "good images after bad ones are still read"
+    );
+}
+
+#[test]
+fn a_missing_models_folder_is_a_clear_error() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (code, lines, stderr) = edgerun(&[
+        "--models",
+        tmp.path().to_str().unwrap(),
+        "ocr",
+        fixture("sign.png").to_str().unwrap(),
+    ]);
+    assert_eq!(code, 2);
+    assert!(lines.is_empty());
+    assert!(stderr.contains("manifest.toml cannot be read"), "{stderr}");
+}

@@ -1,0 +1,363 @@
+//! The OCR service on real PP-OCRv6 models and real benchmark images.
+
+mod common;
+
+use common::{fixture, load, ocr, png_header};
+use edgerun::data;
+use edgerun::engine::{EngineConfig, TractEngine};
+use edgerun::imaging::{self, ImageError};
+use edgerun::models::ModelDir;
+use edgerun::services::ocr::{
+    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind,
+};
+
+/// (image under the data folder, label, tiny's reading, small's reading).
+/// Every 125th IIIT5K crop and every 350th ICDAR 2015 crop; readings as the models give
+/// them, mistakes included, so a change in preprocessing or decoding shows up here.
+const WORDS: &[(&str, &str, &str, &str)] = &[
+    (
+        "ocr/iiit5k/test/1002_1.png",
+        "PRIVATE",
+        "PRIVATE",
+        "PRIVATE",
+    ),
+    ("ocr/iiit5k/test/108_7.png", "About", "About", "About"),
+    ("ocr/iiit5k/test/148_1.png", "Theres", "There,s", "There,s"),
+    ("ocr/iiit5k/test/2013_1.png", "50", "50", "50"),
+    (
+        "ocr/iiit5k/test/207_12.png",
+        "Nothing",
+        "Nothing",
+        "Nothing",
+    ),
+    ("ocr/iiit5k/test/2162_1.png", "GODIER", "GODIER", "GODIER"),
+    (
+        "ocr/iiit5k/test/224_4.png",
+        "PPINANG",
+        "P.PINANG",
+        "P.PINANG",
+    ),
+    ("ocr/iiit5k/test/234_4.png", "India", "India", "India"),
+    ("ocr/iiit5k/test/2475_1.png", "5", "5", "5"),
+    ("ocr/iiit5k/test/2530_4.png", "Den", "Den", "Den"),
+    ("ocr/iiit5k/test/261_1.png", "P", "P", "P"),
+    ("ocr/iiit5k/test/30_2.png", "GLADES", "GLADES", "GLADES"),
+    ("ocr/iiit5k/test/34_10.png", "a", "a", "a"),
+    ("ocr/iiit5k/test/406_7.png", "Trucks", "Trucks", "Trucks"),
+    ("ocr/iiit5k/test/5019_1.png", "3D", "3D", "3D"),
+    ("ocr/iiit5k/test/5059_1.png", "DEFY", "DEFY", "ＤＥFY"),
+    ("ocr/iiit5k/test/5096_9.png", "EASTLY", "EASTLY", "EASTLY"),
+    ("ocr/iiit5k/test/5162_2.png", "AUGUST", "AUGUST", "AUGUST"),
+    ("ocr/iiit5k/test/529_9.png", "Sat", "Sat.", "Sat."),
+    ("ocr/iiit5k/test/626_1.png", "novo", "noV", "novo"),
+    ("ocr/iiit5k/test/697_5.png", "for", "for", "for"),
+    (
+        "ocr/iiit5k/test/771_15.png",
+        "Action",
+        "Action\"",
+        "Action\"",
+    ),
+    ("ocr/iiit5k/test/858_7.png", "FUEL", "FUEL", "FUEL"),
+    ("ocr/iiit5k/test/936_1.png", "27", "27", "27"),
+    (
+        "ocr/ic15-words/TestSet/word_1.png",
+        "JOINT",
+        "JOINT",
+        "JOINT",
+    ),
+    (
+        "ocr/ic15-words/TestSet/word_351.png",
+        "Points",
+        "Points",
+        "Points",
+    ),
+    ("ocr/ic15-words/TestSet/word_701.png", "BELIEVE", "0", "HAE"),
+    (
+        "ocr/ic15-words/TestSet/word_1051.png",
+        "Citibank",
+        "ctbank",
+        "citibank",
+    ),
+    (
+        "ocr/ic15-words/TestSet/word_1401.png",
+        "PARAGON",
+        "PARAGON",
+        "PARAGON",
+    ),
+    (
+        "ocr/ic15-words/TestSet/word_1751.png",
+        "DOROTHYPERKINS",
+        "",
+        "2",
+    ),
+];
+
+/// Crops whose tiny confidence is below 0.9 (so the cascade at 0.9 re-reads them).
+const UNSURE_AT_0_9: &[&str] = &[
+    "ocr/iiit5k/test/34_10.png",
+    "ocr/iiit5k/test/626_1.png",
+    "ocr/ic15-words/TestSet/word_701.png",
+    "ocr/ic15-words/TestSet/word_1751.png",
+];
+
+fn read_words(choice: RecognizerChoice, ascii_only: bool) -> Vec<Recognition> {
+    let images: Vec<_> = WORDS
+        .iter()
+        .map(|(path, ..)| load(&data::root().join(path)))
+        .collect();
+    let refs: Vec<_> = images.iter().collect();
+    let options = OcrOptions {
+        recognizer: choice,
+        ascii_only,
+        ..OcrOptions::default()
+    };
+    ocr().recognize(&refs, &options).expect("recognition")
+}
+
+#[test]
+fn tiny_reads_real_words_exactly() {
+    let got = read_words(RecognizerChoice::Tiny, false);
+    for ((path, _, tiny, _), r) in WORDS.iter().zip(&got) {
+        assert_eq!(r.text, *tiny, "{path}");
+        assert_eq!(r.recognizer, RecognizerKind::Tiny);
+    }
+}
+
+#[test]
+fn small_reads_real_words_exactly() {
+    let got = read_words(RecognizerChoice::Small, false);
+    for ((path, _, _, small), r) in WORDS.iter().zip(&got) {
+        assert_eq!(r.text, *small, "{path}");
+        assert_eq!(r.recognizer, RecognizerKind::Small);
+    }
+}
+
+#[test]
+fn most_sampled_words_match_their_labels() {
+    // The standard protocol (case-insensitive, alphanumeric) on the small recognizer's
+    // readings: all but the two hopeless ICDAR crops and the full-width "ＤＥFY".
+    let got = read_words(RecognizerChoice::Small, false);
+    let correct = WORDS
+        .iter()
+        .zip(&got)
+        .filter(|((_, label, ..), r)| data::word_key(label) == data::word_key(&r.text))
+        .count();
+    assert_eq!(correct, WORDS.len() - 3);
+}
+
+#[test]
+fn cascade_rereads_only_unsure_crops_with_small() {
+    let got = read_words(RecognizerChoice::Cascade { threshold: 0.9 }, false);
+    for ((path, _, tiny, small), r) in WORDS.iter().zip(&got) {
+        if UNSURE_AT_0_9.contains(path) {
+            assert_eq!(
+                (r.recognizer, r.text.as_str()),
+                (RecognizerKind::Small, *small),
+                "{path}"
+            );
+        } else {
+            assert_eq!(
+                (r.recognizer, r.text.as_str()),
+                (RecognizerKind::Tiny, *tiny),
+                "{path}"
+            );
+            assert!(r.confidence >= 0.9, "{path}: {}", r.confidence);
+        }
+    }
+    // The threshold is the knob: 0 never escalates, above 1 always does.
+    let never = read_words(RecognizerChoice::Cascade { threshold: 0.0 }, false);
+    assert!(never.iter().all(|r| r.recognizer == RecognizerKind::Tiny));
+    let always = read_words(RecognizerChoice::Cascade { threshold: 1.01 }, false);
+    assert!(always.iter().all(|r| r.recognizer == RecognizerKind::Small));
+}
+
+#[test]
+fn confidences_are_stable() {
+    // Values from the reference run, within 2e-3 (engines and CPUs differ by ~1e-6; the
+    // tolerance leaves room for resampling differences across image decoders).
+    let got = read_words(RecognizerChoice::Tiny, false);
+    let expect = [
+        (0, 0.9999),
+        (2, 0.9568),
+        (12, 0.7744),
+        (19, 0.7763),
+        (27, 0.9102),
+    ];
+    for (i, conf) in expect {
+        assert!(
+            (got[i].confidence - conf).abs() < 2e-3,
+            "{}: {} vs {conf}",
+            WORDS[i].0,
+            got[i].confidence
+        );
+    }
+    assert_eq!(got[29].confidence, 0.0, "empty reading has zero confidence");
+}
+
+#[test]
+fn ascii_mode_avoids_full_width_look_alikes() {
+    let image = load(&data::root().join("ocr/iiit5k/test/5059_1.png"));
+    let options = OcrOptions {
+        recognizer: RecognizerChoice::Small,
+        ascii_only: true,
+        ..OcrOptions::default()
+    };
+    let r = ocr().recognize(&[&image], &options).unwrap().remove(0);
+    assert_eq!(r.text, "DEFY");
+}
+
+#[test]
+fn batched_recognition_matches_one_by_one() {
+    let images: Vec<_> = WORDS[..12]
+        .iter()
+        .map(|(path, ..)| load(&data::root().join(path)))
+        .collect();
+    let refs: Vec<_> = images.iter().collect();
+    let options = OcrOptions {
+        recognizer: RecognizerChoice::Tiny,
+        batch_size: 4,
+        ..OcrOptions::default()
+    };
+    let batched = ocr().recognize(&refs, &options).unwrap();
+    for ((path, _, tiny, _), r) in WORDS.iter().zip(&batched) {
+        assert_eq!(r.text, *tiny, "{path}");
+    }
+}
+
+#[test]
+fn reads_a_rendered_sign_line_by_line() {
+    let image = load(&fixture("sign.png"));
+    for (choice, recognizer) in [
+        (
+            RecognizerChoice::Cascade { threshold: 0.9 },
+            RecognizerKind::Tiny,
+        ),
+        (RecognizerChoice::Small, RecognizerKind::Small),
+    ] {
+        let options = OcrOptions {
+            recognizer: choice,
+            ..OcrOptions::default()
+        };
+        let result = ocr().read_image(&image, &options).unwrap();
+        let texts: Vec<_> = result
+            .items
+            .iter()
+            .map(|i| i.recognition.text.as_str())
+            .collect();
+        assert_eq!(texts, ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+        assert!(
+            result
+                .items
+                .iter()
+                .all(|i| i.recognition.recognizer == recognizer)
+        );
+        // Boxes around the rendered ink boxes [40,40,444,81], [150,160,514,195],
+        // [360,262,581,308], within 3 px of the measured ones.
+        let expected = [
+            [[41, 33], [448, 33], [448, 87], [41, 87]],
+            [[148, 151], [516, 151], [516, 203], [148, 203]],
+            [[359, 253], [585, 253], [585, 317], [359, 317]],
+        ];
+        for (item, want) in result.items.iter().zip(expected) {
+            for (p, q) in item.text_box.iter().zip(want) {
+                assert!(
+                    (p[0] - q[0]).abs() <= 3 && (p[1] - q[1]).abs() <= 3,
+                    "{:?} vs {want:?}",
+                    item.text_box
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn reads_a_rendered_word_crop() {
+    let image = load(&fixture("sign_word.png"));
+    let r = ocr()
+        .recognize(&[&image], &OcrOptions::default())
+        .unwrap()
+        .remove(0);
+    assert_eq!(r.text, "Station");
+    assert_eq!(r.recognizer, RecognizerKind::Tiny);
+    assert!(r.confidence > 0.99);
+}
+
+#[test]
+fn reads_a_real_street_scene() {
+    // ICDAR 2015 img_5: a road sign with "Speed Regulating Strips Ahead", one word per line.
+    let image = load(&data::root().join("ocr/ic15-e2e/Imgs/img_5.jpg"));
+    let result = ocr().read_image(&image, &OcrOptions::default()).unwrap();
+    let texts: Vec<_> = result
+        .items
+        .iter()
+        .map(|i| i.recognition.text.as_str())
+        .collect();
+    assert_eq!(&texts[..4], ["Speed", "Regulating", "Strips", "Ahead"]);
+    assert!(texts.len() <= 5, "{texts:?}");
+    let first = result.items[0].text_box;
+    assert!(
+        (first[0][0] - 615).abs() <= 3 && (first[0][1] - 71).abs() <= 3,
+        "{first:?}"
+    );
+    assert!(result.timings.total_ms >= result.timings.det_ms);
+}
+
+#[test]
+fn bad_images_are_clear_errors() {
+    let max = imaging::DEFAULT_MAX_PIXELS;
+    let err = imaging::decode(b"%PDF-1.4 not an image", max).unwrap_err();
+    assert_eq!(err.code(), "unsupported_media", "{err}");
+    let err = imaging::decode(&png_header(0, 0), max).unwrap_err();
+    assert_eq!(err.code(), "bad_request", "{err}");
+    let err = imaging::decode(&png_header(20_000, 20_000), max).unwrap_err();
+    assert!(
+        matches!(
+            err,
+            ImageError::TooLarge {
+                width: 20_000,
+                height: 20_000,
+                ..
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(
+        err.to_string(),
+        "image is 20000x20000 (400 MP), above the limit of 48 MP"
+    );
+    assert!(imaging::decode(&[], max).is_err());
+}
+
+#[test]
+fn corrupt_model_file_is_refused_at_load() {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = edgerun::models::default_root().join("ocr");
+    let dst = tmp.path().join("ocr");
+    std::fs::create_dir(&dst).unwrap();
+    for entry in std::fs::read_dir(&src).unwrap() {
+        let entry = entry.unwrap();
+        std::fs::copy(entry.path(), dst.join(entry.file_name())).unwrap();
+    }
+    let mut bytes = std::fs::read(dst.join("rec_small.onnx")).unwrap();
+    let middle = bytes.len() / 2;
+    bytes[middle] ^= 0x40;
+    std::fs::write(dst.join("rec_small.onnx"), bytes).unwrap();
+    let engine = TractEngine::new(EngineConfig::default());
+    let dir = ModelDir::open(tmp.path(), "ocr").unwrap();
+    let err = OcrPipeline::load(&engine, &dir)
+        .err()
+        .expect("corrupt file refused");
+    assert!(
+        err.to_string().contains("rec_small.onnx is corrupt"),
+        "{err}"
+    );
+
+    std::fs::remove_file(dst.join("det_tiny.onnx")).unwrap();
+    let err = OcrPipeline::load(&engine, &dir)
+        .err()
+        .expect("missing file refused");
+    assert!(
+        err.to_string().contains("det_tiny.onnx is missing"),
+        "{err}"
+    );
+}
