@@ -12,9 +12,11 @@ use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
 use super::{LatencyStats, Machine, Table, write_json};
-use crate::data::{self, GtWord, WordCrop, word_key};
+use crate::data::{self, GtWord, SceneImage, WordCrop, word_key};
 use crate::imaging;
-use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice, RecognizerKind, TextItem};
+use crate::services::ocr::{
+    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind, TextItem,
+};
 
 /// What to measure.
 #[derive(Debug, Clone)]
@@ -59,7 +61,10 @@ pub struct WordResult {
 pub struct Parity {
     /// Share of samples whose output strings are identical.
     pub identical: f64,
+    /// The reference's word accuracy (end to end: its end-to-end word accuracy).
     pub reference_accuracy: Option<f64>,
+    /// End to end only: the reference's detection recall of care words.
+    pub reference_detection_recall: Option<f64>,
     pub reference_latency: LatencyStats,
     /// Our median latency divided by the reference's (below 1: we are faster).
     pub latency_ratio: f64,
@@ -232,6 +237,7 @@ fn word_parity(
     Ok(Parity {
         identical: identical as f64 / n,
         reference_accuracy: Some(correct as f64 / n),
+        reference_detection_recall: None,
         latency_ratio: ours.latency.median_ms / reference_latency.median_ms,
         reference_latency,
     })
@@ -253,7 +259,25 @@ struct ReferenceRecord {
 
 #[derive(Debug, Deserialize)]
 struct ReferenceItem {
+    #[serde(rename = "box")]
+    text_box: [[i32; 2]; 4],
     text: String,
+    confidence: f32,
+}
+
+impl ReferenceItem {
+    fn to_item(&self) -> TextItem {
+        TextItem {
+            text_box: self.text_box,
+            box_score: 0.0,
+            recognition: Recognition {
+                text: self.text.clone(),
+                confidence: self.confidence,
+                // Not compared: scoring looks at boxes and texts only.
+                recognizer: RecognizerKind::Tiny,
+            },
+        }
+    }
 }
 
 /// Runs `export/reference_ocr.py` over `paths` and returns its records in input order.
@@ -336,7 +360,7 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
         point_name(point),
         scenes.len()
     );
-    let (mut care, mut detected, mut read) = (0usize, 0usize, 0usize);
+    let mut ours = SceneScore::default();
     let (mut boxes, mut crops, mut heavy) = (0usize, 0usize, 0usize);
     let mut latencies = Vec::new();
     let mut all_texts = Vec::new();
@@ -345,13 +369,9 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
         let result = pipeline.read_image(&image, &options)?;
         latencies.push(result.timings.total_ms);
         boxes += result.items.len();
-        crops += result.items.len();
+        crops += result.crops;
         heavy += result.heavy_calls;
-        for word in scene.words.iter().filter(|w| w.care) {
-            care += 1;
-            detected += usize::from(coverage(word, result.items.iter()) >= 0.7);
-            read += usize::from(word_read(word, &result.items));
-        }
+        ours.add(scene, &result.items);
         all_texts.push(
             result
                 .items
@@ -366,6 +386,12 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
             eprintln!("  python reference, {} images...", scenes.len());
             let paths: Vec<PathBuf> = scenes.iter().map(|s| s.path.clone()).collect();
             let records = run_reference(reference, settings, "e2e", point, &paths)?;
+            let mut theirs = SceneScore::default();
+            for (scene, record) in scenes.iter().zip(&records) {
+                let items: Vec<TextItem> =
+                    record.items.iter().map(ReferenceItem::to_item).collect();
+                theirs.add(scene, &items);
+            }
             let identical = records
                 .iter()
                 .zip(&all_texts)
@@ -375,7 +401,8 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
                 LatencyStats::of(&records.iter().filter_map(|r| r.ms).collect::<Vec<_>>());
             Some(Parity {
                 identical: identical as f64 / scenes.len().max(1) as f64,
-                reference_accuracy: None,
+                reference_accuracy: Some(theirs.word_accuracy()),
+                reference_detection_recall: Some(theirs.detection_recall()),
                 latency_ratio: latency.median_ms / reference_latency.median_ms,
                 reference_latency,
             })
@@ -387,14 +414,40 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
         dataset: "ic15-e2e".into(),
         point: point_name(point),
         images: scenes.len(),
-        care_words: care,
-        detection_recall: share(detected, care),
-        word_accuracy: share(read, care),
+        care_words: ours.care,
+        detection_recall: ours.detection_recall(),
+        word_accuracy: ours.word_accuracy(),
         boxes_per_image: share(boxes, scenes.len()),
         heavy_share: share(heavy, crops),
         latency,
         parity,
     })
+}
+
+/// End-to-end counts over care words.
+#[derive(Debug, Default)]
+struct SceneScore {
+    care: usize,
+    detected: usize,
+    read: usize,
+}
+
+impl SceneScore {
+    fn add(&mut self, scene: &SceneImage, items: &[TextItem]) {
+        for word in scene.words.iter().filter(|w| w.care) {
+            self.care += 1;
+            self.detected += usize::from(coverage(word, items.iter()) >= 0.7);
+            self.read += usize::from(word_read(word, items));
+        }
+    }
+
+    fn detection_recall(&self) -> f64 {
+        self.detected as f64 / self.care.max(1) as f64
+    }
+
+    fn word_accuracy(&self) -> f64 {
+        self.read as f64 / self.care.max(1) as f64
+    }
 }
 
 /// Share of the word's area inside at least one of `items`' boxes (sampled per pixel).
@@ -531,11 +584,13 @@ fn print_report(report: &OcrBenchReport) {
         ];
         match &e.parity {
             Some(p) => row.extend([
+                p.reference_detection_recall.map(pct).unwrap_or_default(),
+                p.reference_accuracy.map(pct).unwrap_or_default(),
                 pct(p.identical),
                 ms(p.reference_latency.median_ms),
                 format!("{:.2}", p.latency_ratio),
             ]),
-            None => row.extend(["-".into(), "-".into(), "-".into()]),
+            None => row.extend(std::iter::repeat_n("-".to_string(), 5)),
         }
         table.row(row);
         println!("{table}");
@@ -545,7 +600,6 @@ fn print_report(report: &OcrBenchReport) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::services::ocr::Recognition;
 
     fn item(points: [[i32; 2]; 4], text: &str) -> TextItem {
         TextItem {

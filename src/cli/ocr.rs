@@ -1,17 +1,18 @@
 //! `edgerun ocr IMAGE...`: prints one JSON object per image.
 
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
 
 use anyhow::Result;
 use clap::Args;
-use serde_json::json;
+use serde_json::{Value, json};
 
 use super::settings::{Runtime, ocr_options};
 use super::{GlobalArgs, RecArg};
 use crate::imaging;
+use crate::services::ocr::{OcrOptions, OcrPipeline};
 
 #[derive(Debug, Args)]
 pub struct OcrArgs {
@@ -54,42 +55,11 @@ pub fn run(global: &GlobalArgs, args: &OcrArgs) -> Result<ExitCode> {
     let mut failed = false;
     let stdout = std::io::stdout();
     for path in &args.images {
-        let started = Instant::now();
-        let decoded = std::fs::read(path)
-            .map_err(|e| ("not_found", e.to_string()))
-            .and_then(|bytes| {
-                imaging::decode(&bytes, t.max_pixels).map_err(|e| (e.code(), e.to_string()))
-            });
-        let decode_ms = started.elapsed().as_secs_f64() * 1e3;
-        let line = match decoded {
-            Err((code, message)) => {
+        let line = match read_one(&pipeline, &options, path, args.crops, t.max_pixels) {
+            Ok(result) => result,
+            Err(Failure { code, message }) => {
                 failed = true;
                 json!({"image": path, "error": {"code": code, "message": message}})
-            }
-            Ok(image) if args.crops => {
-                let started = Instant::now();
-                let mut readings = pipeline.recognize(&[&image], &options)?;
-                let rec_ms = started.elapsed().as_secs_f64() * 1e3;
-                let r = readings.remove(0);
-                json!({
-                    "image": path,
-                    "text": r.text,
-                    "confidence": r.confidence,
-                    "recognizer": r.recognizer,
-                    "timings": {"decode_ms": decode_ms, "rec_ms": rec_ms},
-                })
-            }
-            Ok(image) => {
-                let result = pipeline.read_image(&image, &options)?;
-                let mut value =
-                    json!({"image": path, "width": image.width(), "height": image.height()});
-                let mut body = serde_json::to_value(&result)?;
-                body["timings"]["decode_ms"] = json!(decode_ms);
-                value
-                    .as_object_mut()
-                    .expect("object")
-                    .extend(body.as_object().expect("object").clone());
-                value
             }
         };
         let mut out = stdout.lock();
@@ -101,4 +71,59 @@ pub fn run(global: &GlobalArgs, args: &OcrArgs) -> Result<ExitCode> {
     } else {
         ExitCode::SUCCESS
     })
+}
+
+/// Why one image could not be read, with a stable error code.
+struct Failure {
+    code: &'static str,
+    message: String,
+}
+
+impl Failure {
+    fn new(code: &'static str, err: impl std::fmt::Display) -> Failure {
+        Failure {
+            code,
+            message: err.to_string(),
+        }
+    }
+}
+
+fn read_one(
+    pipeline: &OcrPipeline,
+    options: &OcrOptions,
+    path: &Path,
+    crops: bool,
+    max_pixels: u64,
+) -> Result<Value, Failure> {
+    let started = Instant::now();
+    let bytes = std::fs::read(path).map_err(|e| Failure::new("not_found", e))?;
+    let image = imaging::decode(&bytes, max_pixels).map_err(|e| Failure::new(e.code(), e))?;
+    let decode_ms = started.elapsed().as_secs_f64() * 1e3;
+    let internal = |e| Failure::new("internal", e);
+    if crops {
+        let started = Instant::now();
+        let reading = pipeline
+            .recognize(&[&image], options)
+            .map_err(internal)?
+            .remove(0);
+        let rec_ms = started.elapsed().as_secs_f64() * 1e3;
+        return Ok(json!({
+            "image": path,
+            "text": reading.text,
+            "confidence": reading.confidence,
+            "recognizer": reading.recognizer,
+            "timings": {"decode_ms": decode_ms, "rec_ms": rec_ms},
+        }));
+    }
+    let result = pipeline.read_image(&image, options).map_err(internal)?;
+    let mut timings = json!(result.timings);
+    timings["decode_ms"] = json!(decode_ms);
+    Ok(json!({
+        "image": path,
+        "width": image.width(),
+        "height": image.height(),
+        "items": result.items,
+        "heavy_calls": result.heavy_calls,
+        "timings": timings,
+    }))
 }

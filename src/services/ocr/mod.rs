@@ -117,6 +117,8 @@ pub struct Timings {
 #[derive(Debug, Clone, Serialize)]
 pub struct ImageResult {
     pub items: Vec<TextItem>,
+    /// Text regions cropped and read (including those that read as empty).
+    pub crops: usize,
     /// Crops the small recognizer read (all of them for `small`, the unsure ones in a cascade).
     pub heavy_calls: usize,
     pub timings: Timings,
@@ -319,6 +321,7 @@ impl OcrPipeline {
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
         Ok(ImageResult {
             items,
+            crops: crops.len(),
             heavy_calls,
             timings: Timings {
                 det_ms: ms(start, det_done),
