@@ -8,6 +8,7 @@ string for string and in speed.
 Usage:
   python export/reference_ocr.py --models models/ocr --mode crops|e2e \
       --rec tiny|small|cascade [--threshold 0.9] [--limit 960] [--threads 1] [--ascii]
+      [--batch 6] [--width-steps] [--min-confidence 0.5]
 
 Image paths are read from stdin, one per line. The models are loaded and warmed up
 first; then one JSON object per input line is printed to stdout (flushed each time):
@@ -48,7 +49,9 @@ import pyclipper
 
 REC_HEIGHT = 48
 REC_MIN_WIDTH = 320
+REC_MAX_WIDTH = 3200
 REC_BATCH = 6
+DROP_SCORE = 0.5
 
 DET_MEAN = np.array([0.485, 0.456, 0.406], dtype=np.float32)
 DET_STD = np.array([0.229, 0.224, 0.225], dtype=np.float32)
@@ -100,13 +103,24 @@ class Recognizer:
                     keep.append(i)
             self.allowed = np.array(sorted(set(keep)), dtype=np.int64)
 
-    @staticmethod
-    def batch_width(crops):
+    # With --width-steps the batch width is rounded up to edgerun's steps (320, 416, 544,
+    # ... each ~1.25x the last, multiples of 32, at most 3200), so that the benchmark
+    # compares the same computation; without it, RapidOCR's exact width is used.
+    width_steps = False
+
+    @classmethod
+    def batch_width(cls, crops):
         ratio = REC_MIN_WIDTH / REC_HEIGHT
         for img in crops:
             h, w = img.shape[:2]
             ratio = max(ratio, w / float(h))
-        return max(REC_MIN_WIDTH, int(REC_HEIGHT * ratio))
+        needed = max(REC_MIN_WIDTH, int(REC_HEIGHT * ratio))
+        if not cls.width_steps:
+            return needed
+        width = REC_MIN_WIDTH
+        while width < min(needed, REC_MAX_WIDTH):
+            width = -(-(width * 5 // 4) // 32) * 32
+        return min(width, REC_MAX_WIDTH)
 
     @staticmethod
     def prepare(img, width):
@@ -266,8 +280,9 @@ class Detector:
         ratio = 1.0
         if max(h, w) > self.limit:
             ratio = self.limit / float(max(h, w))
-        rh = max(int(round(h * ratio / 32.0) * 32), 32)
-        rw = max(int(round(w * ratio / 32.0) * 32), 32)
+        # PaddleOCR truncates the scaled size before rounding it to a multiple of 32.
+        rh = max(int(round(int(h * ratio) / 32.0) * 32), 32)
+        rw = max(int(round(int(w * ratio) / 32.0) * 32), 32)
         return rh, rw
 
     def preprocess(self, img):
@@ -328,13 +343,14 @@ def crop_box(img, box):
     return np.ascontiguousarray(crop)
 
 
-def e2e(detector, rec, img):
+def e2e(detector, rec, img, batch=REC_BATCH, min_confidence=DROP_SCORE):
     boxes = detector.detect(img)
     crops = [crop_box(img, b) for b in boxes]
-    results = rec.run(crops)
+    results = rec.run(crops, batch)
     items = []
     for box, (text, conf, name) in zip(boxes, results):
-        if not text:
+        # PaddleOCR's drop_score: readings below it are not reported.
+        if not text or conf < min_confidence:
             continue
         items.append({"box": [[int(round(float(x))), int(round(float(y)))] for x, y in box],
                       "text": text, "confidence": conf, "recognizer": name})
@@ -350,7 +366,14 @@ def main():
     ap.add_argument("--limit", type=int, default=960)
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--ascii", action="store_true")
+    ap.add_argument("--batch", type=int, default=REC_BATCH,
+                    help="crops per recognizer run end to end (RapidOCR: 6)")
+    ap.add_argument("--width-steps", action="store_true",
+                    help="pad recognizer inputs to edgerun's width steps")
+    ap.add_argument("--min-confidence", type=float, default=DROP_SCORE,
+                    help="end to end, drop readings below this confidence")
     args = ap.parse_args()
+    Recognizer.width_steps = args.width_steps
 
     # JSON lines are UTF-8 whatever the caller's locale is.
     sys.stdin.reconfigure(encoding="utf-8")
@@ -396,7 +419,7 @@ def main():
                        "recognizer": name, "ms": round(ms, 3)}
             else:
                 t0 = time.perf_counter()
-                items = e2e(detector, rec, img)
+                items = e2e(detector, rec, img, args.batch, args.min_confidence)
                 ms = (time.perf_counter() - t0) * 1000.0
                 obj = {"path": path, "ms": round(ms, 3), "items": items}
         except Exception as e:

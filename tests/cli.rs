@@ -101,6 +101,28 @@ fn bad_files_get_error_objects_and_exit_code_1() {
 }
 
 #[test]
+fn extreme_images_and_options_are_answered_not_crashed_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let line = tmp.path().join("line.png");
+    image::RgbImage::from_pixel(100_000, 1, image::Rgb([255, 255, 255]))
+        .save(&line)
+        .unwrap();
+    let (code, lines, stderr) = edgerun(&["ocr", "--crops", line.to_str().unwrap()]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines[0]["image"], line.to_str().unwrap());
+    assert!(lines[0]["text"].is_string());
+    let (code, _, stderr) = edgerun(&["ocr", "--threshold", "NaN", line.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("cascade threshold NaN is not a number"),
+        "{stderr}"
+    );
+    let (code, lines, _) = edgerun(&["ocr", tmp.path().to_str().unwrap()]);
+    assert_eq!(code, 1);
+    assert_eq!(lines[0]["error"]["code"], "bad_request");
+}
+
+#[test]
 fn a_missing_models_folder_is_a_clear_error() {
     let tmp = tempfile::tempdir().unwrap();
     let (code, lines, stderr) = edgerun(&[

@@ -111,7 +111,9 @@ fn read_words(choice: RecognizerChoice, ascii_only: bool) -> Vec<Recognition> {
         ascii_only,
         ..OcrOptions::default()
     };
-    ocr().recognize(&refs, &options).expect("recognition")
+    let readings = ocr().recognize(&refs, &options).expect("recognition");
+    assert_eq!(readings.len(), WORDS.len());
+    readings
 }
 
 #[test]
@@ -323,7 +325,7 @@ fn bad_images_are_clear_errors() {
     );
     assert_eq!(
         err.to_string(),
-        "image is 20000x20000 (400 MP), above the limit of 48 MP"
+        "image is 20000x20000 = 400000000 pixels, above the limit of 48000000"
     );
     assert!(imaging::decode(&[], max).is_err());
 }
@@ -360,4 +362,66 @@ fn corrupt_model_file_is_refused_at_load() {
         err.to_string().contains("det_tiny.onnx is missing"),
         "{err}"
     );
+}
+
+#[test]
+fn two_intra_op_threads_read_the_same() {
+    let engine = TractEngine::new(EngineConfig {
+        threads: 2,
+        ..EngineConfig::default()
+    });
+    let dir = ModelDir::open(&edgerun::models::default_root(), "ocr").unwrap();
+    let pipeline = OcrPipeline::load(&engine, &dir).unwrap();
+    let image = load(&fixture("sign.png"));
+    let options = OcrOptions {
+        recognizer: RecognizerChoice::Small,
+        ..OcrOptions::default()
+    };
+    let two = pipeline.read_image(&image, &options).unwrap();
+    let one = ocr().read_image(&image, &options).unwrap();
+    assert_eq!(two.items.len(), one.items.len());
+    for (a, b) in two.items.iter().zip(&one.items) {
+        assert_eq!(a.text_box, b.text_box);
+        assert_eq!(a.recognition.text, b.recognition.text);
+        assert!((a.recognition.confidence - b.recognition.confidence).abs() < 1e-4);
+    }
+}
+
+#[test]
+fn degenerate_images_are_read_without_panicking() {
+    let options = OcrOptions::default();
+    // A 1x1 image, a 100000x1 line (squeezed to the widest recognizer input) and a
+    // 1x5000 column: no text, no error, no panic.
+    for (w, h) in [(1, 1), (100_000, 1), (1, 5_000)] {
+        let image = image::RgbImage::from_pixel(w, h, image::Rgb([200, 200, 200]));
+        let result = ocr().read_image(&image, &options).unwrap();
+        assert!(result.items.is_empty(), "{w}x{h}: {:?}", result.items);
+        let reading = ocr().recognize(&[&image], &options).unwrap().remove(0);
+        assert!(reading.confidence <= 1.0, "{w}x{h}");
+    }
+    let empty = image::RgbImage::new(0, 0);
+    let err = ocr().recognize(&[&empty], &options).unwrap_err();
+    assert_eq!(err.code(), "bad_request", "{err}");
+}
+
+#[test]
+fn invalid_options_are_rejected() {
+    let image = load(&fixture("sign_word.png"));
+    let nan = OcrOptions {
+        recognizer: RecognizerChoice::Cascade {
+            threshold: f32::NAN,
+        },
+        ..OcrOptions::default()
+    };
+    let err = ocr().recognize(&[&image], &nan).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "invalid option: cascade threshold NaN is not a number"
+    );
+    assert_eq!(err.code(), "bad_request");
+    let tiny_limit = OcrOptions {
+        det_limit: 0,
+        ..OcrOptions::default()
+    };
+    assert!(ocr().read_image(&image, &tiny_limit).is_err());
 }

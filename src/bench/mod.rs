@@ -79,6 +79,14 @@ impl std::fmt::Display for Machine {
     }
 }
 
+/// Peak resident memory of this process so far (VmHWM), in MiB; `None` off Linux.
+pub fn peak_rss_mib() -> Option<f64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
+    Some(kib / 1024.0)
+}
+
 /// A plain-text table with aligned columns.
 pub struct Table {
     header: Vec<String>,
@@ -93,7 +101,13 @@ impl Table {
         }
     }
 
+    /// Adds a row; it must have one cell per column.
     pub fn row(&mut self, cells: Vec<String>) {
+        assert_eq!(
+            cells.len(),
+            self.header.len(),
+            "table row does not match the header"
+        );
         self.rows.push(cells);
     }
 }

@@ -96,10 +96,15 @@ pub struct OcrBenchReport {
     pub det_limit: u32,
     pub words: Vec<WordResult>,
     pub end_to_end: Option<EndToEndResult>,
+    /// Peak resident memory of the whole benchmark process (all models and plans loaded).
+    pub peak_rss_mib: Option<f64>,
 }
 
 /// Runs the benchmark, prints the tables and writes the JSON report.
 pub fn run(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<OcrBenchReport> {
+    for point in points(&settings.thresholds) {
+        options_for(settings, point).validate()?;
+    }
     let machine = Machine::current();
     eprintln!("machine: {machine}");
     let mut words = Vec::new();
@@ -140,8 +145,9 @@ pub fn run(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<OcrBen
         det_limit: settings.det_limit,
         words,
         end_to_end,
+        peak_rss_mib: super::peak_rss_mib(),
     };
-    print_report(&report);
+    print!("{}", report_text(&report));
     write_json(&settings.out, &report)?;
     eprintln!("wrote {}", settings.out.display());
     Ok(report)
@@ -293,6 +299,7 @@ fn run_reference(
         RecognizerChoice::Small => ("small", 0.0),
         RecognizerChoice::Cascade { threshold } => ("cascade", threshold),
     };
+    let defaults = options_for(settings, point);
     let mut command = Command::new(&reference.python);
     command
         .arg(&reference.script)
@@ -301,7 +308,10 @@ fn run_reference(
         .args(["--mode", mode, "--rec", rec])
         .args(["--threshold", &threshold.to_string()])
         .args(["--limit", &settings.det_limit.to_string()])
-        .args(["--threads", &settings.threads.to_string()]);
+        .args(["--threads", &settings.threads.to_string()])
+        // Compare the same computation: our batch size, width steps and confidence floor.
+        .args(["--batch", &defaults.batch_size.to_string(), "--width-steps"])
+        .args(["--min-confidence", &defaults.min_confidence.to_string()]);
     if settings.ascii_only {
         command.arg("--ascii");
     }
@@ -512,8 +522,11 @@ fn point_in_quad(p: [f64; 2], quad: &[[f64; 2]; 4]) -> bool {
     inside
 }
 
-fn print_report(report: &OcrBenchReport) {
-    println!(
+fn report_text(report: &OcrBenchReport) -> String {
+    use std::fmt::Write;
+    let mut text = String::new();
+    let _ = writeln!(
+        text,
         "OCR benchmark on {} - {}, ascii_only={}",
         report.machine, report.engine, report.ascii_only
     );
@@ -553,7 +566,7 @@ fn print_report(report: &OcrBenchReport) {
         }
         table.row(row);
     }
-    println!("{table}");
+    let _ = writeln!(text, "{table}");
     if let Some(e) = &report.end_to_end {
         let mut table = Table::new(&[
             "dataset",
@@ -566,6 +579,8 @@ fn print_report(report: &OcrBenchReport) {
             "heavy",
             "p50 ms/img",
             "p95 ms/img",
+            "py det recall",
+            "py e2e acc",
             "identical",
             "py p50 ms",
             "ours/py",
@@ -593,8 +608,12 @@ fn print_report(report: &OcrBenchReport) {
             None => row.extend(std::iter::repeat_n("-".to_string(), 5)),
         }
         table.row(row);
-        println!("{table}");
+        let _ = writeln!(text, "{table}");
     }
+    if let Some(mib) = report.peak_rss_mib {
+        let _ = writeln!(text, "peak resident memory: {mib:.0} MiB");
+    }
+    text
 }
 
 #[cfg(test)]
@@ -619,6 +638,62 @@ mod tests {
             text: text.into(),
             care: true,
         }
+    }
+
+    #[test]
+    fn report_table_lines_up_with_its_header() {
+        let latency = |median_ms| LatencyStats {
+            count: 1,
+            median_ms,
+            p95_ms: median_ms,
+            mean_ms: median_ms,
+        };
+        let parity = Parity {
+            identical: 0.5,
+            reference_accuracy: Some(0.25),
+            reference_detection_recall: Some(0.75),
+            reference_latency: latency(100.0),
+            latency_ratio: 2.0,
+        };
+        let report = OcrBenchReport {
+            machine: Machine {
+                cpu: "cpu".into(),
+                logical_cores: 2,
+                arch: "x86_64",
+                os: "linux",
+            },
+            engine: "tract".into(),
+            threads: 1,
+            ascii_only: true,
+            det_limit: 960,
+            words: vec![],
+            end_to_end: Some(EndToEndResult {
+                dataset: "ic15-e2e".into(),
+                point: "cascade@0.9".into(),
+                images: 1,
+                care_words: 4,
+                detection_recall: 1.0,
+                word_accuracy: 0.5,
+                boxes_per_image: 3.0,
+                heavy_share: 0.0,
+                latency: latency(200.0),
+                parity: Some(parity),
+            }),
+            peak_rss_mib: None,
+        };
+        let text = report_text(&report);
+        let lines: Vec<&str> = text.lines().collect();
+        let e2e_header = lines
+            .iter()
+            .position(|l| l.starts_with("dataset   point"))
+            .unwrap();
+        let header = lines[e2e_header];
+        let row = lines[e2e_header + 2];
+        let column = |name: &str| header.find(name).unwrap();
+        assert_eq!(&row[column("py det recall")..][..5], "75.0%");
+        assert_eq!(&row[column("py e2e acc")..][..5], "25.0%");
+        assert_eq!(&row[column("identical")..][..5], "50.0%");
+        assert!(row.ends_with("100.0      2.00"), "{row}");
     }
 
     #[test]

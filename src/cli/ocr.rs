@@ -1,6 +1,6 @@
 //! `edgerun ocr IMAGE...`: prints one JSON object per image.
 
-use std::io::Write;
+use std::io::{Read, Write};
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 use std::time::Instant;
@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 use super::settings::{Runtime, ocr_options};
 use super::{GlobalArgs, RecArg};
 use crate::imaging;
-use crate::services::ocr::{OcrOptions, OcrPipeline};
+use crate::services::ocr::{OcrError, OcrOptions, OcrPipeline};
 
 #[derive(Debug, Args)]
 pub struct OcrArgs {
@@ -41,9 +41,15 @@ pub struct OcrTuning {
     /// Decode printable ASCII only.
     #[arg(long)]
     pub ascii: bool,
+    /// Crops per recognizer run (crops of similar width are batched together).
+    #[arg(long, default_value_t = 1, value_name = "N")]
+    pub batch: usize,
     /// Refuse images with more pixels than this.
     #[arg(long, default_value_t = imaging::DEFAULT_MAX_PIXELS, value_name = "N")]
     pub max_pixels: u64,
+    /// Refuse image files larger than this many bytes.
+    #[arg(long, default_value_t = 64 << 20, value_name = "N")]
+    pub max_bytes: u64,
 }
 
 /// Runs OCR on each image; a failed image prints an error object and sets exit code 1.
@@ -51,15 +57,15 @@ pub fn run(global: &GlobalArgs, args: &OcrArgs) -> Result<ExitCode> {
     let runtime = Runtime::from_args(global)?;
     let pipeline = runtime.ocr_pipeline()?;
     let t = &args.tuning;
-    let options = ocr_options(t.rec, t.threshold, t.det_limit, t.ascii);
+    let options = ocr_options(t)?;
     let mut failed = false;
     let stdout = std::io::stdout();
     for path in &args.images {
-        let line = match read_one(&pipeline, &options, path, args.crops, t.max_pixels) {
+        let line = match read_one(&pipeline, &options, path, args.crops, t) {
             Ok(result) => result,
             Err(Failure { code, message }) => {
                 failed = true;
-                json!({"image": path, "error": {"code": code, "message": message}})
+                json!({"image": path.to_string_lossy(), "error": {"code": code, "message": message}})
             }
         };
         let mut out = stdout.lock();
@@ -88,38 +94,66 @@ impl Failure {
     }
 }
 
+/// Reads a file of at most `max_bytes`, so a device file or a huge file cannot exhaust memory.
+fn read_file(path: &Path, max_bytes: u64) -> Result<Vec<u8>, Failure> {
+    let io_failure = |e: std::io::Error| match e.kind() {
+        std::io::ErrorKind::NotFound => Failure::new("not_found", e),
+        _ => Failure::new("unreadable", e),
+    };
+    let file = std::fs::File::open(path).map_err(io_failure)?;
+    let metadata = file.metadata().map_err(io_failure)?;
+    if !metadata.is_file() {
+        return Err(Failure::new("bad_request", "not a regular file"));
+    }
+    if metadata.len() > max_bytes {
+        return Err(Failure::new(
+            "too_large",
+            format!(
+                "file has {} bytes, above the limit of {max_bytes}",
+                metadata.len()
+            ),
+        ));
+    }
+    let mut bytes = Vec::with_capacity(metadata.len() as usize);
+    file.take(max_bytes)
+        .read_to_end(&mut bytes)
+        .map_err(io_failure)?;
+    Ok(bytes)
+}
+
 fn read_one(
     pipeline: &OcrPipeline,
     options: &OcrOptions,
     path: &Path,
     crops: bool,
-    max_pixels: u64,
+    tuning: &OcrTuning,
 ) -> Result<Value, Failure> {
     let started = Instant::now();
-    let bytes = std::fs::read(path).map_err(|e| Failure::new("not_found", e))?;
-    let image = imaging::decode(&bytes, max_pixels).map_err(|e| Failure::new(e.code(), e))?;
+    let bytes = read_file(path, tuning.max_bytes)?;
+    let image =
+        imaging::decode(&bytes, tuning.max_pixels).map_err(|e| Failure::new(e.code(), e))?;
     let decode_ms = started.elapsed().as_secs_f64() * 1e3;
-    let internal = |e| Failure::new("internal", e);
+    let ocr_failure = |e: OcrError| Failure::new(e.code(), e);
     if crops {
         let started = Instant::now();
         let reading = pipeline
             .recognize(&[&image], options)
-            .map_err(internal)?
+            .map_err(ocr_failure)?
             .remove(0);
         let rec_ms = started.elapsed().as_secs_f64() * 1e3;
         return Ok(json!({
-            "image": path,
+            "image": path.to_string_lossy(),
             "text": reading.text,
             "confidence": reading.confidence,
             "recognizer": reading.recognizer,
             "timings": {"decode_ms": decode_ms, "rec_ms": rec_ms},
         }));
     }
-    let result = pipeline.read_image(&image, options).map_err(internal)?;
+    let result = pipeline.read_image(&image, options).map_err(ocr_failure)?;
     let mut timings = json!(result.timings);
     timings["decode_ms"] = json!(decode_ms);
     Ok(json!({
-        "image": path,
+        "image": path.to_string_lossy(),
         "width": image.width(),
         "height": image.height(),
         "items": result.items,

@@ -6,6 +6,7 @@ use std::sync::Arc;
 
 use anyhow::{Context, Result};
 
+use super::ocr::OcrTuning;
 use super::{GlobalArgs, RecArg};
 use crate::engine::{Engine, EngineConfig, TractEngine};
 use crate::models::{self, ModelDir};
@@ -53,11 +54,14 @@ pub fn recognizer_choice(rec: RecArg, threshold: f32) -> RecognizerChoice {
 }
 
 /// OCR options from the common OCR flags.
-pub fn ocr_options(rec: RecArg, threshold: f32, det_limit: u32, ascii_only: bool) -> OcrOptions {
-    OcrOptions {
-        det_limit,
-        recognizer: recognizer_choice(rec, threshold),
-        ascii_only,
+pub fn ocr_options(tuning: &OcrTuning) -> Result<OcrOptions> {
+    let options = OcrOptions {
+        det_limit: tuning.det_limit,
+        recognizer: recognizer_choice(tuning.rec, tuning.threshold),
+        ascii_only: tuning.ascii,
+        batch_size: tuning.batch,
         ..OcrOptions::default()
-    }
+    };
+    options.validate()?;
+    Ok(options)
 }

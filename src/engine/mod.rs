@@ -1,13 +1,13 @@
 //! Engines turn an ONNX file into something that runs.
 //!
-//! An [`Engine`] loads a file into a [`Model`]; a model runs on `ndarray` tensors and returns
-//! `f32` tensors. Engines own the whole model -> optimized plan -> run pipeline, including any
-//! per-shape plan caching, so callers never see engine types. This module must not know about
-//! services, image formats or the model manifest: it takes a path and tensors, nothing else.
+//! An [`Engine`] loads ONNX bytes into a [`Model`]; a model runs on `ndarray` tensors and
+//! returns `f32` tensors. Engines own the whole model -> optimized plan -> run pipeline,
+//! including any per-shape plan caching, so callers never see engine types. This module must
+//! not know about services, image formats or the model manifest: it takes verified bytes and
+//! tensors, nothing else.
 
 mod tract;
 
-use std::path::Path;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
@@ -17,13 +17,13 @@ pub use self::tract::TractEngine;
 /// Why an engine could not load or run a model.
 #[derive(Debug, thiserror::Error)]
 pub enum EngineError {
-    #[error("cannot load model {path}: {message}")]
-    Load { path: String, message: String },
-    #[error("model {model}: input {index} {message}")]
-    BadInput {
+    #[error("cannot load model {model}: {message}")]
+    Load { model: String, message: String },
+    #[error("model {model} takes {expected} inputs, {given} given")]
+    Arity {
         model: String,
-        index: usize,
-        message: String,
+        expected: usize,
+        given: usize,
     },
     #[error("model {model} failed: {message}")]
     Run { model: String, message: String },
@@ -38,7 +38,21 @@ pub enum Input<'a> {
     I64(ArrayViewD<'a, i64>),
 }
 
+/// The element type of an input, for planning ahead without data.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ElementType {
+    F32,
+    I64,
+}
+
 impl Input<'_> {
+    pub fn element_type(&self) -> ElementType {
+        match self {
+            Input::F32(_) => ElementType::F32,
+            Input::I64(_) => ElementType::I64,
+        }
+    }
+
     pub fn shape(&self) -> &[usize] {
         match self {
             Input::F32(a) => a.shape(),
@@ -65,9 +79,9 @@ pub trait Model: Send + Sync {
     /// returned as `f32`.
     fn run(&self, inputs: &[Input<'_>]) -> Result<Vec<ArrayD<f32>>, EngineError>;
 
-    /// Prepares (and caches) the plan for these input shapes ahead of the first request,
-    /// so start-up rather than a user's request pays for optimisation.
-    fn warm_up(&self, shapes: &[&[usize]]) -> Result<(), EngineError>;
+    /// Prepares (and caches) the plan for these inputs ahead of the first request, so
+    /// start-up rather than a user's request pays for optimisation.
+    fn warm_up(&self, inputs: &[(ElementType, &[usize])]) -> Result<(), EngineError>;
 
     /// Human-readable description for logs and status: engine and where it runs.
     fn describe(&self) -> String;
@@ -78,8 +92,9 @@ pub trait Engine: Send + Sync {
     /// A short stable name (`tract`, `ort`) for configs, logs and reports.
     fn name(&self) -> &'static str;
 
-    /// Loads and checks the model; per-shape plans are built lazily on first use.
-    fn load(&self, path: &Path) -> Result<Arc<dyn Model>, EngineError>;
+    /// Parses and checks an ONNX model; per-shape plans are built lazily on first use.
+    /// `name` identifies it in errors and logs.
+    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError>;
 }
 
 /// Engine settings shared by every engine.

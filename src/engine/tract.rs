@@ -5,14 +5,14 @@
 //! caching the most recently used ones.
 
 use std::collections::HashMap;
-use std::path::Path;
+use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use ndarray::ArrayD;
 use tract_onnx::prelude::tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 
-use super::{Engine, EngineConfig, EngineError, Input, Model};
+use super::{ElementType, Engine, EngineConfig, EngineError, Input, Model};
 
 /// Loads ONNX files with `tract-onnx`.
 pub struct TractEngine {
@@ -33,21 +33,17 @@ impl Engine for TractEngine {
         "tract"
     }
 
-    fn load(&self, path: &Path) -> Result<Arc<dyn Model>, EngineError> {
+    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
         let load_error = |e: TractError| EngineError::Load {
-            path: path.display().to_string(),
+            model: name.to_string(),
             message: format!("{e:#}"),
         };
         let graph = tract_onnx::onnx()
-            .model_for_path(path)
+            .model_for_read(&mut Cursor::new(onnx))
             .map_err(load_error)?;
         let input_count = graph.input_outlets().map_err(load_error)?.len();
-        let name = path
-            .file_name()
-            .map(|n| n.to_string_lossy().into_owned())
-            .unwrap_or_else(|| path.display().to_string());
         Ok(Arc::new(TractModel {
-            name,
+            name: name.to_string(),
             graph,
             input_count,
             threads: self.config.threads,
@@ -62,8 +58,15 @@ impl Engine for TractEngine {
 
 type Plan = Arc<TypedRunnableModel>;
 
-/// The input shapes (and element types) a plan was built for.
-type ShapeKey = Vec<(DatumType, Vec<usize>)>;
+/// The input element types and shapes a plan was built for.
+type ShapeKey = Vec<(ElementType, Vec<usize>)>;
+
+fn datum_type(element: ElementType) -> DatumType {
+    match element {
+        ElementType::F32 => f32::datum_type(),
+        ElementType::I64 => i64::datum_type(),
+    }
+}
 
 struct TractModel {
     name: String,
@@ -94,8 +97,11 @@ impl TractModel {
 
     fn build_plan(&self, key: &ShapeKey) -> TractResult<Plan> {
         let mut model = self.graph.clone();
-        for (index, (datum_type, shape)) in key.iter().enumerate() {
-            model = model.with_input_fact(index, InferenceFact::dt_shape(*datum_type, shape))?;
+        for (index, (element, shape)) in key.iter().enumerate() {
+            model = model.with_input_fact(
+                index,
+                InferenceFact::dt_shape(self::datum_type(*element), shape),
+            )?;
         }
         model
             .into_optimized()?
@@ -106,13 +112,10 @@ impl TractModel {
         if given == self.input_count {
             Ok(())
         } else {
-            Err(EngineError::BadInput {
+            Err(EngineError::Arity {
                 model: self.name.clone(),
-                index: given,
-                message: format!(
-                    "count: the model takes {} inputs, {given} given",
-                    self.input_count
-                ),
+                expected: self.input_count,
+                given,
             })
         }
     }
@@ -121,10 +124,7 @@ impl TractModel {
 fn shape_key(inputs: &[Input<'_>]) -> ShapeKey {
     inputs
         .iter()
-        .map(|input| match input {
-            Input::F32(a) => (f32::datum_type(), a.shape().to_vec()),
-            Input::I64(a) => (i64::datum_type(), a.shape().to_vec()),
-        })
+        .map(|input| (input.element_type(), input.shape().to_vec()))
         .collect()
 }
 
@@ -161,12 +161,9 @@ impl Model for TractModel {
             .map_err(run_error)
     }
 
-    fn warm_up(&self, shapes: &[&[usize]]) -> Result<(), EngineError> {
-        self.check_arity(shapes.len())?;
-        let key = shapes
-            .iter()
-            .map(|s| (f32::datum_type(), s.to_vec()))
-            .collect();
+    fn warm_up(&self, inputs: &[(ElementType, &[usize])]) -> Result<(), EngineError> {
+        self.check_arity(inputs.len())?;
+        let key = inputs.iter().map(|(e, s)| (*e, s.to_vec())).collect();
         self.plan_for(&key).map(drop)
     }
 
@@ -214,5 +211,63 @@ impl PlanCache {
                 None => break,
             };
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn plan() -> Plan {
+        let mut model = TypedModel::default();
+        let x = model.add_source("x", f32::fact([1])).unwrap();
+        model.select_output_outlets(&[x]).unwrap();
+        model.into_runnable().unwrap()
+    }
+
+    fn key(width: usize) -> ShapeKey {
+        vec![(ElementType::F32, vec![1, width])]
+    }
+
+    #[test]
+    fn plan_cache_drops_the_least_recently_used() {
+        let mut cache = PlanCache::new(2);
+        cache.insert(key(1), plan());
+        cache.insert(key(2), plan());
+        assert!(cache.get(&key(1)).is_some()); // 1 is now more recent than 2
+        cache.insert(key(3), plan());
+        assert!(cache.get(&key(2)).is_none());
+        assert!(cache.get(&key(1)).is_some());
+        assert!(cache.get(&key(3)).is_some());
+        assert_eq!(cache.plans.len(), 2);
+    }
+
+    #[test]
+    fn runs_a_real_model_and_checks_arity() {
+        // The tiny recognizer at its narrowest width: one plan, cached across runs.
+        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
+        let bytes = std::fs::read(path).unwrap();
+        let model = TractEngine::new(EngineConfig::default())
+            .load("rec_tiny.onnx", &bytes)
+            .unwrap();
+        let input = ndarray::Array4::<f32>::zeros((1, 3, 48, 320)).into_dyn();
+        let out = model.run(&[Input::F32(input.view())]).unwrap();
+        assert_eq!(out[0].shape(), &[1, 40, 6906]);
+        // Softmax output: each step sums to 1.
+        let sum: f32 = out[0].index_axis(ndarray::Axis(1), 0).sum();
+        assert!((sum - 1.0).abs() < 1e-4, "{sum}");
+        let err = model.run(&[]).err().unwrap();
+        assert_eq!(
+            err.to_string(),
+            "model rec_tiny.onnx takes 1 inputs, 0 given"
+        );
+        let err = TractEngine::new(EngineConfig::default())
+            .load("junk.onnx", b"not a model")
+            .err()
+            .unwrap();
+        assert!(
+            err.to_string().starts_with("cannot load model junk.onnx"),
+            "{err}"
+        );
     }
 }

@@ -6,8 +6,6 @@
 //! This module only resolves and verifies files; it does not parse models (that is
 //! [`crate::engine`]'s job).
 
-use std::fs::File;
-use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use serde::Deserialize;
@@ -36,6 +34,8 @@ pub enum ModelError {
         service: String,
         source: std::io::Error,
     },
+    #[error("model file {path} is not UTF-8 text")]
+    NotText { path: PathBuf },
     #[error(
         "model file {path} is corrupt: sha256 {actual} does not match the manifest's {expected}"
     )]
@@ -100,8 +100,8 @@ impl ModelDir {
         &self.dir
     }
 
-    /// The path of `file` after checking that it exists and matches its sha256.
-    pub fn verified_path(&self, file: &str) -> Result<PathBuf, ModelError> {
+    /// The contents of `file`, read once and checked against its sha256.
+    pub fn read_verified(&self, file: &str) -> Result<Vec<u8>, ModelError> {
         let entry = self
             .manifest
             .files
@@ -112,11 +112,12 @@ impl ModelDir {
                 manifest: self.dir.join("manifest.toml"),
             })?;
         let path = self.dir.join(&entry.file);
-        let actual = sha256_file(&path).map_err(|source| ModelError::Missing {
+        let bytes = std::fs::read(&path).map_err(|source| ModelError::Missing {
             path: path.clone(),
             service: self.manifest.service.clone(),
             source,
         })?;
+        let actual = hex::encode(Sha256::digest(&bytes));
         if !actual.eq_ignore_ascii_case(&entry.sha256) {
             return Err(ModelError::Corrupt {
                 path,
@@ -124,16 +125,13 @@ impl ModelDir {
                 actual,
             });
         }
-        Ok(path)
+        Ok(bytes)
     }
 
-    /// The verified contents of a text file (dictionaries, tokenizers).
-    pub fn verified_text(&self, file: &str) -> Result<String, ModelError> {
-        let path = self.verified_path(file)?;
-        std::fs::read_to_string(&path).map_err(|source| ModelError::Missing {
-            path,
-            service: self.manifest.service.clone(),
-            source,
+    /// The verified contents of a UTF-8 text file (dictionaries, tokenizers).
+    pub fn read_verified_text(&self, file: &str) -> Result<String, ModelError> {
+        String::from_utf8(self.read_verified(file)?).map_err(|_| ModelError::NotText {
+            path: self.dir.join(file),
         })
     }
 }
@@ -149,20 +147,6 @@ pub fn default_root() -> PathBuf {
         return local;
     }
     Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
-}
-
-fn sha256_file(path: &Path) -> std::io::Result<String> {
-    let mut file = File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut buffer = vec![0u8; 1 << 16];
-    loop {
-        let n = file.read(&mut buffer)?;
-        if n == 0 {
-            break;
-        }
-        hasher.update(&buffer[..n]);
-    }
-    Ok(hex::encode(hasher.finalize()))
 }
 
 #[cfg(test)]
@@ -194,18 +178,15 @@ license = "CC0-1.0"
     fn verifies_matching_file() {
         let tmp = write_dir(b"hello");
         let dir = ModelDir::open(tmp.path(), "svc").unwrap();
-        assert_eq!(
-            dir.verified_path("a.bin").unwrap(),
-            tmp.path().join("svc/a.bin")
-        );
-        assert_eq!(dir.verified_text("a.bin").unwrap(), "hello");
+        assert_eq!(dir.read_verified("a.bin").unwrap(), b"hello");
+        assert_eq!(dir.read_verified_text("a.bin").unwrap(), "hello");
     }
 
     #[test]
     fn corrupt_file_is_reported_with_both_hashes() {
         let tmp = write_dir(b"hellO");
         let dir = ModelDir::open(tmp.path(), "svc").unwrap();
-        let err = dir.verified_path("a.bin").unwrap_err();
+        let err = dir.read_verified("a.bin").unwrap_err();
         assert!(matches!(err, ModelError::Corrupt { .. }), "{err}");
         let text = err.to_string();
         assert!(text.contains("is corrupt"), "{text}");
@@ -217,10 +198,10 @@ license = "CC0-1.0"
         let tmp = write_dir(b"hello");
         std::fs::remove_file(tmp.path().join("svc/a.bin")).unwrap();
         let dir = ModelDir::open(tmp.path(), "svc").unwrap();
-        let err = dir.verified_path("a.bin").unwrap_err();
+        let err = dir.read_verified("a.bin").unwrap_err();
         assert!(matches!(err, ModelError::Missing { .. }), "{err}");
         assert!(err.to_string().contains("export/svc.py"), "{err}");
-        let err = dir.verified_path("b.bin").unwrap_err();
+        let err = dir.read_verified("b.bin").unwrap_err();
         assert!(matches!(err, ModelError::NotInManifest { .. }), "{err}");
     }
 

@@ -4,15 +4,13 @@
 use image::{GrayImage, Luma, RgbImage};
 use imageproc::contours::find_contours;
 use imageproc::drawing::draw_polygon_mut;
-use imageproc::geometric_transformations::{
-    Border, Interpolation, Projection, rotate270, warp_into,
-};
+use imageproc::geometric_transformations::{Projection, rotate270};
 use imageproc::geometry::convex_hull;
 use imageproc::point::Point;
 use ndarray::{Array4, ArrayView2, s};
 use serde::{Deserialize, Serialize};
 
-use crate::imaging::{resize_bilinear, write_bgr_normalized};
+use crate::imaging::{resize_bilinear, warp_cubic, write_bgr_normalized};
 
 /// ImageNet statistics in the detector's BGR channel order (PP-OCR applies the RGB-ordered
 /// constants to BGR pixels; the model was trained that way).
@@ -113,17 +111,11 @@ pub fn boxes_from_probability(
         if grown.short_side() < params.min_size as f64 + 2.0 {
             continue;
         }
-        let to_image = |[x, y]: [f64; 2]| {
+        // Scaling keeps the corner order; corners are clipped to the image.
+        let points = grown.corners.map(|[x, y]| {
             [
-                ((x * scale_x).round_ties_even() as i32).clamp(0, image_size.0 as i32),
-                ((y * scale_y).round_ties_even() as i32).clamp(0, image_size.1 as i32),
-            ]
-        };
-        // Unclipping and scaling keep the corner order of `order_corners`.
-        let points = grown.corners.map(to_image).map(|[x, y]| {
-            [
-                x.clamp(0, image_size.0 as i32 - 1),
-                y.clamp(0, image_size.1 as i32 - 1),
+                ((x * scale_x).round_ties_even() as i32).clamp(0, image_size.0 as i32 - 1),
+                ((y * scale_y).round_ties_even() as i32).clamp(0, image_size.1 as i32 - 1),
             ]
         });
         let side = |a: [i32; 2], b: [i32; 2]| {
@@ -156,8 +148,9 @@ impl Rect {
             .map(|p| [p.x as f64, p.y as f64])
             .collect();
         if hull.len() < 3 {
-            // A point or a segment: a degenerate rectangle along it.
-            let (a, b) = (hull[0], *hull.last().unwrap_or(&hull[0]));
+            // Nothing, a point or a segment: a degenerate rectangle along it.
+            let a = hull.first().copied().unwrap_or_default();
+            let b = hull.last().copied().unwrap_or_default();
             return Rect {
                 corners: order_corners([a, b, b, a]),
             };
@@ -208,8 +201,10 @@ impl Rect {
         self.width().min(self.height())
     }
 
-    /// Grows the rectangle by `area * ratio / perimeter` on every side. For a rectangle this
-    /// is exactly the minimum-area rectangle around PP-OCR's round-joined polygon offset.
+    /// Grows the rectangle by `area * ratio / perimeter` on every side: the minimum-area
+    /// rectangle around PP-OCR's round-joined polygon offset (which pyclipper computes on
+    /// integer corners, so the two differ by up to a pixel of the probability map). Corners
+    /// are re-ordered afterwards, as PP-OCR does, since growing can change which is leftmost.
     fn unclip(&self, ratio: f64) -> Rect {
         let (w, h) = (self.width(), self.height());
         let d = w * h * ratio / (2.0 * (w + h));
@@ -226,12 +221,12 @@ impl Rect {
         };
         let [tl, tr, br, bl] = self.corners;
         Rect {
-            corners: [
+            corners: order_corners([
                 shift(tl, -1.0, -1.0),
                 shift(tr, 1.0, -1.0),
                 shift(br, 1.0, 1.0),
                 shift(bl, -1.0, 1.0),
-            ],
+            ]),
         }
     }
 }
@@ -322,18 +317,12 @@ pub fn crop(image: &RgbImage, text_box: &TextBox) -> Option<RgbImage> {
     if width == 0 || height == 0 {
         return None;
     }
-    let from = p.map(|[x, y]| (x as f32, y as f32));
+    let corners = p.map(|[x, y]| (x as f32, y as f32));
     let (w, h) = (width as f32, height as f32);
-    let projection =
-        Projection::from_control_points(from, [(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)])?;
-    let mut out = RgbImage::new(width, height);
-    warp_into(
-        image,
-        projection,
-        Interpolation::Bicubic,
-        Border::Replicate,
-        &mut out,
-    );
+    // Maps crop pixels back to the image (the direction a warp samples in).
+    let to_image =
+        Projection::from_control_points([(0.0, 0.0), (w, 0.0), (w, h), (0.0, h)], corners)?;
+    let mut out = warp_cubic(image, width, height, |x, y| to_image * (x, y));
     if height as f32 / width as f32 >= 1.5 {
         out = rotate270(&out);
     }
@@ -420,26 +409,55 @@ mod tests {
             ],
         );
         let boxes = boxes_from_probability(prob.view(), (200, 80), &DbParams::default());
-        let lefts: Vec<i32> = boxes.iter().map(|b| b.points[0][0]).collect();
-        let tops: Vec<i32> = boxes.iter().map(|b| b.points[0][1]).collect();
-        assert_eq!(lefts.len(), 3);
-        assert!(lefts[0] < lefts[1], "{lefts:?}");
-        assert!(tops[2] > tops[0] + 20, "{tops:?}");
+        let top_lefts: Vec<[i32; 2]> = boxes.iter().map(|b| b.points[0]).collect();
+        assert_eq!(top_lefts, [[13, 6], [113, 3], [12, 42]]);
     }
 
     #[test]
     fn rotated_region_gives_a_rotated_box() {
-        // A diagonal band: the box must be tilted, not axis-aligned.
+        // A band along the diagonal, 8 pixels tall: the box follows it at 45 degrees.
         let mut prob = Array2::<f32>::zeros((100, 100));
         for i in 10..90usize {
             for t in 0..8usize {
-                prob[[(i + t).min(99), i]] = 0.9;
+                prob[[i + t, i]] = 0.9;
             }
         }
         let boxes = boxes_from_probability(prob.view(), (100, 100), &DbParams::default());
         assert_eq!(boxes.len(), 1);
-        let [tl, tr, _, _] = boxes[0].points;
-        assert!(tr[1] - tl[1] > 40, "{:?}", boxes[0].points);
+        assert_eq!(boxes[0].points, [[10, 5], [98, 92], [89, 99], [1, 13]]);
+    }
+
+    #[test]
+    fn corners_are_ordered_after_growing_a_steep_box() {
+        // A 10 x 4 rectangle tilted by 65 degrees: growing it moves a different corner to the
+        // far left, and the order must follow (top-left first, clockwise).
+        let (c, s) = (65f64.to_radians().cos(), 65f64.to_radians().sin());
+        let corner = |x: f64, y: f64| [x * c - y * s, x * s + y * c];
+        let rect = Rect {
+            corners: order_corners([
+                corner(-5.0, -2.0),
+                corner(5.0, -2.0),
+                corner(5.0, 2.0),
+                corner(-5.0, 2.0),
+            ]),
+        };
+        let grown = rect.unclip(1.6);
+        assert_eq!(grown.corners, order_corners(grown.corners));
+        let [tl, tr, br, bl] = grown.corners;
+        assert!(
+            tl[0] <= tr[0].min(br[0]) && bl[0] <= tr[0].min(br[0]),
+            "{:?}",
+            grown.corners
+        );
+        assert!(tl[1] < bl[1] && tr[1] < br[1], "{:?}", grown.corners);
+    }
+
+    #[test]
+    fn degenerate_contours_give_degenerate_rects() {
+        assert_eq!(Rect::enclosing(&[]).short_side(), 0.0);
+        let line = [Point::new(3, 4), Point::new(9, 4)];
+        let rect = Rect::enclosing(&line);
+        assert_eq!((rect.width(), rect.height()), (6.0, 0.0));
     }
 
     #[test]
@@ -462,5 +480,10 @@ mod tests {
             score: 1.0,
         };
         assert_eq!(crop(&img, &tall).unwrap().dimensions(), (40, 10));
+        let flat = TextBox {
+            points: [[5, 5], [15, 5], [15, 5], [5, 5]],
+            score: 1.0,
+        };
+        assert!(crop(&img, &flat).is_none());
     }
 }

@@ -19,7 +19,7 @@ use image::RgbImage;
 use ndarray::{Axis, s};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{Engine, EngineError, Input, Model};
+use crate::engine::{ElementType, Engine, EngineError, Input, Model};
 use crate::models::{ModelDir, ModelError};
 
 pub use self::det::{DbParams, TextBox};
@@ -38,6 +38,26 @@ pub enum OcrError {
         shape: Vec<usize>,
         expected: String,
     },
+    #[error("invalid option: {0}")]
+    InvalidOption(String),
+    #[error("crop {index} is empty ({width}x{height})")]
+    EmptyCrop {
+        index: usize,
+        width: u32,
+        height: u32,
+    },
+}
+
+impl OcrError {
+    /// The stable error code for responses: the caller's fault or ours.
+    pub fn code(&self) -> &'static str {
+        match self {
+            OcrError::InvalidOption(_) | OcrError::EmptyCrop { .. } => "bad_request",
+            OcrError::Model(_) | OcrError::Engine(_) | OcrError::UnexpectedOutput { .. } => {
+                "internal"
+            }
+        }
+    }
 }
 
 /// Which recognizer reads the crops.
@@ -69,6 +89,9 @@ pub struct OcrOptions {
     pub recognizer: RecognizerChoice,
     /// Decode only printable ASCII (for Latin-script deployments; avoids look-alike CJK).
     pub ascii_only: bool,
+    /// End to end, readings below this confidence are not reported (PaddleOCR's
+    /// `drop_score`): they are almost always noise, not text.
+    pub min_confidence: f32,
     /// Crops per recognizer run. 1 by default: with fixed-shape plans a batch is padded to its
     /// widest crop, which costs more than it saves on a CPU, and every batch size is a plan.
     pub batch_size: usize,
@@ -81,8 +104,46 @@ impl Default for OcrOptions {
             db: DbParams::default(),
             recognizer: RecognizerChoice::Cascade { threshold: 0.9 },
             ascii_only: false,
+            min_confidence: 0.5,
             batch_size: 1,
         }
+    }
+}
+
+impl OcrOptions {
+    /// Checks every knob, so a request cannot switch the cascade off with a NaN threshold
+    /// or make the detector see a 0-pixel image.
+    pub fn validate(&self) -> Result<(), OcrError> {
+        let fail = |message: String| Err(OcrError::InvalidOption(message));
+        if let RecognizerChoice::Cascade { threshold } = self.recognizer
+            && !threshold.is_finite()
+        {
+            return fail(format!("cascade threshold {threshold} is not a number"));
+        }
+        if !(32..=8192).contains(&self.det_limit) {
+            return fail(format!("det_limit {} is outside 32..=8192", self.det_limit));
+        }
+        if !(1..=64).contains(&self.batch_size) {
+            return fail(format!("batch_size {} is outside 1..=64", self.batch_size));
+        }
+        let db = &self.db;
+        let probability = |v: f32| (0.0..=1.0).contains(&v);
+        if !probability(db.threshold) || !probability(db.box_threshold) {
+            return fail("DB thresholds must lie in 0..=1".into());
+        }
+        if !probability(self.min_confidence) {
+            return fail(format!(
+                "min_confidence {} is outside 0..=1",
+                self.min_confidence
+            ));
+        }
+        if !(0.0..=10.0).contains(&db.unclip_ratio) || !(0.0..=1000.0).contains(&db.min_size) {
+            return fail("unclip_ratio must lie in 0..=10 and min_size in 0..=1000".into());
+        }
+        if db.max_candidates == 0 {
+            return fail("max_candidates must be at least 1".into());
+        }
+        Ok(())
     }
 }
 
@@ -139,8 +200,8 @@ impl Recognizer {
         model: &str,
         dictionary: &str,
     ) -> Result<Recognizer, OcrError> {
-        let charset = Charset::from_dictionary(&dir.verified_text(dictionary)?);
-        let model = engine.load(&dir.verified_path(model)?)?;
+        let charset = Charset::from_dictionary(&dir.read_verified_text(dictionary)?);
+        let model = engine.load(model, &dir.read_verified(model)?)?;
         Ok(Recognizer {
             kind,
             model,
@@ -199,7 +260,7 @@ impl OcrPipeline {
     /// Loads `models/ocr` (verifying every file) with `engine`.
     pub fn load(engine: &dyn Engine, dir: &ModelDir) -> Result<OcrPipeline, OcrError> {
         Ok(OcrPipeline {
-            detector: engine.load(&dir.verified_path("det_tiny.onnx")?)?,
+            detector: engine.load("det_tiny.onnx", &dir.read_verified("det_tiny.onnx")?)?,
             tiny: Recognizer::load(
                 engine,
                 dir,
@@ -220,8 +281,8 @@ impl OcrPipeline {
     /// Builds the plans for a typical single crop ahead of time.
     pub fn warm_up(&self) -> Result<(), OcrError> {
         let shape = [1, 3, rec::HEIGHT as usize, rec::MIN_WIDTH as usize];
-        self.tiny.model.warm_up(&[&shape])?;
-        self.small.model.warm_up(&[&shape])?;
+        self.tiny.model.warm_up(&[(ElementType::F32, &shape)])?;
+        self.small.model.warm_up(&[(ElementType::F32, &shape)])?;
         Ok(())
     }
 
@@ -241,6 +302,18 @@ impl OcrPipeline {
         crops: &[&RgbImage],
         options: &OcrOptions,
     ) -> Result<Vec<Recognition>, OcrError> {
+        options.validate()?;
+        if let Some((index, crop)) = crops
+            .iter()
+            .enumerate()
+            .find(|(_, c)| c.width() == 0 || c.height() == 0)
+        {
+            return Err(OcrError::EmptyCrop {
+                index,
+                width: crop.width(),
+                height: crop.height(),
+            });
+        }
         let read = |r: &Recognizer, crops: &[&RgbImage]| {
             r.read(crops, options.ascii_only, options.batch_size)
         };
@@ -265,6 +338,7 @@ impl OcrPipeline {
 
     /// Finds the text regions of `image`.
     pub fn detect(&self, image: &RgbImage, options: &OcrOptions) -> Result<Vec<TextBox>, OcrError> {
+        options.validate()?;
         let input = det::preprocess(image, options.det_limit);
         let output = self.detector.run(&[Input::F32(input.view().into_dyn())])?;
         let prob = output.into_iter().next().unwrap_or_default();
@@ -287,7 +361,8 @@ impl OcrPipeline {
         ))
     }
 
-    /// Detects, crops and reads all text in `image`. Empty readings are dropped.
+    /// Detects, crops and reads all text in `image`. Empty readings and readings below
+    /// `min_confidence` are dropped.
     pub fn read_image(
         &self,
         image: &RgbImage,
@@ -311,7 +386,7 @@ impl OcrPipeline {
         let items = boxes
             .into_iter()
             .zip(recognitions)
-            .filter(|(_, r)| !r.text.is_empty())
+            .filter(|(_, r)| !r.text.is_empty() && r.confidence >= options.min_confidence)
             .map(|(b, recognition)| TextItem {
                 text_box: b.points,
                 box_score: b.score,

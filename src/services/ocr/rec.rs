@@ -10,6 +10,9 @@ use crate::imaging::{resize_bilinear, write_bgr_normalized};
 pub const HEIGHT: u32 = 48;
 /// Narrowest input width: shorter crops are padded to it.
 pub const MIN_WIDTH: u32 = 320;
+/// Widest input (PaddleX's limit): wider crops are squeezed to it, so a 100000 x 1 image
+/// cannot make a multi-gigabyte tensor.
+pub const MAX_WIDTH: u32 = 3200;
 
 /// The classes a CTC recognizer predicts: blank, the dictionary, then a space.
 #[derive(Debug, Clone)]
@@ -54,7 +57,8 @@ impl Charset {
         match class {
             0 => "",
             c if c <= self.labels.len() => &self.labels[c - 1],
-            _ => " ",
+            c if c == self.labels.len() + 1 => " ",
+            _ => "",
         }
     }
 
@@ -106,10 +110,10 @@ pub fn aspect(img: &RgbImage) -> f32 {
 /// costs at most a quarter more work on wide crops.
 pub fn padded_width(needed: usize) -> usize {
     let mut width = MIN_WIDTH as usize;
-    while width < needed {
+    while width < needed.min(MAX_WIDTH as usize) {
         width = (width * 5 / 4).div_ceil(32) * 32;
     }
-    width
+    width.min(MAX_WIDTH as usize)
 }
 
 /// The `[N, 3, 48, W]` input for a batch of crops: each resized to height 48 keeping its
@@ -211,11 +215,14 @@ mod tests {
 
     #[test]
     fn widths_come_in_geometric_steps() {
-        let steps: Vec<usize> = [0, 320, 321, 416, 417, 544, 600, 1000]
+        let steps: Vec<usize> = [0, 320, 321, 416, 417, 544, 600, 1000, 3000, 1 << 40]
             .into_iter()
             .map(padded_width)
             .collect();
-        assert_eq!(steps, vec![320, 320, 416, 416, 544, 544, 704, 1120]);
+        assert_eq!(
+            steps,
+            vec![320, 320, 416, 416, 544, 544, 704, 1120, 3200, 3200]
+        );
     }
 
     #[test]
@@ -231,5 +238,13 @@ mod tests {
         assert_eq!(t[[1, 2, 47, 479]], -1.0);
         assert_eq!(t[[1, 2, 47, 480]], 0.0);
         assert_eq!(t[[0, 1, 0, 200]], 0.0);
+    }
+
+    #[test]
+    fn extreme_aspect_ratios_are_squeezed_to_the_widest_input() {
+        let line = RgbImage::from_pixel(100_000, 1, Rgb([9, 9, 9]));
+        let t = preprocess(&[&line]);
+        assert_eq!(t.shape(), &[1, 3, 48, MAX_WIDTH as usize]);
+        assert!((t[[0, 0, 47, MAX_WIDTH as usize - 1]] - (9.0 / 127.5 - 1.0)).abs() < 1e-6);
     }
 }
