@@ -1,4 +1,5 @@
-//! `edgerun bench ...`: one subcommand per benchmark.
+//! `edgerun bench ...`: one subcommand per benchmark; this module only maps flags to the
+//! benchmark's settings, the measuring lives in [`crate::bench`].
 
 use std::path::PathBuf;
 use std::process::ExitCode;

@@ -1,4 +1,5 @@
-//! `edgerun ocr IMAGE...`: prints one JSON object per image.
+//! `edgerun ocr IMAGE...`: prints one JSON object per image. A bad image is reported in
+//! its own object and never stops the others; the reading itself is the service's job.
 
 use std::io::{Read, Write};
 use std::path::{Path, PathBuf};

@@ -1,5 +1,7 @@
-//! Text detection with a DB (differentiable binarization) model: preprocessing, and the
-//! post-processing that turns its probability map into text boxes, as PP-OCR publishes it.
+//! Text detection with a DB (differentiable binarization) model: preprocessing, the
+//! post-processing that turns its probability map into text boxes, and cropping those boxes,
+//! as PP-OCR publishes them. Pure functions on pixels and maps: running the model is the
+//! pipeline's job, not this module's.
 
 use image::{GrayImage, Luma, RgbImage};
 use imageproc::contours::find_contours;

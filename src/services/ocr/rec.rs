@@ -1,5 +1,6 @@
 //! Text recognition with a CTC model: the character set, batch preprocessing and greedy
-//! CTC decoding, as PP-OCR publishes them.
+//! CTC decoding, as PP-OCR publishes them. Pure functions on pixels and probabilities:
+//! running the model is the pipeline's job, not this module's.
 
 use image::RgbImage;
 use ndarray::{Array4, ArrayView2, s};
