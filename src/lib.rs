@@ -6,6 +6,8 @@
 //!   (tract today; ONNX Runtime fits the same trait).
 //! - [`models`]: the model directory and its manifests; verifies every file before use.
 //! - [`imaging`]: image decoding with size limits and the resampling the models were trained with.
+//! - [`mqtt`]: the MQTT transport: embedded broker, topic layout, request envelopes.
+//! - [`serve`]: `edgerun serve`, wiring transport, bounded queues and services together.
 //! - [`services`]: what a device serves (scene-text recognition first), written against
 //!   [`engine`] and independent of how requests arrive.
 //! - [`data`]: the shared benchmark data (`EDGERUN_DATA`), for tests and benchmarks only.
@@ -18,4 +20,6 @@ pub mod data;
 pub mod engine;
 pub mod imaging;
 pub mod models;
+pub mod mqtt;
+pub mod serve;
 pub mod services;

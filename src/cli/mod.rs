@@ -4,6 +4,7 @@
 
 mod bench;
 mod ocr;
+mod serve;
 pub mod settings;
 
 use std::path::PathBuf;
@@ -13,6 +14,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 
 pub use self::bench::BenchArgs;
 pub use self::ocr::OcrArgs;
+pub use self::serve::ServeArgs;
 
 /// Adaptive inference runtime for edge devices.
 #[derive(Debug, Parser)]
@@ -40,6 +42,9 @@ pub struct GlobalArgs {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
+    /// Answer inference requests over MQTT (the main job; starts an embedded broker
+    /// unless --broker is given).
+    Serve(ServeArgs),
     /// Read the text in images (scene-text recognition).
     Ocr(OcrArgs),
     /// Run a benchmark: print a table and write JSON.
@@ -57,6 +62,7 @@ pub enum RecArg {
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
+        Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Ocr(args) => ocr::run(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
     }

@@ -11,6 +11,7 @@
 
 pub mod det;
 pub mod rec;
+mod service;
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -24,6 +25,7 @@ use crate::models::{ModelDir, ModelError};
 
 pub use self::det::{DbParams, TextBox};
 pub use self::rec::Charset;
+pub use self::service::{OcrService, point_name};
 
 /// Why OCR failed. Bad images are rejected before they get here (see [`crate::imaging`]).
 #[derive(Debug, thiserror::Error)]

@@ -1,0 +1,141 @@
+//! `edgerun serve`: the main job. Loads the services and answers requests over MQTT until
+//! interrupted; the serving itself lives in [`crate::serve`].
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::sync::Arc;
+
+use anyhow::{Context, Result};
+use clap::Args;
+
+use super::GlobalArgs;
+use super::ocr::OcrTuning;
+use super::settings::{Runtime, ocr_options};
+use crate::serve::{self, ServeConfig, ServiceConfig};
+use crate::services::Service;
+use crate::services::ocr::OcrService;
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// TOML configuration file (flags override it).
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// This device's id in topics (default: the host name).
+    #[arg(long)]
+    pub device: Option<String>,
+    /// First topic level.
+    #[arg(long)]
+    pub prefix: Option<String>,
+    /// An existing broker, `mqtt://host:port`; without one an embedded broker is started.
+    #[arg(long, value_name = "URL")]
+    pub broker: Option<String>,
+    #[arg(long)]
+    pub username: Option<String>,
+    #[arg(long)]
+    pub password: Option<String>,
+    /// Address of the embedded broker (default 127.0.0.1:1883).
+    #[arg(long, value_name = "ADDR")]
+    pub bind: Option<SocketAddr>,
+    /// Port of the embedded broker on its address (0: any free port).
+    #[arg(long)]
+    pub port: Option<u16>,
+    /// Queue capacity of every service.
+    #[arg(long)]
+    pub queue: Option<usize>,
+    /// Worker threads of every service.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Payload size limit in bytes.
+    #[arg(long)]
+    pub max_payload_bytes: Option<usize>,
+    /// Seconds between telemetry messages.
+    #[arg(long)]
+    pub telemetry_interval: Option<f64>,
+    /// OCR defaults for requests that do not set them.
+    #[command(flatten)]
+    pub ocr: OcrTuning,
+}
+
+impl ServeArgs {
+    /// The file's settings with the flags applied on top.
+    fn resolve(&self) -> Result<ServeConfig> {
+        let mut config = match &self.config {
+            Some(path) => ServeConfig::from_file(path)?,
+            None => ServeConfig::default(),
+        };
+        let set = |target: &mut String, value: &Option<String>| {
+            if let Some(v) = value {
+                *target = v.clone();
+            }
+        };
+        set(&mut config.device, &self.device);
+        set(&mut config.prefix, &self.prefix);
+        config.broker = self.broker.clone().or(config.broker);
+        config.username = self.username.clone().or(config.username);
+        config.password = self.password.clone().or(config.password);
+        if let Some(bind) = self.bind {
+            config.embedded_bind = bind;
+        }
+        if let Some(port) = self.port {
+            config.embedded_bind.set_port(port);
+        }
+        for service in config.services.values_mut() {
+            let ServiceConfig { queue, workers } = service;
+            *queue = self.queue.unwrap_or(*queue);
+            *workers = self.workers.unwrap_or(*workers);
+        }
+        config.max_payload_bytes = self.max_payload_bytes.unwrap_or(config.max_payload_bytes);
+        config.max_pixels = self.ocr.max_pixels;
+        config.telemetry_interval_s = self
+            .telemetry_interval
+            .unwrap_or(config.telemetry_interval_s);
+        config.validate()?;
+        Ok(config)
+    }
+}
+
+pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
+    let config = args.resolve()?;
+    let runtime = Runtime::from_args(global)?;
+    let mut services: Vec<Arc<dyn Service>> = Vec::new();
+    for name in config.services.keys() {
+        match name.as_str() {
+            "ocr" => services.push(Arc::new(OcrService::new(
+                Arc::new(runtime.ocr_pipeline()?),
+                ocr_options(&args.ocr)?,
+                config.max_pixels,
+            ))),
+            other => anyhow::bail!("unknown service {other:?} in the configuration (known: ocr)"),
+        }
+    }
+    let (device, prefix) = (config.device.clone(), config.prefix.clone());
+    let server = serve::start(config, services)?;
+    match server.embedded_broker {
+        Some(addr) => eprintln!(
+            "edgerun: serving as {prefix}/{device} on the embedded broker at mqtt://{addr}"
+        ),
+        None => eprintln!("edgerun: serving as {prefix}/{device}"),
+    }
+    wait_for_signal()?;
+    eprintln!("edgerun: shutting down");
+    server.shutdown()?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// Blocks until SIGINT or SIGTERM.
+fn wait_for_signal() -> Result<()> {
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .context("signal runtime")?;
+    runtime.block_on(async {
+        let mut terminate =
+            tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
+        tokio::select! {
+            result = tokio::signal::ctrl_c() => result,
+            _ = terminate.recv() => Ok(()),
+        }
+    })?;
+    Ok(())
+}

@@ -1,0 +1,206 @@
+//! The server's configuration: a TOML file, overridden by command-line flags.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+
+/// `edgerun serve`'s settings. Every field has a default, so an empty file is valid.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServeConfig {
+    /// This device's id in topics; defaults to the host name.
+    pub device: String,
+    /// First topic level of everything this device publishes or subscribes.
+    pub prefix: String,
+    /// `mqtt://host:port` of an existing broker; none starts the embedded one.
+    pub broker: Option<String>,
+    pub username: Option<String>,
+    pub password: Option<String>,
+    /// Where the embedded broker listens (loopback unless configured otherwise).
+    pub embedded_bind: SocketAddr,
+    /// Requests with bigger payloads are answered `too_large`.
+    pub max_payload_bytes: usize,
+    /// Decoded images with more pixels are answered `too_large`.
+    pub max_pixels: u64,
+    pub telemetry_interval_s: f64,
+    /// Services to load, by name, with their queue and worker settings.
+    pub services: BTreeMap<String, ServiceConfig>,
+}
+
+/// Per-service settings.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct ServiceConfig {
+    /// Requests waiting beyond this many are answered `busy` at once.
+    pub queue: usize,
+    /// Threads running inference for this service.
+    pub workers: usize,
+}
+
+impl Default for ServiceConfig {
+    fn default() -> Self {
+        ServiceConfig {
+            queue: 16,
+            workers: 1,
+        }
+    }
+}
+
+impl Default for ServeConfig {
+    fn default() -> Self {
+        ServeConfig {
+            device: default_device(),
+            prefix: "edgerun".into(),
+            broker: None,
+            username: None,
+            password: None,
+            embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
+            max_payload_bytes: 8 << 20,
+            max_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
+            telemetry_interval_s: 10.0,
+            services: BTreeMap::from([("ocr".to_string(), ServiceConfig::default())]),
+        }
+    }
+}
+
+fn default_device() -> String {
+    std::fs::read_to_string("/etc/hostname")
+        .ok()
+        .map(|h| h.trim().to_string())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "edge".into())
+}
+
+/// Why a configuration is unusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("cannot read {path}: {source}")]
+    Io {
+        path: String,
+        source: std::io::Error,
+    },
+    #[error("{path}: {source}")]
+    Parse {
+        path: String,
+        source: Box<toml::de::Error>,
+    },
+    #[error("invalid configuration: {0}")]
+    Invalid(String),
+}
+
+impl ServeConfig {
+    pub fn from_file(path: &Path) -> Result<ServeConfig, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|source| ConfigError::Io {
+            path: path.display().to_string(),
+            source,
+        })?;
+        toml::from_str(&text).map_err(|source| ConfigError::Parse {
+            path: path.display().to_string(),
+            source: Box::new(source),
+        })
+    }
+
+    /// The broker's host and port, if one is configured.
+    pub fn broker_address(&self) -> Result<Option<(String, u16)>, ConfigError> {
+        let Some(url) = &self.broker else {
+            return Ok(None);
+        };
+        let rest = url
+            .strip_prefix("mqtt://")
+            .or_else(|| url.strip_prefix("tcp://"))
+            .unwrap_or(url);
+        let (host, port) = match rest.rsplit_once(':') {
+            Some((host, port)) => (
+                host,
+                port.parse()
+                    .map_err(|_| ConfigError::Invalid(format!("bad port in broker URL {url:?}")))?,
+            ),
+            None => (rest, 1883),
+        };
+        if host.is_empty() {
+            return Err(ConfigError::Invalid(format!(
+                "no host in broker URL {url:?}"
+            )));
+        }
+        Ok(Some((host.to_string(), port)))
+    }
+
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |m: String| Err(ConfigError::Invalid(m));
+        let topic_safe = |s: &str| !s.is_empty() && !s.contains(['/', '+', '#', '$']);
+        if !topic_safe(&self.device) || !topic_safe(&self.prefix) {
+            return invalid("device and prefix must be non-empty and free of / + # $".into());
+        }
+        if self.services.is_empty() {
+            return invalid("no services configured".into());
+        }
+        for (name, service) in &self.services {
+            if service.queue == 0 || service.workers == 0 {
+                return invalid(format!(
+                    "service {name}: queue and workers must be at least 1"
+                ));
+            }
+        }
+        if self.telemetry_interval_s.is_nan() || self.telemetry_interval_s <= 0.0 {
+            return invalid("telemetry_interval_s must be positive".into());
+        }
+        self.broker_address()?;
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn empty_file_gives_defaults() {
+        let c: ServeConfig = toml::from_str("").unwrap();
+        assert_eq!(c.prefix, "edgerun");
+        assert_eq!(c.embedded_bind.to_string(), "127.0.0.1:1883");
+        assert_eq!(c.services["ocr"].queue, 16);
+        assert_eq!(c.max_payload_bytes, 8 << 20);
+        c.validate().unwrap();
+    }
+
+    #[test]
+    fn file_settings_and_broker_urls() {
+        let c: ServeConfig = toml::from_str(
+            r#"device = "pi-7"
+broker = "mqtt://10.0.0.2:1884"
+[services.ocr]
+queue = 4
+workers = 2
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.device, "pi-7");
+        assert_eq!(c.services["ocr"].workers, 2);
+        assert_eq!(c.broker_address().unwrap(), Some(("10.0.0.2".into(), 1884)));
+        let c = ServeConfig {
+            broker: Some("broker.local".into()),
+            ..ServeConfig::default()
+        };
+        assert_eq!(
+            c.broker_address().unwrap(),
+            Some(("broker.local".into(), 1883))
+        );
+    }
+
+    #[test]
+    fn bad_settings_are_rejected() {
+        assert!(toml::from_str::<ServeConfig>("colour = 3").is_err());
+        let c = ServeConfig {
+            device: "a/b".into(),
+            ..ServeConfig::default()
+        };
+        assert!(c.validate().is_err());
+        let c = ServeConfig {
+            broker: Some("mqtt://host:notaport".into()),
+            ..ServeConfig::default()
+        };
+        assert!(c.validate().is_err());
+    }
+}

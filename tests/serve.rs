@@ -1,0 +1,412 @@
+//! `edgerun serve` against real brokers: the embedded one and Debian's mosquitto.
+
+mod common;
+
+use std::collections::HashSet;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use base64::Engine as _;
+use common::fixture;
+use common::mqtt::{Client, Mosquitto, config, exclusive, free_port, start};
+use serde_json::{Value, json};
+
+fn sign_png() -> Vec<u8> {
+    std::fs::read(fixture("sign.png")).unwrap()
+}
+
+fn word_png() -> Vec<u8> {
+    std::fs::read(fixture("sign_word.png")).unwrap()
+}
+
+fn texts(answer: &Value) -> Vec<&str> {
+    answer["items"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no items in {answer}"))
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn embedded_broker_answers_v5_requests_with_correlation() {
+    let _serial = exclusive().await;
+    let server = start(config("dev-a", None, 16));
+    let addr = server.embedded_broker.unwrap();
+    let mut client = Client::connect(addr, "v5").await;
+    let answer = client
+        .ask("edgerun/dev-a/ocr/request", sign_png(), Some("image/png"))
+        .await;
+    assert_eq!(texts(&answer), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+    assert_eq!(answer["point"], "cascade@0.9");
+    assert_eq!(answer["device"], "dev-a");
+    assert!(answer["timings"]["total_ms"].as_f64().unwrap() > 0.0);
+
+    // JSON with parameters, to the fleet topic (a shared subscription).
+    let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
+    let request = json!({"image_b64": b64, "crops": true, "rec": "small"});
+    let answer = client
+        .ask(
+            "edgerun/fleet/ocr/request",
+            serde_json::to_vec(&request).unwrap(),
+            Some("application/json"),
+        )
+        .await;
+    assert_eq!(
+        (answer["text"].as_str(), answer["recognizer"].as_str()),
+        (Some("Station"), Some("small"))
+    );
+    assert_eq!(answer["point"], "small");
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mqtt_311_clients_use_reply_to_and_id() {
+    let _serial = exclusive().await;
+    let server = start(config("dev-b", None, 16));
+    let addr = server.embedded_broker.unwrap();
+    let mut options = rumqttc::MqttOptions::new("v311", addr.ip().to_string(), addr.port());
+    options.set_max_packet_size(1 << 20, 1 << 20);
+    let (client, mut eventloop) = rumqttc::AsyncClient::new(options, 16);
+    client
+        .subscribe("legacy/replies", rumqttc::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
+    let mut sent = false;
+    let answer = tokio::time::timeout(Duration::from_secs(30), async {
+        loop {
+            match eventloop.poll().await.unwrap() {
+                rumqttc::Event::Incoming(rumqttc::Packet::SubAck(_)) if !sent => {
+                    sent = true;
+                    let request = json!({"image_b64": b64, "crops": true, "reply_to": "legacy/replies", "id": "abc-1"});
+                    client
+                        .publish("edgerun/dev-b/ocr/request", rumqttc::QoS::AtLeastOnce, false, serde_json::to_vec(&request).unwrap())
+                        .await
+                        .unwrap();
+                }
+                rumqttc::Event::Incoming(rumqttc::Packet::Publish(p)) => {
+                    return serde_json::from_slice::<Value>(&p.payload).unwrap();
+                }
+                _ => {}
+            }
+        }
+    })
+    .await
+    .expect("an answer");
+    assert_eq!(answer["id"], "abc-1");
+    assert_eq!(answer["text"], "Station");
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn malformed_requests_get_the_right_error_and_serving_goes_on() {
+    let _serial = exclusive().await;
+    let mut cfg = config("dev-c", None, 16);
+    cfg.max_payload_bytes = 1 << 20;
+    let server = start(cfg);
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "bad").await;
+    let topic = "edgerun/dev-c/ocr/request";
+    let png = sign_png();
+    let cases: Vec<(&str, Vec<u8>, Option<&str>)> = vec![
+        ("bad_request", vec![], Some("image/png")),
+        (
+            "bad_request",
+            png[..png.len() / 3].to_vec(),
+            Some("image/png"),
+        ),
+        ("unsupported_media", b"hello".to_vec(), Some("text/plain")),
+        ("unsupported_media", b"GIF89a....".to_vec(), None),
+        (
+            "bad_request",
+            b"{\"image_b64\": ".to_vec(),
+            Some("application/json"),
+        ),
+        (
+            "bad_request",
+            br#"{"image": "wrong field"}"#.to_vec(),
+            Some("application/json"),
+        ),
+        ("bad_request", br#"{"image_b64": "%%%"}"#.to_vec(), None),
+        (
+            "bad_request",
+            br#"{"image_b64": "", "threshold": "high"}"#.to_vec(),
+            None,
+        ),
+        ("too_large", vec![0u8; (1 << 20) + 1], Some("image/png")),
+    ];
+    for (expected, payload, content_type) in cases {
+        let answer = client.ask(topic, payload, content_type).await;
+        assert_eq!(answer["error"]["code"], expected, "{answer}");
+        assert!(
+            answer["error"]["message"]
+                .as_str()
+                .is_some_and(|m| !m.is_empty())
+        );
+    }
+    // A header claiming 20000 x 20000 pixels.
+    let huge = common::png_header(20_000, 20_000);
+    assert_eq!(
+        client.ask(topic, huge, Some("image/png")).await["error"]["code"],
+        "too_large"
+    );
+    // Unknown service.
+    let answer = client
+        .ask("edgerun/dev-c/nothing/request", vec![1], None)
+        .await;
+    assert_eq!(answer["error"]["code"], "unknown_service");
+    // And it still serves.
+    let answer = client.ask(topic, sign_png(), Some("image/png")).await;
+    assert_eq!(texts(&answer).len(), 3);
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_burst_of_2000_gets_exactly_one_answer_each() {
+    let _serial = exclusive().await;
+    let server = start(config("dev-d", None, 16));
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "burst").await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
+    let request =
+        serde_json::to_vec(&json!({"image_b64": b64, "crops": true, "rec": "tiny"})).unwrap();
+    for i in 0..2000 {
+        client
+            .send(
+                "edgerun/dev-d/ocr/request",
+                &format!("b{i}"),
+                request.clone(),
+                None,
+                None,
+            )
+            .await;
+    }
+    let answers = client.collect(2000, Duration::from_secs(300)).await;
+    assert_eq!(answers.len(), 2000, "every request answered");
+    assert!(answers.values().all(|(n, _)| *n == 1), "exactly once");
+    let (mut ok, mut busy) = (0, 0);
+    for (_, body) in answers.values() {
+        match body["error"]["code"].as_str() {
+            None => {
+                assert_eq!(body["text"], "Station");
+                ok += 1;
+            }
+            Some("busy") => busy += 1,
+            Some(other) => panic!("unexpected error {other}: {body}"),
+        }
+    }
+    assert_eq!(ok + busy, 2000);
+    assert!(ok >= 17 && busy > 0, "ok {ok}, busy {busy}");
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_expire_in_the_queue_are_answered_expired() {
+    let _serial = exclusive().await;
+    let server = start(config("dev-e", None, 64));
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "expiry").await;
+    let topic = "edgerun/dev-e/ocr/request";
+    // 24 full images keep the single worker busy for well over a second.
+    for i in 0..24 {
+        client
+            .send(
+                topic,
+                &format!("slow{i}"),
+                sign_png(),
+                Some("image/png"),
+                None,
+            )
+            .await;
+    }
+    client
+        .send(topic, "late", word_png(), Some("image/png"), Some(1))
+        .await;
+    let answers = client.collect(25, Duration::from_secs(120)).await;
+    assert_eq!(answers.len(), 25);
+    assert_eq!(
+        answers["late"].1["error"]["code"], "expired",
+        "{}",
+        answers["late"].1
+    );
+    assert_eq!(texts(&answers["slow0"].1).len(), 3);
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn status_is_retained_online_and_offline_after_shutdown() {
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::start();
+    let server = start(config("dev-f", Some(mosquitto.addr), 16));
+    let status = wait_retained(mosquitto.addr, "edgerun/dev-f/status", |s| {
+        s["online"] == true
+    })
+    .await;
+    assert_eq!(status["services"]["ocr"]["default_point"], "cascade@0.9");
+    assert_eq!(status["request_topics"][0], "edgerun/dev-f/ocr/request");
+    let telemetry = wait_retained(mosquitto.addr, "edgerun/dev-f/telemetry", |_| true).await;
+    assert!(telemetry["uptime_s"].as_f64().is_some());
+    assert_eq!(telemetry["services"]["ocr"]["queue_depth"], 0);
+    server.shutdown().unwrap();
+    let status = wait_retained(mosquitto.addr, "edgerun/dev-f/status", |s| {
+        s["online"] == false
+    })
+    .await;
+    assert_eq!(status["online"], false);
+}
+
+/// Subscribes and waits for a message on `topic` that satisfies `accept`.
+async fn wait_retained(
+    addr: std::net::SocketAddr,
+    topic: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let output = tokio::task::spawn_blocking({
+        let topic = topic.to_string();
+        move || {
+            Command::new("mosquitto_sub")
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &addr.port().to_string(),
+                    "-t",
+                    &topic,
+                    "-V",
+                    "mqttv5",
+                    "-C",
+                    "5",
+                    "-W",
+                    "5",
+                ])
+                .stderr(Stdio::null())
+                .output()
+                .expect("mosquitto_sub is installed")
+        }
+    })
+    .await
+    .unwrap();
+    let text = String::from_utf8_lossy(&output.stdout).into_owned();
+    text.lines()
+        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+        .find(|v| accept(v))
+        .unwrap_or_else(|| panic!("no accepted message on {topic}: {text}"))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mosquitto_pub_and_sub_drive_the_server() {
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::start();
+    let server = start(config("dev-g", Some(mosquitto.addr), 16));
+    wait_retained(mosquitto.addr, "edgerun/dev-g/status", |s| {
+        s["online"] == true
+    })
+    .await;
+    let port = mosquitto.addr.port().to_string();
+    let sub = Command::new("mosquitto_sub")
+        .args([
+            "-p",
+            &port,
+            "-t",
+            "cli/replies",
+            "-V",
+            "mqttv5",
+            "-C",
+            "1",
+            "-W",
+            "30",
+        ])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let status = Command::new("mosquitto_pub")
+        .args([
+            "-p",
+            &port,
+            "-V",
+            "mqttv5",
+            "-q",
+            "1",
+            "-t",
+            "edgerun/dev-g/ocr/request",
+        ])
+        .args(["-D", "publish", "response-topic", "cli/replies"])
+        .args(["-D", "publish", "correlation-data", "xyz"])
+        .args(["-D", "publish", "content-type", "image/png"])
+        .arg("-f")
+        .arg(fixture("sign.png"))
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let output = tokio::task::spawn_blocking(move || sub.wait_with_output())
+        .await
+        .unwrap()
+        .unwrap();
+    let answer: Value = serde_json::from_slice(&output.stdout).unwrap();
+    assert_eq!(texts(&answer), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_server_reconnects_after_a_broker_restart() {
+    let _serial = exclusive().await;
+    let port = free_port();
+    let mosquitto = Mosquitto::start_on(port);
+    let server = start(config("dev-h", Some(mosquitto.addr), 16));
+    let addr = mosquitto.addr;
+    wait_retained(addr, "edgerun/dev-h/status", |s| s["online"] == true).await;
+    drop(mosquitto);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let _mosquitto = Mosquitto::start_on(port);
+    // The new broker knows nothing: the server must reconnect, re-subscribe, re-announce.
+    wait_retained(addr, "edgerun/dev-h/status", |s| s["online"] == true).await;
+    let mut client = Client::connect(addr, "after-restart").await;
+    let answer = client
+        .ask("edgerun/dev-h/ocr/request", sign_png(), Some("image/png"))
+        .await;
+    assert_eq!(texts(&answer).len(), 3);
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fleet_on_mosquitto_shares_the_requests() {
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::start();
+    let one = start(config("fleet-1", Some(mosquitto.addr), 64));
+    let two = start(config("fleet-2", Some(mosquitto.addr), 64));
+    wait_retained(mosquitto.addr, "edgerun/fleet-1/status", |s| {
+        s["online"] == true
+    })
+    .await;
+    wait_retained(mosquitto.addr, "edgerun/fleet-2/status", |s| {
+        s["online"] == true
+    })
+    .await;
+    let mut client = Client::connect(mosquitto.addr, "fleet-client").await;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
+    let request = serde_json::to_vec(&json!({"image_b64": b64, "crops": true})).unwrap();
+    for i in 0..60 {
+        client
+            .send(
+                "edgerun/fleet/ocr/request",
+                &format!("f{i}"),
+                request.clone(),
+                None,
+                None,
+            )
+            .await;
+    }
+    let answers = client.collect(60, Duration::from_secs(120)).await;
+    assert_eq!(answers.len(), 60);
+    assert!(
+        answers
+            .values()
+            .all(|(n, body)| *n == 1 && body["text"] == "Station")
+    );
+    let devices: HashSet<&str> = answers
+        .values()
+        .map(|(_, b)| b["device"].as_str().unwrap())
+        .collect();
+    assert_eq!(devices, HashSet::from(["fleet-1", "fleet-2"]));
+    one.shutdown().unwrap();
+    two.shutdown().unwrap();
+}
