@@ -1,6 +1,7 @@
 //! Benchmarks: each measures on this machine, prints a table and writes JSON.
 //! Speed targets live here, never in tests. Ratios are measured within one run.
 
+pub mod mqtt;
 pub mod ocr;
 
 use std::path::Path;
@@ -34,7 +35,7 @@ impl LatencyStats {
 }
 
 /// Linear-interpolated percentile of sorted samples (numpy's default).
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     let rank = p / 100.0 * (sorted.len() - 1) as f64;
     let (lo, hi) = (rank.floor() as usize, rank.ceil() as usize);
     sorted[lo] + (sorted[hi] - sorted[lo]) * (rank - lo as f64)

@@ -22,6 +22,27 @@ pub enum Benchmark {
     /// Word accuracy and latency of each OCR operating point, end-to-end OCR, and parity
     /// with the Python reference.
     Ocr(OcrBenchArgs),
+    /// MQTT round trips (embedded broker, mosquitto) and OCR throughput over MQTT, against
+    /// in-process calls.
+    Mqtt(MqttBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct MqttBenchArgs {
+    /// Sequential echo requests per broker.
+    #[arg(long, default_value_t = 2000, value_name = "N")]
+    pub requests: usize,
+    /// IIIT5K crops for the OCR throughput run.
+    #[arg(long, default_value_t = 300, value_name = "N")]
+    pub crops: usize,
+    /// OCR requests in flight.
+    #[arg(long, default_value_t = 8, value_name = "N")]
+    pub window: usize,
+    /// Skip mosquitto.
+    #[arg(long)]
+    pub no_mosquitto: bool,
+    #[arg(long, default_value = "bench-results/mqtt.json", value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -73,6 +94,16 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
                 out: a.out.clone(),
             };
             ocr::run(&pipeline, &settings)?;
+        }
+        Benchmark::Mqtt(a) => {
+            let settings = crate::bench::mqtt::MqttBenchSettings {
+                requests: a.requests,
+                crops: a.crops,
+                window: a.window,
+                mosquitto: !a.no_mosquitto,
+                out: a.out.clone(),
+            };
+            crate::bench::mqtt::run(std::sync::Arc::new(runtime.ocr_pipeline()?), &settings)?;
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -14,6 +14,7 @@ use super::ocr::OcrTuning;
 use super::settings::{Runtime, ocr_options};
 use crate::serve::{self, ServeConfig, ServiceConfig};
 use crate::services::Service;
+use crate::services::echo::EchoService;
 use crate::services::ocr::OcrService;
 
 #[derive(Debug, Args)]
@@ -106,7 +107,10 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
                 ocr_options(&args.ocr)?,
                 config.max_pixels,
             ))),
-            other => anyhow::bail!("unknown service {other:?} in the configuration (known: ocr)"),
+            "echo" => services.push(Arc::new(EchoService)),
+            other => {
+                anyhow::bail!("unknown service {other:?} in the configuration (known: ocr, echo)")
+            }
         }
     }
     let (device, prefix) = (config.device.clone(), config.prefix.clone());

@@ -5,6 +5,7 @@
 //! compute, how requests are queued, or which operating point answers them.
 
 pub mod broker;
+pub mod client;
 pub mod envelope;
 pub mod topics;
 

@@ -60,7 +60,10 @@ impl Default for ServeConfig {
             max_payload_bytes: 8 << 20,
             max_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             telemetry_interval_s: 10.0,
-            services: BTreeMap::from([("ocr".to_string(), ServiceConfig::default())]),
+            services: BTreeMap::from([
+                ("echo".to_string(), ServiceConfig::default()),
+                ("ocr".to_string(), ServiceConfig::default()),
+            ]),
         }
     }
 }

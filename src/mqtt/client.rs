@@ -1,0 +1,105 @@
+//! A requesting client: sends requests with a response topic and correlation data and
+//! hands back the answers. Used by the benchmark and the tests; a device never needs it.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use bytes::Bytes;
+use rumqttc::v5::mqttbytes::QoS;
+use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
+use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
+use serde_json::Value;
+use tokio::sync::{mpsc, oneshot};
+
+/// An MQTT v5 client that asks and collects answers.
+pub struct RequestClient {
+    client: AsyncClient,
+    answers: mpsc::UnboundedReceiver<(Option<Bytes>, Value)>,
+    reply_topic: String,
+}
+
+/// An answer: the request's correlation id and the JSON body.
+pub type Answer = (String, Value);
+
+impl RequestClient {
+    /// Connects (TCP_NODELAY on) and subscribes to its own reply topic.
+    pub async fn connect(addr: SocketAddr, name: &str) -> Result<RequestClient, ClientError> {
+        let mut options = MqttOptions::new(name, addr.ip().to_string(), addr.port());
+        options.set_keep_alive(Duration::from_secs(10));
+        options.set_max_packet_size(Some(64 << 20));
+        let mut network = rumqttc::NetworkOptions::new();
+        network.set_tcp_nodelay(true);
+        options.set_network_options(network);
+        let (client, mut eventloop) = AsyncClient::new(options, 4096);
+        let reply_topic = format!("replies/{name}");
+        let (tx, answers) = mpsc::unbounded_channel();
+        let (subscribed_tx, subscribed) = oneshot::channel();
+        let mut subscribed_tx = Some(subscribed_tx);
+        tokio::spawn(async move {
+            loop {
+                match eventloop.poll().await {
+                    Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let correlation = p.properties.and_then(|p| p.correlation_data);
+                        let body = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
+                        if tx.send((correlation, body)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Event::Incoming(Packet::SubAck(_))) => {
+                        if let Some(tx) = subscribed_tx.take() {
+                            let _ = tx.send(());
+                        }
+                    }
+                    Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
+                    Ok(_) => {}
+                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                }
+            }
+        });
+        client
+            .subscribe(reply_topic.clone(), QoS::AtLeastOnce)
+            .await?;
+        let _ = tokio::time::timeout(Duration::from_secs(10), subscribed).await;
+        Ok(RequestClient {
+            client,
+            answers,
+            reply_topic,
+        })
+    }
+
+    /// Sends a request whose answer will carry `id` as correlation data.
+    pub async fn send(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        content_type: Option<&str>,
+        expiry_s: Option<u32>,
+    ) -> Result<(), ClientError> {
+        let properties = PublishProperties {
+            response_topic: Some(self.reply_topic.clone()),
+            correlation_data: Some(Bytes::from(id.to_string())),
+            content_type: content_type.map(str::to_string),
+            message_expiry_interval: expiry_s,
+            ..PublishProperties::default()
+        };
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+            .await
+    }
+
+    /// The next answer, or `None` after `timeout`.
+    pub async fn next_answer(&mut self, timeout: Duration) -> Option<Answer> {
+        let (correlation, body) = tokio::time::timeout(timeout, self.answers.recv())
+            .await
+            .ok()??;
+        let id = correlation
+            .map(|c| String::from_utf8_lossy(&c).into_owned())
+            .unwrap_or_default();
+        Some((id, body))
+    }
+
+    pub async fn disconnect(&self) {
+        let _ = self.client.disconnect().await;
+    }
+}

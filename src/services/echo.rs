@@ -1,0 +1,41 @@
+//! `echo`: answers every request with what it received, computing nothing. A health check
+//! for a deployment, and the baseline that measures what MQTT itself costs.
+
+use serde_json::{Value, json};
+
+use super::{Payload, Service, ServiceError};
+
+pub struct EchoService;
+
+impl Service for EchoService {
+    fn name(&self) -> &'static str {
+        "echo"
+    }
+
+    fn handle(&self, content_type: Option<&str>, payload: &Payload) -> Result<Value, ServiceError> {
+        Ok(match payload {
+            Payload::Json(value) => json!({"echo": value}),
+            Payload::Raw(bytes) => json!({"bytes": bytes.len(), "content_type": content_type}),
+        })
+    }
+
+    fn describe(&self) -> Value {
+        json!({"points": ["echo"]})
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn echoes_json_and_sizes_raw_payloads() {
+        let answer = EchoService
+            .handle(None, &Payload::Json(json!({"a": 1})))
+            .unwrap();
+        assert_eq!(answer, json!({"echo": {"a": 1}}));
+        let raw = Payload::Raw(bytes::Bytes::from_static(b"abc"));
+        let answer = EchoService.handle(Some("x/y"), &raw).unwrap();
+        assert_eq!(answer, json!({"bytes": 3, "content_type": "x/y"}));
+    }
+}
