@@ -410,3 +410,78 @@ async fn a_fleet_on_mosquitto_shares_the_requests() {
     one.shutdown().unwrap();
     two.shutdown().unwrap();
 }
+
+/// An `edgerun serve` process on `broker`, killed (SIGKILL) when dropped.
+struct ServeProcess(std::process::Child);
+
+impl ServeProcess {
+    fn start(broker: std::net::SocketAddr, device: &str) -> ServeProcess {
+        ServeProcess(
+            Command::new(env!("CARGO_BIN_EXE_edgerun"))
+                .args([
+                    "serve",
+                    "--broker",
+                    &format!("mqtt://{broker}"),
+                    "--device",
+                    device,
+                    "--queue",
+                    "64",
+                ])
+                .stdout(Stdio::null())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn when_a_fleet_member_is_killed_mid_stream_every_request_is_still_answered() {
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::start();
+    let addr = mosquitto.addr;
+    let one = ServeProcess::start(addr, "kill-1");
+    let _two = ServeProcess::start(addr, "kill-2");
+    wait_retained(addr, "edgerun/kill-1/status", |s| s["online"] == true).await;
+    wait_retained(addr, "edgerun/kill-2/status", |s| s["online"] == true).await;
+    let mut client = Client::connect(addr, "kill-client").await;
+    // Full images: the stream lasts seconds, so the kill lands with requests in flight.
+    for i in 0..24 {
+        client
+            .send(
+                "edgerun/fleet/ocr/request",
+                &format!("k{i}"),
+                sign_png(),
+                Some("image/png"),
+                None,
+            )
+            .await;
+    }
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    drop(one); // SIGKILL: no offline status, unacknowledged requests stay with its session
+    // The broker publishes the last will.
+    wait_retained(addr, "edgerun/kill-1/status", |s| s["online"] == false).await;
+    // Back with the same id: the broker redelivers what the dead process never acknowledged.
+    let _one_again = ServeProcess::start(addr, "kill-1");
+    let answers = client.collect(24, Duration::from_secs(180)).await;
+    let mut missing: Vec<String> = (0..24)
+        .map(|i| format!("k{i}"))
+        .filter(|id| !answers.contains_key(id))
+        .collect();
+    if !missing.is_empty() {
+        // Redelivered answers may trail; wait for the rest.
+        let more = client.collect(missing.len(), Duration::from_secs(60)).await;
+        missing.retain(|id| !more.contains_key(id));
+    }
+    assert!(missing.is_empty(), "never answered: {missing:?}");
+    for (id, (_, body)) in &answers {
+        assert_eq!(texts(body).len(), 3, "{id}: {body}");
+    }
+}
