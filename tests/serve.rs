@@ -199,35 +199,99 @@ async fn a_burst_of_2000_gets_exactly_one_answer_each() {
     server.shutdown().unwrap();
 }
 
+/// A service that holds each request until the test lets it go.
+struct Gate(std::sync::Mutex<std::sync::mpsc::Receiver<()>>);
+
+impl edgerun::services::Service for Gate {
+    fn name(&self) -> &'static str {
+        "gate"
+    }
+
+    fn handle(
+        &self,
+        _: Option<&str>,
+        _: &edgerun::services::Payload,
+    ) -> Result<Value, edgerun::services::ServiceError> {
+        let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(30));
+        Ok(json!({"passed": true}))
+    }
+
+    fn describe(&self) -> Value {
+        json!({})
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn requests_that_expire_in_the_queue_are_answered_expired() {
     let _serial = exclusive().await;
-    let server = start(config("dev-e", None, 64));
+    let (open, gate) = std::sync::mpsc::channel();
+    let mut cfg = config("dev-e", None, 8);
+    cfg.services.insert(
+        "gate".into(),
+        edgerun::serve::ServiceConfig {
+            queue: 8,
+            workers: 1,
+        },
+    );
+    let server = edgerun::serve::start(
+        cfg,
+        vec![std::sync::Arc::new(Gate(std::sync::Mutex::new(gate)))],
+    )
+    .unwrap();
     let mut client = Client::connect(server.embedded_broker.unwrap(), "expiry").await;
-    let topic = "edgerun/dev-e/ocr/request";
-    // 24 full images keep the single worker busy for well over a second.
-    for i in 0..24 {
-        client
-            .send(
-                topic,
-                &format!("slow{i}"),
-                sign_png(),
-                Some("image/png"),
-                None,
-            )
-            .await;
-    }
+    let topic = "edgerun/dev-e/gate/request";
     client
-        .send(topic, "late", word_png(), Some("image/png"), Some(1))
+        .send(topic, "first", b"{}".to_vec(), None, None)
+        .await; // holds the worker
+    client
+        .send(topic, "late", b"{}".to_vec(), None, Some(1))
         .await;
-    let answers = client.collect(25, Duration::from_secs(120)).await;
-    assert_eq!(answers.len(), 25);
+    client
+        .send(topic, "patient", b"{}".to_vec(), None, Some(60))
+        .await;
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    for _ in 0..3 {
+        open.send(()).unwrap();
+    }
+    let answers = client.collect(3, Duration::from_secs(30)).await;
+    assert_eq!(answers["first"].1["passed"], true);
     assert_eq!(
         answers["late"].1["error"]["code"], "expired",
         "{}",
         answers["late"].1
     );
-    assert_eq!(texts(&answers["slow0"].1).len(), 3);
+    assert_eq!(answers["patient"].1["passed"], true);
+    server.shutdown().unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn requests_that_cannot_be_answered_do_not_disturb_the_server() {
+    let _serial = exclusive().await;
+    let server = start(config("dev-i", None, 16));
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "odd").await;
+    let topic = "edgerun/dev-i/ocr/request";
+    // A wildcard reply topic (which the client library would refuse to publish on), no
+    // reply topic at all, and a retained request: acknowledged, logged, counted, unanswered.
+    for reply_to in ["a/#", "$SYS/x", ""] {
+        let body = serde_json::to_vec(&json!({"image_b64": "", "reply_to": reply_to})).unwrap();
+        client
+            .client
+            .publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, body)
+            .await
+            .unwrap();
+    }
+    client
+        .client
+        .publish(
+            topic,
+            rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            true,
+            sign_png(),
+        )
+        .await
+        .unwrap();
+    let answer = client.ask(topic, sign_png(), Some("image/png")).await;
+    assert_eq!(texts(&answer).len(), 3);
     server.shutdown().unwrap();
 }
 
@@ -253,42 +317,51 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
     assert_eq!(status["online"], false);
 }
 
-/// Subscribes and waits for a message on `topic` that satisfies `accept`.
+/// Waits (up to 60 s) for a message on `topic` that satisfies `accept`.
 async fn wait_retained(
     addr: std::net::SocketAddr,
     topic: &str,
     accept: impl Fn(&Value) -> bool,
 ) -> Value {
-    let output = tokio::task::spawn_blocking({
-        let topic = topic.to_string();
-        move || {
-            Command::new("mosquitto_sub")
-                .args([
-                    "-h",
-                    "127.0.0.1",
-                    "-p",
-                    &addr.port().to_string(),
-                    "-t",
-                    &topic,
-                    "-V",
-                    "mqttv5",
-                    "-C",
-                    "5",
-                    "-W",
-                    "5",
-                ])
-                .stderr(Stdio::null())
-                .output()
-                .expect("mosquitto_sub is installed")
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    while std::time::Instant::now() < deadline {
+        let output = tokio::task::spawn_blocking({
+            let topic = topic.to_string();
+            move || {
+                Command::new("mosquitto_sub")
+                    .args([
+                        "-h",
+                        "127.0.0.1",
+                        "-p",
+                        &addr.port().to_string(),
+                        "-t",
+                        &topic,
+                        "-V",
+                        "mqttv5",
+                        "-C",
+                        "1",
+                        "-W",
+                        "2",
+                    ])
+                    .stderr(Stdio::null())
+                    .output()
+                    .expect("mosquitto_sub is installed")
+            }
+        })
+        .await
+        .unwrap();
+        seen = String::from_utf8_lossy(&output.stdout).into_owned();
+        if let Some(value) = seen
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| accept(v))
+        {
+            return value;
         }
-    })
-    .await
-    .unwrap();
-    let text = String::from_utf8_lossy(&output.stdout).into_owned();
-    text.lines()
-        .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-        .find(|v| accept(v))
-        .unwrap_or_else(|| panic!("no accepted message on {topic}: {text}"))
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no accepted message on {topic}; last seen: {seen}")
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -45,9 +45,9 @@ pub struct OcrTuning {
     /// Crops per recognizer run (crops of similar width are batched together).
     #[arg(long, default_value_t = 1, value_name = "N")]
     pub batch: usize,
-    /// Refuse images with more pixels than this.
-    #[arg(long, default_value_t = imaging::DEFAULT_MAX_PIXELS, value_name = "N")]
-    pub max_pixels: u64,
+    /// Refuse images with more pixels than this (default 48 million).
+    #[arg(long, value_name = "N")]
+    pub max_pixels: Option<u64>,
     /// Refuse image files larger than this many bytes.
     #[arg(long, default_value_t = 64 << 20, value_name = "N")]
     pub max_bytes: u64,
@@ -131,8 +131,11 @@ fn read_one(
 ) -> Result<Value, Failure> {
     let started = Instant::now();
     let bytes = read_file(path, tuning.max_bytes)?;
-    let image =
-        imaging::decode(&bytes, tuning.max_pixels).map_err(|e| Failure::new(e.code(), e))?;
+    let image = imaging::decode(
+        &bytes,
+        tuning.max_pixels.unwrap_or(imaging::DEFAULT_MAX_PIXELS),
+    )
+    .map_err(|e| Failure::new(e.code(), e))?;
     let decode_ms = started.elapsed().as_secs_f64() * 1e3;
     let ocr_failure = |e: OcrError| Failure::new(e.code(), e);
     if crops {

@@ -87,7 +87,9 @@ impl ServeArgs {
             *workers = self.workers.unwrap_or(*workers);
         }
         config.max_payload_bytes = self.max_payload_bytes.unwrap_or(config.max_payload_bytes);
-        config.max_pixels = self.ocr.max_pixels;
+        if let Some(max_pixels) = self.ocr.max_pixels {
+            config.max_pixels = max_pixels;
+        }
         config.telemetry_interval_s = self
             .telemetry_interval
             .unwrap_or(config.telemetry_interval_s);
@@ -121,14 +123,19 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
         ),
         None => eprintln!("edgerun: serving as {prefix}/{device}"),
     }
-    wait_for_signal()?;
+    wait_for_signal_or_failure(&server)?;
+    if server.is_finished() {
+        // The server stopped by itself: that is a failure, with its reason.
+        server.wait()?;
+        anyhow::bail!("the server stopped");
+    }
     eprintln!("edgerun: shutting down");
     server.shutdown()?;
     Ok(ExitCode::SUCCESS)
 }
 
-/// Blocks until SIGINT or SIGTERM.
-fn wait_for_signal() -> Result<()> {
+/// Blocks until SIGINT or SIGTERM, or until the server stops by itself.
+fn wait_for_signal_or_failure(server: &serve::ServerHandle) -> Result<()> {
     let runtime = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -136,9 +143,13 @@ fn wait_for_signal() -> Result<()> {
     runtime.block_on(async {
         let mut terminate =
             tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())?;
-        tokio::select! {
-            result = tokio::signal::ctrl_c() => result,
-            _ = terminate.recv() => Ok(()),
+        let mut check = tokio::time::interval(std::time::Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                result = tokio::signal::ctrl_c() => return result,
+                _ = terminate.recv() => return Ok(()),
+                _ = check.tick() => if server.is_finished() { return Ok(()) },
+            }
         }
     })?;
     Ok(())

@@ -60,7 +60,8 @@ impl Request {
                 id: None,
             }),
             None => json_reply(&body),
-        };
+        }
+        .filter(|reply| is_publishable(&reply.topic));
         let expires_at = properties
             .and_then(|p| p.message_expiry_interval)
             .map(|secs| now + Duration::from_secs(secs as u64));
@@ -77,6 +78,15 @@ impl Request {
     pub fn is_expired(&self, now: Instant) -> bool {
         self.expires_at.is_some_and(|at| now >= at)
     }
+}
+
+/// Whether an answer may be published on `topic`: not empty, no wildcards or NUL, not a
+/// `$` system topic. Anything else would be refused by the client library or the broker.
+fn is_publishable(topic: &str) -> bool {
+    !topic.is_empty()
+        && topic.len() <= 65_535
+        && !topic.starts_with('$')
+        && !topic.contains(['+', '#', '\0'])
 }
 
 /// The MQTT 3.1.1 fallback: `{"reply_to": "...", "id": ...}` in a JSON body.
@@ -165,6 +175,15 @@ mod tests {
         let body: Value = serde_json::from_slice(&reply.body(json!({"text": "x"}))).unwrap();
         assert_eq!(body, json!({"text": "x", "id": 7}));
         assert!(r.expires_at.is_none());
+    }
+
+    #[test]
+    fn unpublishable_reply_topics_count_as_no_reply() {
+        for topic in ["", "a/#", "a/+/b", "$SYS/x", "a\0b"] {
+            let payload = serde_json::to_vec(&json!({"reply_to": topic})).unwrap();
+            let r = Request::from_publish("ocr", &publish(&payload, None), Instant::now());
+            assert!(r.reply.is_none(), "{topic:?}");
+        }
     }
 
     #[test]

@@ -6,6 +6,9 @@
 //! - `$share/{prefix}/{prefix}/fleet/{service}/request`: requests to any device of the
 //!   fleet (an MQTT v5 shared subscription: the broker gives each request to one member).
 
+/// The topic level that addresses the whole fleet; no device may be called this.
+pub const FLEET: &str = "fleet";
+
 /// Topic names for one device.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Topics {
@@ -42,7 +45,7 @@ impl Topics {
 
     /// Where clients send requests for `service` to the whole fleet.
     pub fn fleet_request(&self, service: &str) -> String {
-        format!("{}/fleet/{service}/request", self.prefix)
+        format!("{}/{FLEET}/{service}/request", self.prefix)
     }
 
     /// The shared subscription a device takes to receive its share of fleet requests.
@@ -52,13 +55,18 @@ impl Topics {
 
     /// The service a request topic addresses, if it is one of ours.
     pub fn service_of<'t>(&self, topic: &'t str) -> Option<&'t str> {
-        let rest = topic.strip_prefix(&self.prefix)?.strip_prefix('/')?;
-        let rest = rest
-            .strip_prefix(&self.device)
-            .or_else(|| rest.strip_prefix("fleet"))?
-            .strip_prefix('/')?;
-        let service = rest.strip_suffix("/request")?;
-        (!service.is_empty() && !service.contains('/')).then_some(service)
+        // Whole topic levels are compared: a device "f" must not match "fleet".
+        let levels: Vec<&str> = topic.split('/').collect();
+        match levels.as_slice() {
+            [prefix, target, service, "request"]
+                if *prefix == self.prefix
+                    && (*target == self.device || *target == FLEET)
+                    && !service.is_empty() =>
+            {
+                Some(service)
+            }
+            _ => None,
+        }
     }
 }
 
@@ -89,5 +97,10 @@ mod tests {
         assert_eq!(t.service_of("edgerun/pi-7/ocr/response"), None);
         assert_eq!(t.service_of("edgerun/pi-7//request"), None);
         assert_eq!(t.service_of("other/pi-7/ocr/request"), None);
+        // A device whose id is a prefix of "fleet" still gets fleet requests.
+        let f = Topics::new("edgerun", "f");
+        assert_eq!(f.service_of("edgerun/fleet/ocr/request"), Some("ocr"));
+        assert_eq!(f.service_of("edgerun/f/ocr/request"), Some("ocr"));
+        assert_eq!(f.service_of("edgerun/fl/ocr/request"), None);
     }
 }

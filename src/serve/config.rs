@@ -29,6 +29,10 @@ pub struct ServeConfig {
     pub services: BTreeMap<String, ServiceConfig>,
 }
 
+/// The largest payload limit: MQTT packets carry at most 256 MB, and the client accepts
+/// twice the limit so that oversized requests can still be answered `too_large`.
+pub const MAX_PAYLOAD_LIMIT: usize = 100 << 20;
+
 /// Per-service settings.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -136,6 +140,14 @@ impl ServeConfig {
         if !topic_safe(&self.device) || !topic_safe(&self.prefix) {
             return invalid("device and prefix must be non-empty and free of / + # $".into());
         }
+        if self.device == crate::mqtt::topics::FLEET {
+            return invalid("\"fleet\" addresses the whole fleet; choose another device id".into());
+        }
+        if self.max_payload_bytes == 0 || self.max_payload_bytes > MAX_PAYLOAD_LIMIT {
+            return invalid(format!(
+                "max_payload_bytes must lie in 1..={MAX_PAYLOAD_LIMIT}"
+            ));
+        }
         if self.services.is_empty() {
             return invalid("no services configured".into());
         }
@@ -146,8 +158,8 @@ impl ServeConfig {
                 ));
             }
         }
-        if self.telemetry_interval_s.is_nan() || self.telemetry_interval_s <= 0.0 {
-            return invalid("telemetry_interval_s must be positive".into());
+        if !(0.01..=86_400.0).contains(&self.telemetry_interval_s) {
+            return invalid("telemetry_interval_s must lie in 0.01..=86400".into());
         }
         self.broker_address()?;
         Ok(())
@@ -205,5 +217,25 @@ workers = 2
             ..ServeConfig::default()
         };
         assert!(c.validate().is_err());
+        for bad in [
+            ServeConfig {
+                device: "fleet".into(),
+                ..ServeConfig::default()
+            },
+            ServeConfig {
+                telemetry_interval_s: f64::INFINITY,
+                ..ServeConfig::default()
+            },
+            ServeConfig {
+                telemetry_interval_s: 1e-10,
+                ..ServeConfig::default()
+            },
+            ServeConfig {
+                max_payload_bytes: usize::MAX,
+                ..ServeConfig::default()
+            },
+        ] {
+            assert!(bad.validate().is_err(), "{bad:?}");
+        }
     }
 }

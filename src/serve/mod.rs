@@ -34,12 +34,15 @@ use crate::services::{Service, ServiceError};
 struct Job {
     request: Request,
     publish: Publish,
+    /// The connection it arrived on: packet ids mean nothing on a later connection.
+    connection: u64,
 }
 
 /// An answer on its way back to the MQTT task.
 struct Answer {
     request: Request,
     publish: Publish,
+    connection: u64,
     body: Value,
 }
 
@@ -50,7 +53,8 @@ struct Lane {
     stats: Arc<ServiceStats>,
 }
 
-/// A running server; dropping it does not stop it, [`ServerHandle::shutdown`] does.
+/// A running server. [`ServerHandle::shutdown`] stops it and waits; dropping the handle
+/// also stops it, without waiting.
 pub struct ServerHandle {
     shutdown: Option<oneshot::Sender<()>>,
     thread: Option<std::thread::JoinHandle<Result<()>>>,
@@ -70,6 +74,11 @@ impl ServerHandle {
                 .map_err(|_| anyhow::anyhow!("server thread panicked"))?,
             None => Ok(()),
         }
+    }
+
+    /// Whether the server has stopped by itself (it only does when it fails).
+    pub fn is_finished(&self) -> bool {
+        self.thread.as_ref().is_none_or(|t| t.is_finished())
     }
 
     /// Waits until the server stops by itself (it does not, unless it fails).
@@ -149,35 +158,56 @@ async fn serve(
     let _ = ready.send(embedded.as_ref().map(EmbeddedBroker::local_addr));
     let started = Instant::now();
     let mut telemetry = tokio::time::interval(Duration::from_secs_f64(config.telemetry_interval_s));
+    let mut server = Dispatcher {
+        client: &client,
+        topics: &topics,
+        lanes: &lanes,
+        config: &config,
+        connection: 0,
+        outstanding: 0,
+    };
     loop {
         tokio::select! {
             Some(event) = incoming.recv() => match event {
                 Incoming::Connected => {
-                    subscribe(&client, &topics, &lanes).await?;
-                    publish_status(&client, &topics, &lanes, true).await?;
+                    server.connection += 1;
+                    if let Err(e) = subscribe(&client, &topics, &lanes).await {
+                        tracing::warn!("subscribing: {e}");
+                    }
+                    publish_status(&client, &topics, &lanes, true).await;
                 }
-                Incoming::Publish(publish) => {
-                    dispatch(&client, &topics, &lanes, &config, *publish).await?;
-                }
+                Incoming::Publish(publish) => server.dispatch(*publish).await,
             },
-            Some(answer) = answers.recv() => {
-                let lane = lanes.get(&answer.request.service);
-                answer_now(&client, &config.device, lane, answer).await?;
-            }
+            Some(answer) = answers.recv() => server.answer_from_worker(answer).await,
             _ = telemetry.tick() => {
+                // Dropped rather than waited for while the broker is away.
                 let body = telemetry_body(&topics, &lanes, started);
-                client.publish(topics.telemetry(), QoS::AtMostOnce, false, body).await?;
+                let _ = client.try_publish(topics.telemetry(), QoS::AtMostOnce, false, body);
             }
             _ = &mut shutdown => break,
         }
     }
-    // Offline status, then DISCONNECT; the pump stops once the DISCONNECT is out.
-    if publish_status(&client, &topics, &lanes, false)
-        .await
-        .is_ok()
-    {
-        let _ = client.disconnect().await;
+    // Stop taking requests, answer what is already queued (for a while), then go offline.
+    // Whatever is still unanswered stays unacknowledged and is redelivered to this device's
+    // session when it returns.
+    let _ = tokio::time::timeout(
+        Duration::from_secs(1),
+        unsubscribe(&client, &topics, &lanes),
+    )
+    .await;
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    while server.outstanding > 0 {
+        match tokio::time::timeout_at(deadline, answers.recv()).await {
+            Ok(Some(answer)) => server.answer_from_worker(answer).await,
+            _ => break,
+        }
     }
+    let goodbye = async {
+        publish_status(&client, &topics, &lanes, false).await;
+        let _ = client.disconnect().await;
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
+    // The pump stops once the DISCONNECT is out; it is not waited for beyond that.
     let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
     if let Some(broker) = embedded {
         broker.stop().await;
@@ -237,8 +267,10 @@ fn connect(
     options.set_clean_start(false);
     options.set_session_expiry_interval(Some(300));
     options.set_manual_acks(true);
-    // At most this many requests in flight to us; the broker holds back the rest.
-    options.set_receive_maximum(Some(256));
+    // At most this many requests in flight to us (every queue full, every worker busy, and
+    // room to answer more `busy`); the broker holds back the rest.
+    let capacity: usize = config.services.values().map(|s| s.queue + s.workers).sum();
+    options.set_receive_maximum(Some((capacity * 2).clamp(16, 1024) as u16));
     // Big enough for any payload we answer `too_large` rather than never seeing.
     options.set_max_packet_size(Some((config.max_payload_bytes * 2 + 65_536) as u32));
     let offline =
@@ -275,12 +307,13 @@ async fn subscribe(
     Ok(())
 }
 
+/// Publishes the retained status; a failure is logged (the last will still covers us).
 async fn publish_status(
     client: &AsyncClient,
     topics: &Topics,
     lanes: &BTreeMap<String, Lane>,
     online: bool,
-) -> Result<()> {
+) {
     let services: serde_json::Map<String, Value> = lanes
         .iter()
         .map(|(name, lane)| (name.clone(), lane.service.describe()))
@@ -291,15 +324,20 @@ async fn publish_status(
         "services": services,
         "request_topics": lanes.keys().map(|n| topics.device_request(n)).collect::<Vec<_>>(),
     });
-    client
-        .publish(
-            topics.status(),
-            QoS::AtLeastOnce,
-            true,
-            serde_json::to_vec(&body)?,
-        )
-        .await?;
-    Ok(())
+    let body = serde_json::to_vec(&body).expect("JSON values always serialize");
+    if let Err(e) = client
+        .publish(topics.status(), QoS::AtLeastOnce, true, body)
+        .await
+    {
+        tracing::warn!("publishing status: {e}");
+    }
+}
+
+async fn unsubscribe(client: &AsyncClient, topics: &Topics, lanes: &BTreeMap<String, Lane>) {
+    let _ = client.unsubscribe(topics.device_requests()).await;
+    for name in lanes.keys() {
+        let _ = client.unsubscribe(topics.fleet_subscription(name)).await;
+    }
 }
 
 fn telemetry_body(topics: &Topics, lanes: &BTreeMap<String, Lane>, started: Instant) -> Vec<u8> {
@@ -315,119 +353,135 @@ fn telemetry_body(topics: &Topics, lanes: &BTreeMap<String, Lane>, started: Inst
     serde_json::to_vec(&body).expect("json")
 }
 
-/// Takes one PUBLISH: answers at once what cannot be queued, queues the rest.
-async fn dispatch(
-    client: &AsyncClient,
-    topics: &Topics,
-    lanes: &BTreeMap<String, Lane>,
-    config: &ServeConfig,
-    publish: Publish,
-) -> Result<()> {
-    let topic = String::from_utf8_lossy(&publish.topic).into_owned();
-    let Some(name) = topics.service_of(&topic) else {
-        tracing::warn!("message on unexpected topic {topic:?} ignored");
-        client.ack(&publish).await?;
-        return Ok(());
-    };
-    let request = Request::from_publish(name, &publish, Instant::now());
-    let Some(lane) = lanes.get(name) else {
-        let error = ServiceError::new("unknown_service", format!("no service {name:?} here"));
-        return answer_now(
-            client,
-            &config.device,
-            None,
-            Answer {
-                request,
-                publish,
-                body: error_body(&error),
-            },
-        )
-        .await;
-    };
-    lane.stats.requests.fetch_add(1, Ordering::Relaxed);
-    if request.reply.is_none() {
-        // Nobody to answer: counted and logged, not silently dropped.
-        tracing::warn!("request on {topic} has no response topic or reply_to; dropped");
-        lane.stats.errors.fetch_add(1, Ordering::Relaxed);
-        client.ack(&publish).await?;
-        return Ok(());
-    }
-    if publish.payload.len() > config.max_payload_bytes {
-        let error = ServiceError::new(
-            "too_large",
-            format!(
+/// The MQTT task's view of the server: where requests go and how answers leave.
+struct Dispatcher<'a> {
+    client: &'a AsyncClient,
+    topics: &'a Topics,
+    lanes: &'a BTreeMap<String, Lane>,
+    config: &'a ServeConfig,
+    /// Counts connections; an acknowledgement only goes out on the connection its
+    /// request came in on.
+    connection: u64,
+    /// Requests handed to workers and not answered yet.
+    outstanding: usize,
+}
+
+impl Dispatcher<'_> {
+    /// Takes one PUBLISH: answers at once what cannot be queued, queues the rest.
+    async fn dispatch(&mut self, publish: Publish) {
+        let topic = String::from_utf8_lossy(&publish.topic).into_owned();
+        let Some(name) = self.topics.service_of(&topic) else {
+            tracing::warn!("message on unexpected topic {topic:?} ignored");
+            self.ack(&publish, self.connection).await;
+            return;
+        };
+        let request = Request::from_publish(name, &publish, Instant::now());
+        let lane = self.lanes.get(name);
+        if let Some(lane) = lane {
+            lane.stats.requests.fetch_add(1, Ordering::Relaxed);
+        }
+        let refuse = |why: &str| {
+            // Nobody to answer, or nothing that should be answered: counted and logged,
+            // never silently dropped.
+            tracing::warn!("request on {topic} {why}; acknowledged without an answer");
+            if let Some(lane) = lane {
+                lane.stats.errors.fetch_add(1, Ordering::Relaxed);
+            }
+        };
+        if publish.retain {
+            refuse("is a retained message (it would be replayed on every subscribe)");
+            return self.ack(&publish, self.connection).await;
+        }
+        if request.reply.is_none() {
+            refuse("has no valid response topic or reply_to");
+            return self.ack(&publish, self.connection).await;
+        }
+        let connection = self.connection;
+        let error = |code, message: String| Answer {
+            body: error_body(&ServiceError::new(code, message)),
+            request: request.clone(),
+            publish: publish.clone(),
+            connection,
+        };
+        let Some(lane) = lane else {
+            let answer = error("unknown_service", format!("no service {name:?} here"));
+            return self.answer(answer).await;
+        };
+        if publish.payload.len() > self.config.max_payload_bytes {
+            lane.stats.errors.fetch_add(1, Ordering::Relaxed);
+            let message = format!(
                 "payload of {} bytes is above the limit of {}",
                 publish.payload.len(),
-                config.max_payload_bytes
-            ),
-        );
-        lane.stats.errors.fetch_add(1, Ordering::Relaxed);
-        return answer_now(
-            client,
-            &config.device,
-            Some(lane),
-            Answer {
-                request,
-                publish,
-                body: error_body(&error),
-            },
-        )
-        .await;
-    }
-    lane.stats.queued.fetch_add(1, Ordering::Relaxed);
-    match lane.queue.try_send(Job { request, publish }) {
-        Ok(()) => Ok(()),
-        Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
-            lane.stats.queued.fetch_sub(1, Ordering::Relaxed);
-            lane.stats.busy.fetch_add(1, Ordering::Relaxed);
-            let error = ServiceError::new("busy", "the service's queue is full; retry later");
-            answer_now(
-                client,
-                &config.device,
-                Some(lane),
-                Answer {
+                self.config.max_payload_bytes
+            );
+            return self.answer(error("too_large", message)).await;
+        }
+        lane.stats.queued.fetch_add(1, Ordering::Relaxed);
+        let job = Job {
+            request,
+            publish,
+            connection,
+        };
+        match lane.queue.try_send(job) {
+            Ok(()) => self.outstanding += 1,
+            Err(TrySendError::Full(job) | TrySendError::Disconnected(job)) => {
+                lane.stats.queued.fetch_sub(1, Ordering::Relaxed);
+                lane.stats.busy.fetch_add(1, Ordering::Relaxed);
+                let busy = ServiceError::new("busy", "the service's queue is full; retry later");
+                self.answer(Answer {
+                    body: error_body(&busy),
                     request: job.request,
                     publish: job.publish,
-                    body: error_body(&error),
-                },
-            )
-            .await
+                    connection: job.connection,
+                })
+                .await;
+            }
         }
     }
-}
 
-/// Answers from the MQTT task itself (errors found before queueing).
-async fn answer_now(
-    client: &AsyncClient,
-    device: &str,
-    lane: Option<&Lane>,
-    answer: Answer,
-) -> Result<()> {
-    if let Some(lane) = lane {
-        lane.stats.answered.fetch_add(1, Ordering::Relaxed);
+    async fn answer_from_worker(&mut self, answer: Answer) {
+        self.outstanding = self.outstanding.saturating_sub(1);
+        self.answer(answer).await;
     }
-    publish_answer(client, device, answer).await
-}
 
-/// Publishes the answer, then acknowledges the request it answers.
-async fn publish_answer(client: &AsyncClient, device: &str, mut answer: Answer) -> Result<()> {
-    if let Value::Object(map) = &mut answer.body {
-        // In a fleet, which device answered.
-        map.insert("device".into(), Value::String(device.to_string()));
+    /// Publishes the answer, then acknowledges the request it answers.
+    async fn answer(&self, mut answer: Answer) {
+        if let Some(lane) = self.lanes.get(&answer.request.service) {
+            lane.stats.answered.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Value::Object(map) = &mut answer.body {
+            // In a fleet, which device answered.
+            map.insert("device".into(), Value::String(self.config.device.clone()));
+        }
+        if let Some(reply) = &answer.request.reply {
+            let published = self
+                .client
+                .publish_with_properties(
+                    reply.topic.clone(),
+                    QoS::AtLeastOnce,
+                    false,
+                    reply.body(answer.body),
+                    reply.properties(),
+                )
+                .await;
+            if let Err(e) = published {
+                tracing::warn!("answering on {:?}: {e}", reply.topic);
+            }
+        }
+        self.ack(&answer.publish, answer.connection).await;
     }
-    if let Some(reply) = &answer.request.reply {
-        client
-            .publish_with_properties(
-                reply.topic.clone(),
-                QoS::AtLeastOnce,
-                false,
-                reply.body(answer.body),
-                reply.properties(),
-            )
-            .await?;
+
+    /// Acknowledges a request that came in on `connection`. On a later connection its
+    /// packet id may name another request; the broker redelivers it instead (a resumed
+    /// session) or has forgotten it (a new one), so no acknowledgement is sent.
+    async fn ack(&self, publish: &Publish, connection: u64) {
+        if connection != self.connection {
+            return;
+        }
+        if let Err(e) = self.client.ack(publish).await {
+            tracing::warn!("acknowledging a request: {e}");
+        }
     }
-    client.ack(&answer.publish).await?;
-    Ok(())
 }
 
 fn error_body(error: &ServiceError) -> Value {
@@ -475,7 +529,11 @@ fn work(
             Err(_) => return,
         };
         stats.queued.fetch_sub(1, Ordering::Relaxed);
-        let Job { request, publish } = job;
+        let Job {
+            request,
+            publish,
+            connection,
+        } = job;
         let body = if request.is_expired(Instant::now()) {
             stats.expired.fetch_add(1, Ordering::Relaxed);
             error_body(&ServiceError::new(
@@ -500,6 +558,7 @@ fn work(
             .send(Answer {
                 request,
                 publish,
+                connection,
                 body,
             })
             .is_err()
