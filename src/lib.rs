@@ -10,6 +10,7 @@
 //! - [`serve`]: `edgerun serve`, wiring transport, bounded queues and services together.
 //! - [`services`]: what a device serves (scene-text recognition first), written against
 //!   [`engine`] and independent of how requests arrive.
+//! - [`latency`]: latency summaries for telemetry and benchmarks.
 //! - [`data`]: the shared benchmark data (`EDGERUN_DATA`), for tests and benchmarks only.
 //! - [`bench`]: benchmarks that print a table and write JSON.
 //! - [`cli`]: command-line parsing and one entry point per subcommand.
@@ -19,6 +20,7 @@ pub mod cli;
 pub mod data;
 pub mod engine;
 pub mod imaging;
+pub mod latency;
 pub mod models;
 pub mod mqtt;
 pub mod serve;

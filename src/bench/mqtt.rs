@@ -168,7 +168,7 @@ pub fn run(pipeline: Arc<OcrPipeline>, settings: &MqttBenchSettings) -> Result<M
 fn percentile(samples: &[f64], p: f64) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
-    super::percentile(&sorted, p)
+    crate::latency::percentile(&sorted, p)
 }
 
 fn in_process_echo(payload: &[u8], n: usize) -> Result<LatencyStats> {

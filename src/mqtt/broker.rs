@@ -68,6 +68,13 @@ impl EmbeddedBroker {
                 return Err(error(&"broker task ended before it was ready"));
             }
         }
+        if !bound.ip().is_loopback() {
+            // The embedded broker accepts anonymous clients: fine on loopback, not beyond.
+            tracing::warn!(
+                "embedded MQTT broker on {bound} accepts anonymous clients from the network; \
+                 use an existing broker with authentication for fleets"
+            );
+        }
         tracing::info!("embedded MQTT broker listening on {bound}");
         Ok(EmbeddedBroker {
             addr: bound,

@@ -1,4 +1,5 @@
-//! Requests and replies as they travel over MQTT.
+//! Requests and replies as they travel over MQTT. Only the envelope is read here (reply
+//! topic, correlation, expiry, content type); the payload's meaning is the service's.
 //!
 //! MQTT v5 clients name the reply topic and correlation data as PUBLISH properties. MQTT
 //! 3.1.1 clients have no properties, so a JSON request may carry `reply_to` (topic) and `id`
@@ -36,14 +37,22 @@ pub struct Request {
 }
 
 impl Request {
-    /// Builds a request from a PUBLISH on a request topic of `service`.
-    pub fn from_publish(service: &str, publish: &Publish, now: Instant) -> Request {
+    /// Builds a request from a PUBLISH on a request topic of `service`. Payloads above
+    /// `max_json_bytes` are not parsed (they are refused anyway, and parsing them would
+    /// stall the connection): such a request can only be answered through v5 properties.
+    pub fn from_publish(
+        service: &str,
+        publish: &Publish,
+        now: Instant,
+        max_json_bytes: usize,
+    ) -> Request {
         let properties = publish.properties.as_ref();
         let content_type = properties.and_then(|p| p.content_type.clone());
-        let looks_like_json = content_type
-            .as_deref()
-            .map(|t| t.starts_with("application/json"))
-            .unwrap_or_else(|| publish.payload.first() == Some(&b'{'));
+        let looks_like_json = publish.payload.len() <= max_json_bytes
+            && content_type
+                .as_deref()
+                .map(|t| t.starts_with("application/json"))
+                .unwrap_or_else(|| publish.payload.first() == Some(&b'{'));
         let body = if looks_like_json {
             // Invalid JSON stays raw; the service answers `bad_request` with the reason.
             match serde_json::from_slice::<Value>(&publish.payload) {
@@ -148,7 +157,7 @@ mod tests {
             ..PublishProperties::default()
         };
         let now = Instant::now();
-        let r = Request::from_publish("ocr", &publish(b"\x89PNG", Some(props)), now);
+        let r = Request::from_publish("ocr", &publish(b"\x89PNG", Some(props)), now, 1 << 20);
         assert_eq!(r.service, "ocr");
         assert_eq!(r.content_type.as_deref(), Some("image/png"));
         assert!(matches!(r.body, Body::Raw(ref b) if b.as_ref() == b"\x89PNG"));
@@ -166,6 +175,7 @@ mod tests {
             "ocr",
             &publish(br#"{"image_b64": "", "reply_to": "me/r", "id": 7}"#, None),
             Instant::now(),
+            1 << 20,
         );
         let reply = r.reply.unwrap();
         assert_eq!(
@@ -181,14 +191,14 @@ mod tests {
     fn unpublishable_reply_topics_count_as_no_reply() {
         for topic in ["", "a/#", "a/+/b", "$SYS/x", "a\0b"] {
             let payload = serde_json::to_vec(&json!({"reply_to": topic})).unwrap();
-            let r = Request::from_publish("ocr", &publish(&payload, None), Instant::now());
+            let r = Request::from_publish("ocr", &publish(&payload, None), Instant::now(), 1 << 20);
             assert!(r.reply.is_none(), "{topic:?}");
         }
     }
 
     #[test]
     fn no_reply_and_broken_json_are_kept_for_the_service_to_judge() {
-        let r = Request::from_publish("ocr", &publish(b"{not json", None), Instant::now());
+        let r = Request::from_publish("ocr", &publish(b"{not json", None), Instant::now(), 1 << 20);
         assert!(r.reply.is_none());
         assert!(matches!(r.body, Body::Raw(_)));
     }

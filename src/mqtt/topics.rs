@@ -1,4 +1,5 @@
-//! The topic layout of a device, in one place.
+//! The topic layout of a device, in one place. Names only: nothing here subscribes or
+//! publishes.
 //!
 //! - `{prefix}/{device}/status`: retained JSON status; the last will sets `offline`.
 //! - `{prefix}/{device}/telemetry`: periodic JSON telemetry.

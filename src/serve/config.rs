@@ -1,4 +1,5 @@
-//! The server's configuration: a TOML file, overridden by command-line flags.
+//! The server's configuration: a TOML file, overridden by command-line flags. Parsing and
+//! validation only; nothing here opens sockets or loads models.
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;

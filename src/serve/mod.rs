@@ -375,7 +375,12 @@ impl Dispatcher<'_> {
             self.ack(&publish, self.connection).await;
             return;
         };
-        let request = Request::from_publish(name, &publish, Instant::now());
+        let request = Request::from_publish(
+            name,
+            &publish,
+            Instant::now(),
+            self.config.max_payload_bytes,
+        );
         let lane = self.lanes.get(name);
         if let Some(lane) = lane {
             lane.stats.requests.fetch_add(1, Ordering::Relaxed);

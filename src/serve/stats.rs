@@ -1,4 +1,5 @@
-//! Per-service counters and recent latencies, for telemetry.
+//! Per-service counters and recent latencies, for telemetry. Counting only: what to do
+//! about the numbers is not decided here.
 
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
@@ -6,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use heapless::HistoryBuf;
 use serde_json::{Value, json};
 
-use crate::bench::LatencyStats;
+use crate::latency::LatencyStats;
 
 /// How many recent latencies the percentiles are computed over.
 const WINDOW: usize = 512;

@@ -1,4 +1,5 @@
-//! `echo`: answers every request with what it received, computing nothing. A health check
+//! `echo`: answers every request with what it received, computing nothing (and it must
+//! stay that way: benchmarks subtract it as the cost of the transport). A health check
 //! for a deployment, and the baseline that measures what MQTT itself costs.
 
 use serde_json::{Value, json};

@@ -124,7 +124,7 @@ impl Service for OcrService {
                 (bytes.to_vec(), self.defaults.clone(), false)
             }
             Payload::Json(value) => {
-                let request: JsonRequest = serde_json::from_value(value.clone()).map_err(|e| {
+                let request = JsonRequest::deserialize(value).map_err(|e| {
                     ServiceError::new("bad_request", format!("bad JSON request: {e}"))
                 })?;
                 let options = self.options_for(&request)?;
