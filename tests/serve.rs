@@ -275,13 +275,13 @@ async fn requests_that_cannot_be_answered_do_not_disturb_the_server() {
     for reply_to in ["a/#", "$SYS/x", ""] {
         let body = serde_json::to_vec(&json!({"image_b64": "", "reply_to": reply_to})).unwrap();
         client
-            .client
+            .raw()
             .publish(topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce, false, body)
             .await
             .unwrap();
     }
     client
-        .client
+        .raw()
         .publish(
             topic,
             rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
@@ -299,18 +299,18 @@ async fn requests_that_cannot_be_answered_do_not_disturb_the_server() {
 async fn status_is_retained_online_and_offline_after_shutdown() {
     let _serial = exclusive().await;
     let mosquitto = Mosquitto::start();
-    let server = start(config("dev-f", Some(mosquitto.addr), 16));
-    let status = wait_retained(mosquitto.addr, "edgerun/dev-f/status", |s| {
+    let server = start(config("dev-f", Some(mosquitto.addr()), 16));
+    let status = wait_retained(mosquitto.addr(), "edgerun/dev-f/status", |s| {
         s["online"] == true
     })
     .await;
     assert_eq!(status["services"]["ocr"]["default_point"], "cascade@0.9");
     assert_eq!(status["request_topics"][0], "edgerun/dev-f/ocr/request");
-    let telemetry = wait_retained(mosquitto.addr, "edgerun/dev-f/telemetry", |_| true).await;
+    let telemetry = wait_retained(mosquitto.addr(), "edgerun/dev-f/telemetry", |_| true).await;
     assert!(telemetry["uptime_s"].as_f64().is_some());
     assert_eq!(telemetry["services"]["ocr"]["queue_depth"], 0);
     server.shutdown().unwrap();
-    let status = wait_retained(mosquitto.addr, "edgerun/dev-f/status", |s| {
+    let status = wait_retained(mosquitto.addr(), "edgerun/dev-f/status", |s| {
         s["online"] == false
     })
     .await;
@@ -368,12 +368,12 @@ async fn wait_retained(
 async fn mosquitto_pub_and_sub_drive_the_server() {
     let _serial = exclusive().await;
     let mosquitto = Mosquitto::start();
-    let server = start(config("dev-g", Some(mosquitto.addr), 16));
-    wait_retained(mosquitto.addr, "edgerun/dev-g/status", |s| {
+    let server = start(config("dev-g", Some(mosquitto.addr()), 16));
+    wait_retained(mosquitto.addr(), "edgerun/dev-g/status", |s| {
         s["online"] == true
     })
     .await;
-    let port = mosquitto.addr.port().to_string();
+    let port = mosquitto.addr().port().to_string();
     let sub = Command::new("mosquitto_sub")
         .args([
             "-p",
@@ -424,8 +424,8 @@ async fn the_server_reconnects_after_a_broker_restart() {
     let _serial = exclusive().await;
     let port = free_port();
     let mosquitto = Mosquitto::start_on(port);
-    let server = start(config("dev-h", Some(mosquitto.addr), 16));
-    let addr = mosquitto.addr;
+    let server = start(config("dev-h", Some(mosquitto.addr()), 16));
+    let addr = mosquitto.addr();
     wait_retained(addr, "edgerun/dev-h/status", |s| s["online"] == true).await;
     drop(mosquitto);
     tokio::time::sleep(Duration::from_millis(500)).await;
@@ -444,17 +444,17 @@ async fn the_server_reconnects_after_a_broker_restart() {
 async fn a_fleet_on_mosquitto_shares_the_requests() {
     let _serial = exclusive().await;
     let mosquitto = Mosquitto::start();
-    let one = start(config("fleet-1", Some(mosquitto.addr), 64));
-    let two = start(config("fleet-2", Some(mosquitto.addr), 64));
-    wait_retained(mosquitto.addr, "edgerun/fleet-1/status", |s| {
+    let one = start(config("fleet-1", Some(mosquitto.addr()), 64));
+    let two = start(config("fleet-2", Some(mosquitto.addr()), 64));
+    wait_retained(mosquitto.addr(), "edgerun/fleet-1/status", |s| {
         s["online"] == true
     })
     .await;
-    wait_retained(mosquitto.addr, "edgerun/fleet-2/status", |s| {
+    wait_retained(mosquitto.addr(), "edgerun/fleet-2/status", |s| {
         s["online"] == true
     })
     .await;
-    let mut client = Client::connect(mosquitto.addr, "fleet-client").await;
+    let mut client = Client::connect(mosquitto.addr(), "fleet-client").await;
     let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
     let request = serde_json::to_vec(&json!({"image_b64": b64, "crops": true})).unwrap();
     for i in 0..60 {
@@ -519,7 +519,7 @@ impl Drop for ServeProcess {
 async fn when_a_fleet_member_is_killed_mid_stream_every_request_is_still_answered() {
     let _serial = exclusive().await;
     let mosquitto = Mosquitto::start();
-    let addr = mosquitto.addr;
+    let addr = mosquitto.addr();
     let one = ServeProcess::start(addr, "kill-1");
     let _two = ServeProcess::start(addr, "kill-2");
     wait_retained(addr, "edgerun/kill-1/status", |s| s["online"] == true).await;

@@ -260,19 +260,26 @@ async fn ocr_throughput(
     Ok(crops.len() as f64 / started.elapsed().as_secs_f64())
 }
 
-/// mosquitto on a free loopback port with TCP_NODELAY, stopped when dropped.
-struct Mosquitto {
-    addr: SocketAddr,
+/// Debian's mosquitto on a loopback port with TCP_NODELAY, stopped when dropped; for the
+/// benchmark and the tests.
+pub struct Mosquitto {
+    pub addr: SocketAddr,
     child: Child,
-    _dir: PathBuf,
+    dir: PathBuf,
 }
 
 impl Mosquitto {
-    fn start() -> Result<Mosquitto> {
+    /// On a free port.
+    pub fn start() -> Result<Mosquitto> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
-        let dir = std::env::temp_dir().join(format!("edgerun-bench-mosquitto-{port}"));
+        Self::start_on(port)
+    }
+
+    pub fn start_on(port: u16) -> Result<Mosquitto> {
+        let dir =
+            std::env::temp_dir().join(format!("edgerun-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
@@ -291,11 +298,7 @@ impl Mosquitto {
         let addr = SocketAddr::from(([127, 0, 0, 1], port));
         for _ in 0..100 {
             if std::net::TcpStream::connect(addr).is_ok() {
-                return Ok(Mosquitto {
-                    addr,
-                    child,
-                    _dir: dir,
-                });
+                return Ok(Mosquitto { addr, child, dir });
             }
             std::thread::sleep(Duration::from_millis(50));
         }
@@ -309,7 +312,7 @@ impl Drop for Mosquitto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        let _ = std::fs::remove_dir_all(&self._dir);
+        let _ = std::fs::remove_dir_all(&self.dir);
     }
 }
 

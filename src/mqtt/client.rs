@@ -99,6 +99,11 @@ impl RequestClient {
         Some((id, body))
     }
 
+    /// The underlying client, for publishing what `send` would not (retained, no reply).
+    pub fn raw(&self) -> &AsyncClient {
+        &self.client
+    }
+
     pub async fn disconnect(&self) {
         let _ = self.client.disconnect().await;
     }
