@@ -15,7 +15,7 @@ use super::{LatencyStats, Machine, Table, write_json};
 use crate::data::{self, GtWord, SceneImage, WordCrop, word_key};
 use crate::imaging;
 use crate::services::ocr::{
-    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind, TextItem,
+    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind, TextItem, point_name,
 };
 
 /// What to measure.
@@ -168,14 +168,6 @@ fn points(thresholds: &[f32]) -> Vec<RecognizerChoice> {
             .map(|&threshold| RecognizerChoice::Cascade { threshold }),
     );
     points
-}
-
-fn point_name(point: RecognizerChoice) -> String {
-    match point {
-        RecognizerChoice::Tiny => "tiny".into(),
-        RecognizerChoice::Small => "small".into(),
-        RecognizerChoice::Cascade { threshold } => format!("cascade@{threshold}"),
-    }
 }
 
 fn options_for(settings: &OcrBenchSettings, point: RecognizerChoice) -> OcrOptions {
