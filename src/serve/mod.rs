@@ -155,7 +155,6 @@ async fn serve(
     // The connection is driven by a task of its own, so that publishing (which waits for
     // room in the client's request channel) never waits on the loop that would drain it.
     let pump = tokio::spawn(pump(eventloop, incoming_tx, format!("{host}:{port}")));
-    let _ = ready.send(embedded.as_ref().map(EmbeddedBroker::local_addr));
     let started = Instant::now();
     let mut telemetry = tokio::time::interval(Duration::from_secs_f64(config.telemetry_interval_s));
     let mut server = Dispatcher {
@@ -166,6 +165,16 @@ async fn serve(
         connection: 0,
         outstanding: 0,
     };
+    // Ready once subscribed on a first connection (so a client that connects right after
+    // `start` returns is heard), or after 10 s of trying: the server keeps reconnecting.
+    let mut ready = Some(ready);
+    let ready_by = tokio::time::sleep(Duration::from_secs(10));
+    tokio::pin!(ready_by);
+    let say_ready = |ready: &mut Option<std::sync::mpsc::Sender<Option<SocketAddr>>>| {
+        if let Some(ready) = ready.take() {
+            let _ = ready.send(embedded.as_ref().map(EmbeddedBroker::local_addr));
+        }
+    };
     loop {
         tokio::select! {
             Some(event) = incoming.recv() => match event {
@@ -175,9 +184,11 @@ async fn serve(
                         tracing::warn!("subscribing: {e}");
                     }
                     publish_status(&client, &topics, &lanes, true).await;
+                    say_ready(&mut ready);
                 }
                 Incoming::Publish(publish) => server.dispatch(*publish).await,
             },
+            _ = &mut ready_by, if ready.is_some() => say_ready(&mut ready),
             Some(answer) = answers.recv() => server.answer_from_worker(answer).await,
             _ = telemetry.tick() => {
                 // Dropped rather than waited for while the broker is away.
