@@ -53,7 +53,7 @@ impl Request {
                 .as_deref()
                 .map(|t| t.starts_with("application/json"))
                 .unwrap_or_else(|| publish.payload.first() == Some(&b'{'));
-        let body = if looks_like_json {
+        let mut body = if looks_like_json {
             // Invalid JSON stays raw; the service answers `bad_request` with the reason.
             match serde_json::from_slice::<Value>(&publish.payload) {
                 Ok(value) => Body::Json(value),
@@ -68,7 +68,7 @@ impl Request {
                 correlation: properties.and_then(|p| p.correlation_data.clone()),
                 id: None,
             }),
-            None => json_reply(&body),
+            None => json_reply(&mut body),
         }
         .filter(|reply| is_publishable(&reply.topic));
         let expires_at = properties
@@ -98,16 +98,20 @@ fn is_publishable(topic: &str) -> bool {
         && !topic.contains(['+', '#', '\0'])
 }
 
-/// The MQTT 3.1.1 fallback: `{"reply_to": "...", "id": ...}` in a JSON body.
-fn json_reply(body: &Body) -> Option<Reply> {
+/// The MQTT 3.1.1 fallback: `{"reply_to": "...", "id": ...}` in a JSON body. Both fields
+/// are taken out of the body: they are the transport's, and services never see them.
+fn json_reply(body: &mut Body) -> Option<Reply> {
     let Body::Json(Value::Object(map)) = body else {
         return None;
     };
-    let topic = map.get("reply_to")?.as_str()?.to_string();
+    let topic = match map.remove("reply_to")? {
+        Value::String(topic) => topic,
+        _ => return None,
+    };
     Some(Reply {
         topic,
         correlation: None,
-        id: map.get("id").cloned(),
+        id: map.remove("id"),
     })
 }
 
@@ -184,6 +188,8 @@ mod tests {
         );
         let body: Value = serde_json::from_slice(&reply.body(json!({"text": "x"}))).unwrap();
         assert_eq!(body, json!({"text": "x", "id": 7}));
+        // The service sees only its own fields.
+        assert!(matches!(r.body, Body::Json(ref v) if *v == json!({"image_b64": ""})));
         assert!(r.expires_at.is_none());
     }
 

@@ -5,7 +5,7 @@
 pub mod mqtt;
 
 use std::path::{Path, PathBuf};
-use std::sync::OnceLock;
+use std::sync::{Arc, OnceLock};
 
 use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::imaging;
@@ -14,11 +14,12 @@ use edgerun::services::ocr::OcrPipeline;
 use image::RgbImage;
 
 /// The OCR models from `models/ocr`, verified and loaded with tract, shared by all tests.
-pub fn ocr() -> &'static OcrPipeline {
-    static PIPELINE: OnceLock<OcrPipeline> = OnceLock::new();
+pub fn ocr() -> &'static Arc<OcrPipeline> {
+    static PIPELINE: OnceLock<Arc<OcrPipeline>> = OnceLock::new();
     PIPELINE.get_or_init(|| {
         let dir = ModelDir::open(&models::default_root(), "ocr").expect("models/ocr manifest");
-        OcrPipeline::load(&TractEngine::new(EngineConfig::default()), &dir).expect("OCR models")
+        let engine = TractEngine::new(EngineConfig::default());
+        Arc::new(OcrPipeline::load(&engine, &dir).expect("OCR models"))
     })
 }
 

@@ -30,15 +30,8 @@ pub fn free_port() -> u16 {
 
 /// The OCR service over the shared test pipeline.
 pub fn ocr_service() -> Arc<dyn Service> {
-    static PIPELINE: std::sync::OnceLock<Arc<edgerun::services::ocr::OcrPipeline>> =
-        std::sync::OnceLock::new();
-    let pipeline = PIPELINE.get_or_init(|| {
-        let dir = edgerun::models::ModelDir::open(&edgerun::models::default_root(), "ocr").unwrap();
-        let engine = edgerun::engine::TractEngine::new(Default::default());
-        Arc::new(edgerun::services::ocr::OcrPipeline::load(&engine, &dir).unwrap())
-    });
     Arc::new(OcrService::new(
-        pipeline.clone(),
+        super::ocr().clone(),
         OcrOptions::default(),
         edgerun::imaging::DEFAULT_MAX_PIXELS,
     ))

@@ -34,13 +34,6 @@ struct JsonRequest {
     threshold: Option<f32>,
     ascii: Option<bool>,
     det_limit: Option<u32>,
-    // Transport fields of the MQTT 3.1.1 fallback, not ours to interpret.
-    #[serde(default)]
-    #[allow(dead_code)]
-    reply_to: Option<String>,
-    #[serde(default)]
-    #[allow(dead_code)]
-    id: Option<Value>,
 }
 
 impl OcrService {
