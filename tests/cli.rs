@@ -135,3 +135,66 @@ fn a_missing_models_folder_is_a_clear_error() {
     assert!(lines.is_empty());
     assert!(stderr.contains("manifest.toml cannot be read"), "{stderr}");
 }
+
+#[test]
+fn engine_choices_that_cannot_work_are_clear_errors() {
+    let sign = fixture("sign.png");
+    let sign = sign.to_str().unwrap();
+    let (code, _, stderr) = edgerun(&["--backend", "gpu", "ocr", sign]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("unknown backend \"gpu\" (expected tract, ort or auto)"),
+        "{stderr}"
+    );
+    let (code, _, stderr) = edgerun(&["--providers", "npu", "ocr", sign]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("unknown execution provider \"npu\""),
+        "{stderr}"
+    );
+
+    let (code, lines, stderr) = edgerun(&[
+        "--backend",
+        "ort",
+        "--ort-lib",
+        "/nonexistent/libonnxruntime.so",
+        "ocr",
+        sign,
+    ]);
+    assert_eq!(code, 2, "{stderr}");
+    assert!(lines.is_empty());
+    let expected = if cfg!(feature = "ort") {
+        "ONNX Runtime cannot be loaded from /nonexistent/libonnxruntime.so: "
+    } else {
+        "this edgerun was built without ONNX Runtime support"
+    };
+    assert!(stderr.contains(expected), "{stderr}");
+}
+
+/// With the `ort` feature, the binary reads the same text through ONNX Runtime, and `auto`
+/// says which engine it kept for each model.
+#[cfg(feature = "ort")]
+#[test]
+fn ocr_on_ort_and_auto_reads_the_same_text() {
+    let sign = fixture("sign.png");
+    let sign = sign.to_str().unwrap();
+    for backend in ["ort", "auto"] {
+        let (code, lines, stderr) = edgerun(&["-v", "--backend", backend, "ocr", sign]);
+        assert_eq!(code, 0, "{stderr}");
+        let texts: Vec<&str> = lines[0]["items"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|i| i["text"].as_str().unwrap())
+            .collect();
+        assert_eq!(texts, ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+        let expected = match backend {
+            "ort" => "ocr/rec_tiny.onnx: ort (cpu, 1 thread(s))",
+            _ => "ocr/rec_tiny.onnx: ",
+        };
+        assert!(stderr.contains(expected), "{stderr}");
+        if backend == "auto" {
+            assert!(stderr.contains("auto chose "), "{stderr}");
+        }
+    }
+}

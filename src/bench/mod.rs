@@ -1,6 +1,7 @@
 //! Benchmarks: each measures on this machine, prints a table and writes JSON.
 //! Speed targets live here, never in tests. Ratios are measured within one run.
 
+pub mod engines;
 pub mod mqtt;
 pub mod ocr;
 

@@ -139,7 +139,12 @@ pub fn run(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<OcrBen
     };
     let report = OcrBenchReport {
         machine,
-        engine: pipeline.describe(),
+        engine: pipeline
+            .placements()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; "),
         threads: settings.threads,
         ascii_only: settings.ascii_only,
         det_limit: settings.det_limit,

@@ -8,8 +8,11 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
-use super::settings::Runtime;
+use super::settings::{Runtime, engine_config};
+use crate::bench::engines::EngineBenchSettings;
 use crate::bench::ocr::{self, OcrBenchSettings, Reference};
+use crate::engine::EngineConfig;
+use crate::models;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -25,6 +28,25 @@ pub enum Benchmark {
     /// MQTT round trips (embedded broker, mosquitto) and OCR throughput over MQTT, against
     /// in-process calls.
     Mqtt(MqttBenchArgs),
+    /// Every model on tract and on ONNX Runtime (CPU) at 1 and 2 threads: median latency and
+    /// the ratio (needs the `ort` feature and --ort-lib or ORT_DYLIB_PATH).
+    Engines(EnginesBenchArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct EnginesBenchArgs {
+    /// Timed runs per engine, model and thread count.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub runs: usize,
+    /// Intra-op thread counts to measure.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2], value_name = "N,...")]
+    pub thread_counts: Vec<usize>,
+    #[arg(
+        long,
+        default_value = "bench-results/engines.json",
+        value_name = "FILE"
+    )]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -74,6 +96,23 @@ pub struct OcrBenchArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
+    if let Benchmark::Engines(a) = &args.which {
+        // Builds its own engines per thread count; only the flags' ONNX Runtime settings apply.
+        anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
+        anyhow::ensure!(
+            a.thread_counts.iter().all(|&t| t >= 1),
+            "thread counts must be at least 1"
+        );
+        let settings = EngineBenchSettings {
+            models_root: global.models.clone().unwrap_or_else(models::default_root),
+            config: engine_config(global, EngineConfig::default())?,
+            thread_counts: a.thread_counts.clone(),
+            runs: a.runs,
+            out: a.out.clone(),
+        };
+        crate::bench::engines::run(&settings)?;
+        return Ok(ExitCode::SUCCESS);
+    }
     let runtime = Runtime::from_args(global)?;
     match &args.which {
         Benchmark::Ocr(a) => {
@@ -105,6 +144,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             };
             crate::bench::mqtt::run(std::sync::Arc::new(runtime.ocr_pipeline()?), &settings)?;
         }
+        Benchmark::Engines(_) => unreachable!("handled above"),
     }
     Ok(ExitCode::SUCCESS)
 }

@@ -12,6 +12,8 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::engine::{Backend, Provider};
+
 pub use self::bench::BenchArgs;
 pub use self::ocr::OcrArgs;
 pub use self::serve::ServeArgs;
@@ -32,9 +34,27 @@ pub struct GlobalArgs {
     /// Models folder (default: $EDGERUN_MODELS, ./models, or the source tree's models/).
     #[arg(long, global = true, value_name = "DIR")]
     pub models: Option<PathBuf>,
-    /// Threads per model run.
-    #[arg(long, global = true, default_value_t = 1, value_name = "N")]
-    pub threads: usize,
+    /// Threads per model run [default: 1, or the config file's].
+    #[arg(long, global = true, value_name = "N")]
+    pub threads: Option<usize>,
+    /// Engine for every model: tract (pure Rust), ort (ONNX Runtime, feature `ort`) or auto
+    /// (measure both at start-up, keep the faster) [default: tract].
+    #[arg(long, global = true, value_name = "NAME")]
+    pub backend: Option<Backend>,
+    /// libonnxruntime.so to load for ort [default: $ORT_DYLIB_PATH, then the system's].
+    #[arg(long, global = true, value_name = "FILE")]
+    pub ort_lib: Option<PathBuf>,
+    /// ONNX Runtime execution providers, best first [default: cpu].
+    #[arg(
+        long,
+        global = true,
+        value_delimiter = ',',
+        value_name = "tensorrt,cuda,cpu"
+    )]
+    pub providers: Option<Vec<Provider>>,
+    /// Where TensorRT keeps its engine and timing caches.
+    #[arg(long, global = true, value_name = "DIR")]
+    pub tensorrt_cache: Option<PathBuf>,
     /// Log more (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -100,7 +100,7 @@ impl ServeArgs {
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     let config = args.resolve()?;
-    let runtime = Runtime::from_args(global)?;
+    let runtime = Runtime::new(global, config.engine.clone())?;
     let mut services: Vec<Arc<dyn Service>> = Vec::new();
     for name in config.services.keys() {
         match name.as_str() {

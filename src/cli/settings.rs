@@ -8,7 +8,7 @@ use anyhow::{Context, Result};
 
 use super::ocr::OcrTuning;
 use super::{GlobalArgs, RecArg};
-use crate::engine::{Engine, EngineConfig, TractEngine};
+use crate::engine::{Backends, Engine, EngineConfig, Placement};
 use crate::models::{self, ModelDir};
 use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 
@@ -20,16 +20,19 @@ pub struct Runtime {
 }
 
 impl Runtime {
+    /// The runtime with the default engine settings and the flags applied.
     pub fn from_args(global: &GlobalArgs) -> Result<Runtime> {
-        anyhow::ensure!(global.threads >= 1, "--threads must be at least 1");
-        let config = EngineConfig {
-            threads: global.threads,
-            ..EngineConfig::default()
-        };
+        Runtime::new(global, EngineConfig::default())
+    }
+
+    /// The runtime with `config` (from a file) and the flags applied on top.
+    pub fn new(global: &GlobalArgs, config: EngineConfig) -> Result<Runtime> {
+        let config = engine_config(global, config)?;
+        let threads = config.threads;
         Ok(Runtime {
             models_root: global.models.clone().unwrap_or_else(models::default_root),
-            engine: Arc::new(TractEngine::new(config)),
-            threads: global.threads,
+            engine: Arc::new(Backends::new(config)?),
+            threads,
         })
     }
 
@@ -39,9 +42,27 @@ impl Runtime {
         let pipeline = OcrPipeline::load(self.engine.as_ref(), &dir)
             .with_context(|| format!("loading OCR models from {}", dir.dir().display()))?;
         pipeline.warm_up()?;
-        tracing::info!("ocr models: {}", pipeline.describe());
+        log_placements(&pipeline.placements());
         Ok(pipeline)
     }
+}
+
+/// Engine settings: `config` (from a file or the defaults) with the flags applied on top.
+pub fn engine_config(global: &GlobalArgs, mut config: EngineConfig) -> Result<EngineConfig> {
+    config.threads = global.threads.unwrap_or(config.threads);
+    anyhow::ensure!(config.threads >= 1, "--threads must be at least 1");
+    config.backend = global.backend.unwrap_or(config.backend);
+    if let Some(library) = &global.ort_lib {
+        config.ort.library = Some(library.clone());
+    }
+    if let Some(providers) = &global.providers {
+        anyhow::ensure!(!providers.is_empty(), "--providers needs at least one");
+        config.ort.providers = providers.clone();
+    }
+    if let Some(dir) = &global.tensorrt_cache {
+        config.ort.tensorrt_cache = Some(dir.clone());
+    }
+    Ok(config)
 }
 
 /// The recognizer the flags ask for.
@@ -64,4 +85,15 @@ pub fn ocr_options(tuning: &OcrTuning) -> Result<OcrOptions> {
     };
     options.validate()?;
     Ok(options)
+}
+
+/// Says where each model runs; a provider that failed to load is a warning.
+fn log_placements(placements: &[Placement]) {
+    for placement in placements {
+        if placement.notes.iter().any(|n| n.contains("unavailable")) {
+            tracing::warn!("{placement}");
+        } else {
+            tracing::info!("{placement}");
+        }
+    }
 }

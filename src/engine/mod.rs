@@ -5,13 +5,29 @@
 //! including any per-shape plan caching, so callers never see engine types. This module must
 //! not know about services, image formats or the model manifest: it takes verified bytes and
 //! tensors, nothing else.
+//!
+//! Two backends exist: [`TractEngine`] (pure Rust, always built) and, with the cargo feature
+//! `ort`, ONNX Runtime loaded from a shared library at run time. [`Backends`] is the engine
+//! the rest of the program uses: it hands each model to the backend its configuration names,
+//! or measures both (`auto`) and keeps the faster one.
 
+#[cfg(feature = "ort")]
+mod ort;
+mod select;
 mod tract;
 
+use std::collections::BTreeMap;
+use std::fmt;
+use std::path::PathBuf;
+use std::str::FromStr;
 use std::sync::Arc;
 
 use ndarray::{ArrayD, ArrayViewD};
+use serde::{Deserialize, Serialize};
 
+#[cfg(feature = "ort")]
+pub use self::ort::OrtEngine;
+pub use self::select::Backends;
 pub use self::tract::TractEngine;
 
 /// Why an engine could not load or run a model.
@@ -27,6 +43,9 @@ pub enum EngineError {
     },
     #[error("model {model} failed: {message}")]
     Run { model: String, message: String },
+    /// The backend itself is unusable: ONNX Runtime missing, too old, or not built in.
+    #[error("{0}")]
+    Unavailable(String),
 }
 
 /// One input tensor, borrowed from the caller.
@@ -83,8 +102,41 @@ pub trait Model: Send + Sync {
     /// start-up rather than a user's request pays for optimisation.
     fn warm_up(&self, inputs: &[(ElementType, &[usize])]) -> Result<(), EngineError>;
 
-    /// Human-readable description for logs and status: engine and where it runs.
-    fn describe(&self) -> String;
+    /// Where and how this model runs, for logs and the retained status.
+    fn placement(&self) -> Placement;
+}
+
+/// Where a loaded model runs: the backend, the execution providers it was given (in order of
+/// preference) and anything the user should know, such as a provider that failed to load.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+pub struct Placement {
+    pub model: String,
+    /// `tract` or `ort`.
+    pub engine: &'static str,
+    /// Execution providers registered for the model, best first (`cpu` for tract).
+    pub providers: Vec<Provider>,
+    pub threads: usize,
+    /// Providers that could not be used and why, and how `auto` chose.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub notes: Vec<String>,
+}
+
+impl fmt::Display for Placement {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let providers: Vec<&str> = self.providers.iter().map(|p| p.name()).collect();
+        write!(
+            f,
+            "{}: {} ({}, {} thread(s))",
+            self.model,
+            self.engine,
+            providers.join(" > "),
+            self.threads
+        )?;
+        for note in &self.notes {
+            write!(f, "; {note}")?;
+        }
+        Ok(())
+    }
 }
 
 /// Something that can load ONNX models.
@@ -97,15 +149,95 @@ pub trait Engine: Send + Sync {
     fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError>;
 }
 
-/// Engine settings shared by every engine.
-#[derive(Debug, Clone)]
+/// Which engine runs a model.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Backend {
+    /// Pure Rust, CPU, available in every build.
+    #[default]
+    Tract,
+    /// ONNX Runtime (cargo feature `ort`), with the configured execution providers.
+    Ort,
+    /// Measure both on this device when the model is warmed up and keep the faster.
+    Auto,
+}
+
+/// An ONNX Runtime execution provider, as named in configs and status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Provider {
+    /// NVIDIA TensorRT (Jetson, discrete GPUs): fastest, builds an engine per model first.
+    Tensorrt,
+    /// NVIDIA CUDA.
+    Cuda,
+    /// The CPU (tract always runs here).
+    Cpu,
+}
+
+impl Provider {
+    pub fn name(self) -> &'static str {
+        match self {
+            Provider::Tensorrt => "tensorrt",
+            Provider::Cuda => "cuda",
+            Provider::Cpu => "cpu",
+        }
+    }
+}
+
+impl Backend {
+    pub fn name(self) -> &'static str {
+        match self {
+            Backend::Tract => "tract",
+            Backend::Ort => "ort",
+            Backend::Auto => "auto",
+        }
+    }
+}
+
+impl FromStr for Backend {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tract" => Ok(Backend::Tract),
+            "ort" => Ok(Backend::Ort),
+            "auto" => Ok(Backend::Auto),
+            _ => Err(format!(
+                "unknown backend {s:?} (expected tract, ort or auto)"
+            )),
+        }
+    }
+}
+
+impl FromStr for Provider {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "tensorrt" | "trt" => Ok(Provider::Tensorrt),
+            "cuda" => Ok(Provider::Cuda),
+            "cpu" => Ok(Provider::Cpu),
+            _ => Err(format!(
+                "unknown execution provider {s:?} (expected tensorrt, cuda or cpu)"
+            )),
+        }
+    }
+}
+
+/// Engine settings: the `[engine]` table of `serve`'s config file, or the global flags.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
 pub struct EngineConfig {
     /// Threads used inside one model run (intra-op). 1 keeps latency predictable on small
     /// boards where other work shares the cores.
     pub threads: usize,
     /// At most this many optimized plans (one per distinct input shape) are kept per model;
-    /// the least recently used is dropped beyond it.
+    /// the least recently used is dropped beyond it (tract only).
     pub max_plans_per_model: usize,
+    /// The backend for every model not named in `models`.
+    pub backend: Backend,
+    /// Per-model backend, keyed `service/file` (`"ocr/det_tiny.onnx" = "ort"`).
+    pub models: BTreeMap<String, Backend>,
+    /// ONNX Runtime settings, used when some model runs on `ort` or `auto`.
+    pub ort: OrtConfig,
 }
 
 impl Default for EngineConfig {
@@ -113,6 +245,50 @@ impl Default for EngineConfig {
         EngineConfig {
             threads: 1,
             max_plans_per_model: 24,
+            backend: Backend::Tract,
+            models: BTreeMap::new(),
+            ort: OrtConfig::default(),
+        }
+    }
+}
+
+impl EngineConfig {
+    /// The backend configured for a model named `service/file`.
+    pub fn backend_for(&self, model: &str) -> Backend {
+        self.models.get(model).copied().unwrap_or(self.backend)
+    }
+
+    /// Whether any model may run on ONNX Runtime.
+    pub fn uses_ort(&self) -> bool {
+        self.backend != Backend::Tract || self.models.values().any(|b| *b != Backend::Tract)
+    }
+}
+
+/// ONNX Runtime settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct OrtConfig {
+    /// `libonnxruntime.so`; none means `$ORT_DYLIB_PATH`, then the system's library path.
+    pub library: Option<PathBuf>,
+    /// Execution providers in order of preference. A provider that cannot load is reported
+    /// (log and status) and skipped; if `cpu` is not listed, a model none of whose providers
+    /// load fails instead of silently running on the CPU.
+    pub providers: Vec<Provider>,
+    /// Where TensorRT keeps built engines and its timing cache, so a restart reuses them.
+    /// None: `$CACHE_DIRECTORY/tensorrt` (set by systemd's `CacheDirectory=`), else
+    /// `$XDG_CACHE_HOME/edgerun/tensorrt`, else `~/.cache/edgerun/tensorrt`.
+    pub tensorrt_cache: Option<PathBuf>,
+    /// Let TensorRT use fp16 kernels (Jetson GPUs are much faster in fp16).
+    pub tensorrt_fp16: bool,
+}
+
+impl Default for OrtConfig {
+    fn default() -> Self {
+        OrtConfig {
+            library: None,
+            providers: vec![Provider::Cpu],
+            tensorrt_cache: None,
+            tensorrt_fp16: true,
         }
     }
 }

@@ -12,7 +12,7 @@ use ndarray::ArrayD;
 use tract_onnx::prelude::tract_linalg::multithread::Executor;
 use tract_onnx::prelude::*;
 
-use super::{ElementType, Engine, EngineConfig, EngineError, Input, Model};
+use super::{ElementType, Engine, EngineConfig, EngineError, Input, Model, Placement, Provider};
 
 /// Loads ONNX files with `tract-onnx`.
 pub struct TractEngine {
@@ -167,8 +167,14 @@ impl Model for TractModel {
         self.plan_for(&key).map(drop)
     }
 
-    fn describe(&self) -> String {
-        format!("tract (cpu, {} thread(s))", self.threads)
+    fn placement(&self) -> Placement {
+        Placement {
+            model: self.name.clone(),
+            engine: "tract",
+            providers: vec![Provider::Cpu],
+            threads: self.threads,
+            notes: Vec::new(),
+        }
     }
 }
 

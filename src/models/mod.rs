@@ -4,12 +4,15 @@
 //! Nothing is loaded that the manifest does not name, and nothing whose bytes do not match
 //! it: a missing or corrupt file is a clear error at start-up, not a wrong answer later.
 //! This module only resolves and verifies files; it does not parse models (that is
-//! [`crate::engine`]'s job).
+//! [`crate::engine`]'s job: [`ModelDir::load`] hands it the verified bytes).
 
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
+
+use crate::engine::{Engine, EngineError, Model};
 
 /// Why a model file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -44,6 +47,8 @@ pub enum ModelError {
         expected: String,
         actual: String,
     },
+    #[error(transparent)]
+    Engine(#[from] EngineError),
 }
 
 /// A service's `manifest.toml`, as written by its `export/` script.
@@ -101,6 +106,13 @@ impl ModelDir {
     }
 
     /// The contents of `file`, read once and checked against its sha256.
+    /// Loads a verified ONNX file with `engine`, named `service/file` (the key of per-model
+    /// engine settings).
+    pub fn load(&self, engine: &dyn Engine, file: &str) -> Result<Arc<dyn Model>, ModelError> {
+        let name = format!("{}/{file}", self.manifest.service);
+        Ok(engine.load(&name, &self.read_verified(file)?)?)
+    }
+
     pub fn read_verified(&self, file: &str) -> Result<Vec<u8>, ModelError> {
         let entry = self
             .manifest

@@ -7,6 +7,8 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::engine::EngineConfig;
+
 /// `edgerun serve`'s settings. Every field has a default, so an empty file is valid.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(default, deny_unknown_fields)]
@@ -28,6 +30,8 @@ pub struct ServeConfig {
     pub telemetry_interval_s: f64,
     /// Services to load, by name, with their queue and worker settings.
     pub services: BTreeMap<String, ServiceConfig>,
+    /// Engines: threads, backend (globally and per model), ONNX Runtime providers.
+    pub engine: EngineConfig,
 }
 
 /// The largest payload limit: MQTT packets carry at most 256 MB, and the client accepts
@@ -69,6 +73,7 @@ impl Default for ServeConfig {
                 ("echo".to_string(), ServiceConfig::default()),
                 ("ocr".to_string(), ServiceConfig::default()),
             ]),
+            engine: EngineConfig::default(),
         }
     }
 }
@@ -203,6 +208,26 @@ workers = 2
             c.broker_address().unwrap(),
             Some(("broker.local".into(), 1883))
         );
+    }
+
+    #[test]
+    fn the_example_deployment_config_is_valid() {
+        use crate::engine::{Backend, Provider};
+        let c: ServeConfig = toml::from_str(include_str!("../../deploy/edgerun.toml")).unwrap();
+        c.validate().unwrap();
+        assert_eq!(c.device, "orin-07");
+        assert_eq!(c.engine.threads, 2);
+        assert_eq!(c.engine.backend, Backend::Ort);
+        assert_eq!(
+            c.engine.ort.providers,
+            [Provider::Tensorrt, Provider::Cuda, Provider::Cpu]
+        );
+        assert!(c.engine.ort.tensorrt_fp16);
+        assert_eq!(c.engine.backend_for("ocr/rec_small.onnx"), Backend::Auto);
+        assert_eq!(c.engine.backend_for("ocr/det_tiny.onnx"), Backend::Ort);
+        let bad = "[engine]\nbackend = \"gpu\"\n";
+        let err = toml::from_str::<ServeConfig>(bad).unwrap_err().to_string();
+        assert!(err.contains("unknown variant `gpu`"), "{err}");
     }
 
     #[test]

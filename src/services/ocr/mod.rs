@@ -20,7 +20,7 @@ use image::RgbImage;
 use ndarray::{Axis, s};
 use serde::{Deserialize, Serialize};
 
-use crate::engine::{ElementType, Engine, EngineError, Input, Model};
+use crate::engine::{ElementType, Engine, EngineError, Input, Model, Placement};
 use crate::models::{ModelDir, ModelError};
 
 pub use self::det::{DbParams, TextBox};
@@ -203,7 +203,7 @@ impl Recognizer {
         dictionary: &str,
     ) -> Result<Recognizer, OcrError> {
         let charset = Charset::from_dictionary(&dir.read_verified_text(dictionary)?);
-        let model = engine.load(model, &dir.read_verified(model)?)?;
+        let model = dir.load(engine, model)?;
         Ok(Recognizer {
             kind,
             model,
@@ -251,6 +251,20 @@ impl Recognizer {
     }
 }
 
+/// A 1280x720 frame at the default detector limit (960x540, padded to multiples of 32) and
+/// one word crop at the narrowest recognizer width.
+pub const TYPICAL_INPUT_SHAPES: &[(&str, &[usize])] = &[
+    ("det_tiny.onnx", &[1, 3, 544, 960]),
+    (
+        "rec_tiny.onnx",
+        &[1, 3, rec::HEIGHT as usize, rec::MIN_WIDTH as usize],
+    ),
+    (
+        "rec_small.onnx",
+        &[1, 3, rec::HEIGHT as usize, rec::MIN_WIDTH as usize],
+    ),
+];
+
 /// The loaded OCR models; share one across worker threads.
 pub struct OcrPipeline {
     detector: Arc<dyn Model>,
@@ -262,7 +276,7 @@ impl OcrPipeline {
     /// Loads `models/ocr` (verifying every file) with `engine`.
     pub fn load(engine: &dyn Engine, dir: &ModelDir) -> Result<OcrPipeline, OcrError> {
         Ok(OcrPipeline {
-            detector: engine.load("det_tiny.onnx", &dir.read_verified("det_tiny.onnx")?)?,
+            detector: dir.load(engine, "det_tiny.onnx")?,
             tiny: Recognizer::load(
                 engine,
                 dir,
@@ -280,22 +294,22 @@ impl OcrPipeline {
         })
     }
 
-    /// Builds the plans for a typical single crop ahead of time.
+    /// Prepares every model for a typical request ahead of time (plans built, `auto`
+    /// backends measured), so the first user request does not pay for it.
     pub fn warm_up(&self) -> Result<(), OcrError> {
-        let shape = [1, 3, rec::HEIGHT as usize, rec::MIN_WIDTH as usize];
-        self.tiny.model.warm_up(&[(ElementType::F32, &shape)])?;
-        self.small.model.warm_up(&[(ElementType::F32, &shape)])?;
+        let models = [&self.detector, &self.tiny.model, &self.small.model];
+        for (model, (_, shape)) in models.into_iter().zip(TYPICAL_INPUT_SHAPES) {
+            model.warm_up(&[(ElementType::F32, shape)])?;
+        }
         Ok(())
     }
 
-    /// Engine description of each model, for logs and status.
-    pub fn describe(&self) -> String {
-        format!(
-            "det: {}; rec tiny: {}; rec small: {}",
-            self.detector.describe(),
-            self.tiny.model.describe(),
-            self.small.model.describe()
-        )
+    /// Where each model runs, for logs and status.
+    pub fn placements(&self) -> Vec<Placement> {
+        [&self.detector, &self.tiny.model, &self.small.model]
+            .iter()
+            .map(|model| model.placement())
+            .collect()
     }
 
     /// Reads word crops (each image is one word or line) with the chosen recognizer(s).

@@ -167,6 +167,7 @@ impl Service for OcrService {
             "points": ["tiny", "small", "cascade"],
             "default_point": point_name(self.defaults.recognizer),
             "payloads": ["image/png", "image/jpeg", "application/json"],
+            "models": self.pipeline.placements(),
         })
     }
 }

@@ -1,0 +1,190 @@
+//! `edgerun bench engines`: every model in `models/` on tract and on ONNX Runtime (CPU), at 1
+//! and 2 intra-op threads, on the input shapes of a typical request. Runs of the two engines
+//! alternate, so background load on the machine hits both alike; the ratio is tract's median
+//! over ort's.
+
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+use anyhow::{Context, Result, bail};
+use ndarray::{ArrayD, IxDyn};
+use serde::Serialize;
+
+use super::{Machine, Table, peak_rss_mib, write_json};
+use crate::engine::{Backend, Backends, EngineConfig, Input, Model, Provider};
+use crate::models::ModelDir;
+use crate::services;
+
+pub struct EngineBenchSettings {
+    pub models_root: PathBuf,
+    /// The ONNX Runtime library and anything else from the command line.
+    pub config: EngineConfig,
+    pub thread_counts: Vec<usize>,
+    /// Timed runs per engine, model and thread count.
+    pub runs: usize,
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineBenchReport {
+    pub machine: Machine,
+    pub ort_library: String,
+    pub runs: usize,
+    pub rows: Vec<EngineRow>,
+    pub peak_rss_mib: Option<f64>,
+}
+
+#[derive(Debug, Serialize)]
+pub struct EngineRow {
+    pub model: String,
+    pub input_shape: Vec<usize>,
+    pub threads: usize,
+    pub tract_ms: f64,
+    pub ort_ms: f64,
+    /// tract's median latency over ort's (above 1: ort is faster).
+    pub tract_over_ort: f64,
+}
+
+pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
+    let machine = Machine::current();
+    eprintln!("machine: {machine}");
+    let mut rows = Vec::new();
+    let mut ort_library = None;
+    for &threads in &settings.thread_counts {
+        let engines = |backend| -> Result<Backends> {
+            let config = EngineConfig {
+                threads,
+                backend,
+                ort: crate::engine::OrtConfig {
+                    providers: vec![Provider::Cpu],
+                    ..settings.config.ort.clone()
+                },
+                ..settings.config.clone()
+            };
+            Ok(Backends::new(config)?)
+        };
+        let (tract, ort) = (engines(Backend::Tract)?, engines(Backend::Ort)?);
+        ort_library = ort.ort_library().map(str::to_string);
+        for (dir, file, shape) in typical_inputs(&settings.models_root)? {
+            let name = format!("{}/{file}", dir.manifest().service);
+            eprintln!("{name} {shape:?}, {threads} thread(s)...");
+            let tract = dir.load(&tract, &file)?;
+            let ort = dir.load(&ort, &file)?;
+            let (tract_ms, ort_ms) = alternate(tract.as_ref(), ort.as_ref(), &shape, settings)
+                .with_context(|| name.clone())?;
+            rows.push(EngineRow {
+                model: name,
+                input_shape: shape,
+                threads,
+                tract_ms,
+                ort_ms,
+                tract_over_ort: tract_ms / ort_ms,
+            });
+        }
+    }
+    let report = EngineBenchReport {
+        machine,
+        ort_library: ort_library.unwrap_or_default(),
+        runs: settings.runs,
+        rows,
+        peak_rss_mib: peak_rss_mib(),
+    };
+    print!("{}", report_text(&report));
+    write_json(&settings.out, &report)?;
+    eprintln!("wrote {}", settings.out.display());
+    Ok(report)
+}
+
+/// Every model of every service in `root` with the input shape of a typical request.
+fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<usize>)>> {
+    let mut found = Vec::new();
+    let mut services: Vec<PathBuf> = std::fs::read_dir(root)
+        .with_context(|| format!("reading {}", root.display()))?
+        .filter_map(|e| e.ok().map(|e| e.path()))
+        .filter(|p| p.join("manifest.toml").is_file())
+        .collect();
+    services.sort();
+    for path in services {
+        let service = path
+            .file_name()
+            .and_then(|s| s.to_str())
+            .unwrap_or_default();
+        let dir = ModelDir::open(root, service)?;
+        let shapes = services::typical_input_shapes(service);
+        for entry in dir
+            .manifest()
+            .files
+            .iter()
+            .filter(|f| f.file.ends_with(".onnx"))
+        {
+            let Some((_, shape)) = shapes.iter().find(|(file, _)| *file == entry.file) else {
+                bail!(
+                    "{service}/{}: no typical input shape is declared",
+                    entry.file
+                );
+            };
+            found.push((dir.clone(), entry.file.clone(), shape.to_vec()));
+        }
+    }
+    Ok(found)
+}
+
+/// Median milliseconds of tract and ort, runs alternating, after one warm-up run each.
+fn alternate(
+    tract: &dyn Model,
+    ort: &dyn Model,
+    shape: &[usize],
+    settings: &EngineBenchSettings,
+) -> Result<(f64, f64)> {
+    // Values in [-1, 1) like normalised pixels; fixed, so every run sees the same input.
+    let mut state = 0x2545_f491_u32;
+    let input = ArrayD::from_shape_simple_fn(IxDyn(shape), || {
+        state ^= state << 13;
+        state ^= state >> 17;
+        state ^= state << 5;
+        (state as f32 / u32::MAX as f32) * 2.0 - 1.0
+    });
+    let inputs = [Input::F32(input.view())];
+    let models: [&dyn Model; 2] = [tract, ort];
+    let mut times = [Vec::new(), Vec::new()];
+    for model in models {
+        model.run(&inputs)?;
+    }
+    for _ in 0..settings.runs {
+        for (model, times) in models.iter().zip(&mut times) {
+            let start = Instant::now();
+            model.run(&inputs)?;
+            times.push(start.elapsed().as_secs_f64() * 1e3);
+        }
+    }
+    let median = |times: &mut Vec<f64>| {
+        times.sort_by(f64::total_cmp);
+        times[times.len() / 2]
+    };
+    Ok((median(&mut times[0]), median(&mut times[1])))
+}
+
+pub fn report_text(report: &EngineBenchReport) -> String {
+    let mut table = Table::new(&[
+        "model",
+        "input",
+        "threads",
+        "tract ms",
+        "ort ms",
+        "tract/ort",
+    ]);
+    for row in &report.rows {
+        table.row(vec![
+            row.model.clone(),
+            format!("{:?}", row.input_shape),
+            row.threads.to_string(),
+            format!("{:.2}", row.tract_ms),
+            format!("{:.2}", row.ort_ms),
+            format!("{:.2}x", row.tract_over_ort),
+        ]);
+    }
+    format!(
+        "engines on {} (ort: {}; median of {} runs)\n{table}",
+        report.machine, report.ort_library, report.runs
+    )
+}

@@ -1,0 +1,283 @@
+//! The ONNX Runtime engine (cargo feature `ort`): CPU, CUDA and TensorRT execution providers.
+//!
+//! `libonnxruntime` is not linked: it is opened at run time from a configured path, so one
+//! binary runs on boxes with or without it, and a missing or too old library is an error
+//! message rather than a crash. ONNX Runtime allows one environment per process; it is
+//! created on first use and shared by every [`OrtEngine`].
+//!
+//! Execution providers are registered with `error_on_failure`, so a provider that cannot load
+//! (no GPU, CPU-only library, missing CUDA libraries) is reported in the model's
+//! [`Placement`] instead of ONNX Runtime quietly running everything on the CPU.
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use ndarray::ArrayD;
+use ort::environment::Environment;
+use ort::ep::{self, ExecutionProviderDispatch};
+use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::{Session, SessionInputValue};
+use ort::value::{Tensor, TensorElementType, TensorRef, ValueRef, ValueType};
+
+use super::{ElementType, Engine, EngineConfig, EngineError, Input, Model, Placement, Provider};
+
+/// Loads ONNX files into ONNX Runtime sessions.
+pub struct OrtEngine {
+    environment: Environment,
+    /// `ONNX Runtime 1.32.0 (/path/libonnxruntime.so)`, for logs and reports.
+    library: String,
+    config: EngineConfig,
+    tensorrt_cache: PathBuf,
+}
+
+impl OrtEngine {
+    /// Opens the configured ONNX Runtime library (or `$ORT_DYLIB_PATH`, or the system's) and
+    /// the process's environment.
+    pub fn new(config: &EngineConfig) -> Result<OrtEngine, EngineError> {
+        let library = config
+            .ort
+            .library
+            .clone()
+            .or_else(|| std::env::var_os("ORT_DYLIB_PATH").map(PathBuf::from))
+            .unwrap_or_else(|| PathBuf::from("libonnxruntime.so"));
+        let environment = environment(&library)?;
+        Ok(OrtEngine {
+            environment,
+            library: format!("ONNX Runtime {} ({})", version(), library.display()),
+            config: config.clone(),
+            tensorrt_cache: config
+                .ort
+                .tensorrt_cache
+                .clone()
+                .unwrap_or_else(default_tensorrt_cache),
+        })
+    }
+
+    /// The library this engine runs on, with its version.
+    pub fn library(&self) -> &str {
+        &self.library
+    }
+
+    fn builder(&self) -> ort::Result<SessionBuilder> {
+        Ok(Session::builder(&self.environment)?
+            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            .with_intra_threads(self.config.threads)?
+            .with_inter_threads(1)?
+            // Spinning worker threads burn a small board's cores and power between requests.
+            .with_intra_op_spinning(false)?)
+    }
+
+    fn dispatch(&self, provider: Provider, model: &str) -> ExecutionProviderDispatch {
+        match provider {
+            Provider::Tensorrt => {
+                // One engine file per model and shape profile; the timing cache is shared.
+                let prefix = model.replace(['/', '.'], "_");
+                ep::TensorRT::default()
+                    .with_fp16(self.config.ort.tensorrt_fp16)
+                    .with_engine_cache(true)
+                    .with_engine_cache_path(self.tensorrt_cache.display())
+                    .with_engine_cache_prefix(prefix)
+                    .with_timing_cache(true)
+                    .with_timing_cache_path(self.tensorrt_cache.display())
+                    .build()
+            }
+            Provider::Cuda => ep::CUDA::default().build(),
+            Provider::Cpu => ep::CPU::default().build(),
+        }
+        .error_on_failure()
+    }
+}
+
+/// The one ONNX Runtime environment of this process, with the library it came from.
+fn environment(library: &Path) -> Result<Environment, EngineError> {
+    static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
+    let mut slot = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    if let Some((loaded, environment)) = slot.as_ref() {
+        return if loaded == library {
+            Ok(environment.clone())
+        } else {
+            Err(EngineError::Unavailable(format!(
+                "ONNX Runtime is already loaded from {} in this process; cannot also load {}",
+                loaded.display(),
+                library.display()
+            )))
+        };
+    }
+    let unavailable = |message: String| {
+        EngineError::Unavailable(format!(
+            "ONNX Runtime cannot be loaded from {}: {message} (set [engine.ort] library, \
+             --ort-lib or ORT_DYLIB_PATH to a libonnxruntime.so of version 1.31 or newer)",
+            library.display()
+        ))
+    };
+    let environment = ort::init_from(library)
+        .map_err(|e| unavailable(e.to_string()))?
+        .with_name("edgerun")
+        .build()
+        .map_err(|e| unavailable(e.to_string()))?;
+    *slot = Some((library.to_path_buf(), environment.clone()));
+    Ok(environment)
+}
+
+/// The loaded library's version, e.g. `1.32.0`.
+fn version() -> String {
+    ort::info()
+        .split(',')
+        .next()
+        .and_then(|s| s.rsplit(['-', ' ']).next())
+        .unwrap_or("unknown")
+        .to_string()
+}
+
+fn default_tensorrt_cache() -> PathBuf {
+    let var = |name| {
+        std::env::var_os(name)
+            .filter(|v| !v.is_empty())
+            .map(PathBuf::from)
+    };
+    if let Some(dir) = var("CACHE_DIRECTORY") {
+        return dir.join("tensorrt");
+    }
+    let base = var("XDG_CACHE_HOME")
+        .or_else(|| var("HOME").map(|home| home.join(".cache")))
+        .unwrap_or_else(std::env::temp_dir);
+    base.join("edgerun").join("tensorrt")
+}
+
+impl Engine for OrtEngine {
+    fn name(&self) -> &'static str {
+        "ort"
+    }
+
+    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
+        let load_error = |message: String| EngineError::Load {
+            model: name.to_string(),
+            message,
+        };
+        if self.config.ort.providers.contains(&Provider::Tensorrt) {
+            std::fs::create_dir_all(&self.tensorrt_cache).map_err(|e| {
+                load_error(format!(
+                    "TensorRT cache {}: {e}",
+                    self.tensorrt_cache.display()
+                ))
+            })?;
+        }
+        let mut builder = self.builder().map_err(|e| load_error(e.to_string()))?;
+        let mut providers = Vec::new();
+        let mut notes = Vec::new();
+        for &provider in &self.config.ort.providers {
+            builder = match builder.with_execution_providers([self.dispatch(provider, name)]) {
+                Ok(builder) => {
+                    providers.push(provider);
+                    builder
+                }
+                Err(e) => {
+                    let note = format!("{} unavailable: {}", provider.name(), e.message());
+                    tracing::warn!("{name}: {note}");
+                    notes.push(note);
+                    e.recover()
+                }
+            };
+        }
+        if providers.is_empty() {
+            return Err(load_error(format!(
+                "none of the execution providers could be used ({}); add \"cpu\" to the \
+                 providers to allow running on the CPU",
+                notes.join("; ")
+            )));
+        }
+        let session = builder
+            .commit_from_memory(onnx)
+            .map_err(|e| load_error(e.to_string()))?;
+        let inputs = session
+            .inputs()
+            .iter()
+            .map(|outlet| outlet.name().to_string())
+            .collect();
+        Ok(Arc::new(OrtModel {
+            placement: Placement {
+                model: name.to_string(),
+                engine: "ort",
+                providers,
+                threads: self.config.threads,
+                notes,
+            },
+            inputs,
+            session: Mutex::new(session),
+        }))
+    }
+}
+
+struct OrtModel {
+    placement: Placement,
+    inputs: Vec<String>,
+    /// ort runs a session through `&mut`; requests to one model take turns.
+    session: Mutex<Session>,
+}
+
+impl OrtModel {
+    fn run_error(&self, e: impl std::fmt::Display) -> EngineError {
+        EngineError::Run {
+            model: self.placement.model.clone(),
+            message: e.to_string(),
+        }
+    }
+}
+
+/// The caller's buffer when it is contiguous (ONNX Runtime reads it in place), else a copy.
+fn session_input<'a>(input: &'a Input<'_>) -> ort::Result<SessionInputValue<'a>> {
+    Ok(match input {
+        Input::F32(a) if a.is_standard_layout() => TensorRef::from_array_view(a.view())?.into(),
+        Input::F32(a) => Tensor::from_array(a.as_standard_layout().into_owned())?.into(),
+        Input::I64(a) if a.is_standard_layout() => TensorRef::from_array_view(a.view())?.into(),
+        Input::I64(a) => Tensor::from_array(a.as_standard_layout().into_owned())?.into(),
+    })
+}
+
+fn to_f32(value: ValueRef<'_>) -> ort::Result<ArrayD<f32>> {
+    match value.dtype() {
+        ValueType::Tensor {
+            ty: TensorElementType::Int64,
+            ..
+        } => Ok(value.try_extract_array::<i64>()?.mapv(|v| v as f32)),
+        _ => Ok(value.try_extract_array::<f32>()?.to_owned()),
+    }
+}
+
+impl Model for OrtModel {
+    fn run(&self, inputs: &[Input<'_>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
+        if inputs.len() != self.inputs.len() {
+            return Err(EngineError::Arity {
+                model: self.placement.model.clone(),
+                expected: self.inputs.len(),
+                given: inputs.len(),
+            });
+        }
+        let values = inputs
+            .iter()
+            .map(session_input)
+            .collect::<ort::Result<Vec<_>>>()
+            .map_err(|e| self.run_error(e))?;
+        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let outputs = session
+            .run(values.as_slice())
+            .map_err(|e| self.run_error(e))?;
+        outputs
+            .values()
+            .map(to_f32)
+            .collect::<ort::Result<Vec<_>>>()
+            .map_err(|e| self.run_error(e))
+    }
+
+    /// ONNX Runtime plans once per session; the first run at a shape still allocates, so
+    /// warming up runs the model once on zeros.
+    fn warm_up(&self, inputs: &[(ElementType, &[usize])]) -> Result<(), EngineError> {
+        let owned = super::select::zero_inputs(inputs);
+        let views: Vec<Input<'_>> = owned.iter().map(|input| input.view()).collect();
+        self.run(&views).map(drop)
+    }
+
+    fn placement(&self) -> Placement {
+        self.placement.clone()
+    }
+}

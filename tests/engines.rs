@@ -1,0 +1,338 @@
+//! Conformance of the two engines: every model in `models/` gives the same outputs on tract
+//! and on ONNX Runtime for real inputs, and OCR reads the same strings on both.
+//!
+//! Needs the cargo feature `ort` and `ORT_DYLIB_PATH` pointing at libonnxruntime 1.31 or newer
+//! (`.ci/run` takes it from the `onnxruntime==1.32.0` wheel).
+
+#![cfg(feature = "ort")]
+
+mod common;
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
+use common::{load, ocr};
+use edgerun::data;
+use edgerun::engine::{
+    Backend, Backends, ElementType, Engine, EngineConfig, EngineError, Input, Model, OrtConfig,
+    OrtEngine, Placement, Provider, TractEngine,
+};
+use edgerun::models::{self, ModelDir};
+use edgerun::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
+use ndarray::ArrayD;
+
+/// Largest absolute difference allowed between the engines' outputs (probabilities in 0..1).
+/// Observed on x86_64 with ONNX Runtime 1.32.0: 3.3e-5 (detector), 3.8e-5 (tiny recognizer),
+/// 4.6e-6 (small recognizer); the engines fuse and order floating-point sums differently.
+const TOLERANCE: f32 = 1e-4;
+
+/// The ONNX Runtime settings for these tests: the library from `ORT_DYLIB_PATH`.
+fn ort_config(providers: &[Provider]) -> EngineConfig {
+    let library = std::env::var_os("ORT_DYLIB_PATH").expect(
+        "the ort tests need ORT_DYLIB_PATH=/path/to/libonnxruntime.so (see .ci/run for where \
+         to get it)",
+    );
+    EngineConfig {
+        backend: Backend::Ort,
+        ort: OrtConfig {
+            library: Some(library.into()),
+            providers: providers.to_vec(),
+            ..OrtConfig::default()
+        },
+        ..EngineConfig::default()
+    }
+}
+
+fn ort_engine() -> &'static OrtEngine {
+    static ENGINE: OnceLock<OrtEngine> = OnceLock::new();
+    ENGINE.get_or_init(|| OrtEngine::new(&ort_config(&[Provider::Cpu])).expect("ONNX Runtime"))
+}
+
+fn ort_ocr() -> &'static OcrPipeline {
+    static PIPELINE: OnceLock<OcrPipeline> = OnceLock::new();
+    PIPELINE.get_or_init(|| {
+        let dir = ModelDir::open(&models::default_root(), "ocr").unwrap();
+        OcrPipeline::load(ort_engine(), &dir).expect("OCR models on ort")
+    })
+}
+
+/// Every input a model was given, by model name.
+type Recorded = Arc<Mutex<BTreeMap<String, Vec<ArrayD<f32>>>>>;
+
+/// tract, remembering the (single, f32) input of every run so it can be replayed on ort.
+struct Recorder {
+    tract: TractEngine,
+    recorded: Recorded,
+}
+
+struct RecordedModel {
+    name: String,
+    model: Arc<dyn Model>,
+    recorded: Recorded,
+}
+
+impl Engine for Recorder {
+    fn name(&self) -> &'static str {
+        "recorder"
+    }
+
+    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
+        Ok(Arc::new(RecordedModel {
+            name: name.to_string(),
+            model: self.tract.load(name, onnx)?,
+            recorded: self.recorded.clone(),
+        }))
+    }
+}
+
+impl Model for RecordedModel {
+    fn run(&self, inputs: &[Input<'_>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
+        let Input::F32(first) = &inputs[0] else {
+            panic!("{}: only f32 models are recorded so far", self.name)
+        };
+        let mut recorded = self.recorded.lock().unwrap();
+        recorded
+            .entry(self.name.clone())
+            .or_default()
+            .push(first.to_owned());
+        drop(recorded);
+        self.model.run(inputs)
+    }
+
+    fn warm_up(&self, inputs: &[(ElementType, &[usize])]) -> Result<(), EngineError> {
+        self.model.warm_up(inputs)
+    }
+
+    fn placement(&self) -> Placement {
+        self.model.placement()
+    }
+}
+
+fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(x, y)| (x - y).abs())
+        .fold(0.0, f32::max)
+}
+
+/// Every `.onnx` file named by a manifest under `models/`, as `service/file`.
+fn all_models() -> Vec<(ModelDir, String)> {
+    let root = models::default_root();
+    let mut found = Vec::new();
+    for entry in std::fs::read_dir(&root).unwrap() {
+        let path = entry.unwrap().path();
+        if !path.join("manifest.toml").is_file() {
+            continue;
+        }
+        let service = path.file_name().unwrap().to_str().unwrap().to_string();
+        let dir = ModelDir::open(&root, &service).unwrap();
+        for file in &dir.manifest().files {
+            if file.file.ends_with(".onnx") {
+                found.push((dir.clone(), file.file.clone()));
+            }
+        }
+    }
+    found.sort_by(|a, b| a.1.cmp(&b.1));
+    found
+}
+
+#[test]
+fn every_model_gives_the_same_outputs_on_both_engines() {
+    // Record real inputs by running the real OCR pipeline on tract: two street scenes (the
+    // detector at two sizes, every crop through both recognizers) and a few word crops.
+    let recorded = Recorded::default();
+    let recorder = Recorder {
+        tract: TractEngine::new(EngineConfig::default()),
+        recorded: recorded.clone(),
+    };
+    let dir = ModelDir::open(&models::default_root(), "ocr").unwrap();
+    let pipeline = OcrPipeline::load(&recorder, &dir).unwrap();
+    let everything_twice = OcrOptions {
+        recognizer: RecognizerChoice::Cascade { threshold: 1.01 },
+        ..OcrOptions::default()
+    };
+    for scene in data::ic15_e2e(2).unwrap() {
+        pipeline
+            .read_image(&load(&scene.path), &everything_twice)
+            .unwrap();
+    }
+    let recorded = recorded.lock().unwrap();
+
+    let mut checked = Vec::new();
+    for (dir, file) in all_models() {
+        let name = format!("{}/{file}", dir.manifest().service);
+        let inputs = recorded
+            .get(&name)
+            .unwrap_or_else(|| panic!("{name} was never run: give it real inputs in this test"));
+        let tract = TractEngine::new(EngineConfig::default());
+        let tract = dir.load(&tract, &file).unwrap();
+        let ort = dir.load(ort_engine(), &file).unwrap();
+        let mut worst = 0f32;
+        for input in inputs.iter().take(6) {
+            let input = [Input::F32(input.view())];
+            let (a, b) = (tract.run(&input).unwrap(), ort.run(&input).unwrap());
+            assert_eq!(a.len(), b.len(), "{name}: output count");
+            for (a, b) in a.iter().zip(&b) {
+                worst = worst.max(max_abs_diff(a, b));
+            }
+        }
+        assert!(worst <= TOLERANCE, "{name}: max |tract - ort| = {worst:e}");
+        eprintln!(
+            "{name}: {} inputs, max |tract - ort| = {worst:e}",
+            inputs.len().min(6)
+        );
+        checked.push(name);
+    }
+    assert_eq!(
+        checked,
+        [
+            "ocr/det_tiny.onnx",
+            "ocr/rec_small.onnx",
+            "ocr/rec_tiny.onnx"
+        ]
+    );
+}
+
+#[test]
+fn ocr_reads_identical_strings_on_both_engines() {
+    let options = OcrOptions {
+        recognizer: RecognizerChoice::Cascade { threshold: 0.9 },
+        ..OcrOptions::default()
+    };
+    let mut items = 0;
+    for scene in data::ic15_e2e(12).unwrap() {
+        let image = load(&scene.path);
+        let on_tract = ocr().read_image(&image, &options).unwrap();
+        let on_ort = ort_ocr().read_image(&image, &options).unwrap();
+        let texts = |r: &edgerun::services::ocr::ImageResult| -> Vec<String> {
+            r.items.iter().map(|i| i.recognition.text.clone()).collect()
+        };
+        assert_eq!(texts(&on_tract), texts(&on_ort), "{}", scene.path.display());
+        for (a, b) in on_tract.items.iter().zip(&on_ort.items) {
+            assert_eq!(a.text_box, b.text_box, "{}", scene.path.display());
+            assert_eq!(a.recognition.recognizer, b.recognition.recognizer);
+            let diff = (a.recognition.confidence - b.recognition.confidence).abs();
+            assert!(diff <= TOLERANCE, "confidence differs by {diff}");
+        }
+        items += on_tract.items.len();
+    }
+    // The twelve scenes hold this many readable words: a guard against comparing nothing.
+    assert_eq!(items, 44);
+
+    let crops: Vec<_> = data::iiit5k()
+        .unwrap()
+        .into_iter()
+        .step_by(50)
+        .map(|word| load(&word.path))
+        .collect();
+    let refs: Vec<_> = crops.iter().collect();
+    for recognizer in [RecognizerChoice::Tiny, RecognizerChoice::Small] {
+        let options = OcrOptions {
+            recognizer,
+            ..OcrOptions::default()
+        };
+        let a = ocr().recognize(&refs, &options).unwrap();
+        let b = ort_ocr().recognize(&refs, &options).unwrap();
+        let texts = |r: &[edgerun::services::ocr::Recognition]| -> Vec<String> {
+            r.iter().map(|r| r.text.clone()).collect()
+        };
+        assert_eq!(texts(&a), texts(&b), "{recognizer:?}");
+        assert_eq!(a.len(), 60);
+    }
+}
+
+#[test]
+fn placement_names_the_engine_and_providers() {
+    let placements = ort_ocr().placements();
+    let placement = &placements[1];
+    assert_eq!(placement.model, "ocr/rec_tiny.onnx");
+    assert_eq!(placement.engine, "ort");
+    assert_eq!(placement.providers, [Provider::Cpu]);
+    assert!(placement.notes.is_empty(), "{:?}", placement.notes);
+    assert_eq!(
+        serde_json::to_value(placement).unwrap(),
+        serde_json::json!({
+            "model": "ocr/rec_tiny.onnx", "engine": "ort", "providers": ["cpu"], "threads": 1
+        })
+    );
+}
+
+#[test]
+fn a_provider_that_cannot_load_is_reported_not_silently_replaced() {
+    // The PyPI library is CPU-only: CUDA and TensorRT cannot be registered.
+    let dir = ModelDir::open(&models::default_root(), "ocr").unwrap();
+    let engine = OrtEngine::new(&ort_config(&[Provider::Cuda, Provider::Cpu])).unwrap();
+    let model = dir.load(&engine, "rec_tiny.onnx").unwrap();
+    let placement = model.placement();
+    assert_eq!(placement.providers, [Provider::Cpu]);
+    assert_eq!(placement.notes.len(), 1);
+    assert!(
+        placement.notes[0].starts_with("cuda unavailable: "),
+        "{:?}",
+        placement.notes
+    );
+    assert!(placement.to_string().contains("; cuda unavailable: "));
+
+    // Without cpu in the list, nothing may run on the CPU behind the user's back.
+    let engine = OrtEngine::new(&ort_config(&[Provider::Tensorrt, Provider::Cuda])).unwrap();
+    let err = dir
+        .load(&engine, "rec_tiny.onnx")
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        err.starts_with("cannot load model ocr/rec_tiny.onnx: none of the execution providers"),
+        "{err}"
+    );
+    assert!(err.contains("tensorrt unavailable: ") && err.contains("cuda unavailable: "));
+}
+
+#[test]
+fn one_library_per_process() {
+    ort_engine();
+    let mut config = ort_config(&[Provider::Cpu]);
+    config.ort.library = Some("/elsewhere/libonnxruntime.so".into());
+    let err = OrtEngine::new(&config).err().unwrap().to_string();
+    assert!(
+        err.starts_with("ONNX Runtime is already loaded from "),
+        "{err}"
+    );
+}
+
+#[test]
+fn auto_measures_both_engines_and_keeps_one() {
+    ort_engine();
+    let mut config = ort_config(&[Provider::Cpu]);
+    config.backend = Backend::Auto;
+    config
+        .models
+        .insert("ocr/det_tiny.onnx".into(), Backend::Tract);
+    let engines = Backends::new(config).unwrap();
+    let dir = ModelDir::open(&models::default_root(), "ocr").unwrap();
+
+    let model = dir.load(&engines, "rec_tiny.onnx").unwrap();
+    assert_eq!(model.placement().notes, ["auto: not measured yet"]);
+    model
+        .warm_up(&[(ElementType::F32, &[1, 3, 48, 320])])
+        .unwrap();
+    let placement = model.placement();
+    let note = placement.notes.last().unwrap();
+    assert!(
+        note.starts_with(&format!("auto chose {}: ", placement.engine)),
+        "{note}"
+    );
+    assert!(
+        note.contains("tract ") && note.contains(" vs ort "),
+        "{note}"
+    );
+    assert!(
+        note.ends_with("(median of 5 at [[1, 3, 48, 320]])"),
+        "{note}"
+    );
+
+    // A per-model setting wins over the default.
+    let detector = dir.load(&engines, "det_tiny.onnx").unwrap();
+    assert_eq!(detector.placement().engine, "tract");
+    assert!(detector.placement().notes.is_empty());
+}
