@@ -2,13 +2,11 @@
 
 mod common;
 
-use std::process::Command;
-
 use common::{fixture, png_header};
 use serde_json::Value;
 
 fn edgerun(args: &[&str]) -> (i32, Vec<Value>, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_edgerun"))
+    let out = common::edgerun_command()
         .args(args)
         .output()
         .expect("run edgerun");

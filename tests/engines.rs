@@ -148,8 +148,10 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
     };
     let dir = ModelDir::open(&models::default_root(), "ocr").unwrap();
     let pipeline = OcrPipeline::load(&recorder, &dir).unwrap();
+    // A smaller detector input than the default keeps this affordable under emulation.
     let everything_twice = OcrOptions {
         recognizer: RecognizerChoice::Cascade { threshold: 1.01 },
+        det_limit: 640,
         ..OcrOptions::default()
     };
     for scene in data::ic15_e2e(2).unwrap() {
@@ -169,7 +171,7 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
         let tract = dir.load(&tract, &file).unwrap();
         let ort = dir.load(ort_engine(), &file).unwrap();
         let mut worst = 0f32;
-        for input in inputs.iter().take(6) {
+        for input in inputs.iter().take(4) {
             let input = [Input::F32(input.view())];
             let (a, b) = (tract.run(&input).unwrap(), ort.run(&input).unwrap());
             assert_eq!(a.len(), b.len(), "{name}: output count");
@@ -198,10 +200,11 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
 fn ocr_reads_identical_strings_on_both_engines() {
     let options = OcrOptions {
         recognizer: RecognizerChoice::Cascade { threshold: 0.9 },
+        det_limit: 640,
         ..OcrOptions::default()
     };
     let mut items = 0;
-    for scene in data::ic15_e2e(12).unwrap() {
+    for scene in data::ic15_e2e(10).unwrap() {
         let image = load(&scene.path);
         let on_tract = ocr().read_image(&image, &options).unwrap();
         let on_ort = ort_ocr().read_image(&image, &options).unwrap();
@@ -217,13 +220,14 @@ fn ocr_reads_identical_strings_on_both_engines() {
         }
         items += on_tract.items.len();
     }
-    // The twelve scenes hold this many readable words: a guard against comparing nothing.
-    assert_eq!(items, 44);
+    // The ten scenes hold this many words readable at this size: a guard against comparing
+    // nothing.
+    assert_eq!(items, 16);
 
     let crops: Vec<_> = data::iiit5k()
         .unwrap()
         .into_iter()
-        .step_by(50)
+        .step_by(150)
         .map(|word| load(&word.path))
         .collect();
     let refs: Vec<_> = crops.iter().collect();
@@ -238,7 +242,7 @@ fn ocr_reads_identical_strings_on_both_engines() {
             r.iter().map(|r| r.text.clone()).collect()
         };
         assert_eq!(texts(&a), texts(&b), "{recognizer:?}");
-        assert_eq!(a.len(), 60);
+        assert_eq!(a.len(), 20);
     }
 }
 

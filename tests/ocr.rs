@@ -2,6 +2,9 @@
 
 mod common;
 
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, OnceLock};
+
 use common::{fixture, load, ocr, png_header};
 use edgerun::data;
 use edgerun::engine::{EngineConfig, TractEngine};
@@ -100,20 +103,35 @@ const UNSURE_AT_0_9: &[&str] = &[
     "ocr/ic15-words/TestSet/word_1751.png",
 ];
 
+/// The readings of `WORDS` with these options. Several tests look at the same readings;
+/// they are computed once per test binary (it matters under emulation, where each takes
+/// minutes).
 fn read_words(choice: RecognizerChoice, ascii_only: bool) -> Vec<Recognition> {
-    let images: Vec<_> = WORDS
-        .iter()
-        .map(|(path, ..)| load(&data::root().join(path)))
-        .collect();
-    let refs: Vec<_> = images.iter().collect();
-    let options = OcrOptions {
-        recognizer: choice,
-        ascii_only,
-        ..OcrOptions::default()
-    };
-    let readings = ocr().recognize(&refs, &options).expect("recognition");
-    assert_eq!(readings.len(), WORDS.len());
-    readings
+    type Key = (String, bool);
+    static READINGS: Mutex<BTreeMap<Key, Arc<OnceLock<Vec<Recognition>>>>> =
+        Mutex::new(BTreeMap::new());
+    let slot = READINGS
+        .lock()
+        .unwrap()
+        .entry((format!("{choice:?}"), ascii_only))
+        .or_default()
+        .clone();
+    slot.get_or_init(|| {
+        let images: Vec<_> = WORDS
+            .iter()
+            .map(|(path, ..)| load(&data::root().join(path)))
+            .collect();
+        let refs: Vec<_> = images.iter().collect();
+        let options = OcrOptions {
+            recognizer: choice,
+            ascii_only,
+            ..OcrOptions::default()
+        };
+        let readings = ocr().recognize(&refs, &options).expect("recognition");
+        assert_eq!(readings.len(), WORDS.len());
+        readings
+    })
+    .clone()
 }
 
 #[test]

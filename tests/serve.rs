@@ -305,6 +305,20 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
     })
     .await;
     assert_eq!(status["services"]["ocr"]["default_point"], "cascade@0.9");
+    // Where each model runs is published, so a silent CPU fallback would show here.
+    assert_eq!(
+        status["services"]["ocr"]["models"][0],
+        json!({
+            "model": "ocr/det_tiny.onnx", "engine": "tract", "providers": ["cpu"], "threads": 1
+        })
+    );
+    assert_eq!(
+        status["services"]["ocr"]["models"]
+            .as_array()
+            .unwrap()
+            .len(),
+        3
+    );
     assert_eq!(status["request_topics"][0], "edgerun/dev-f/ocr/request");
     let telemetry = wait_retained(mosquitto.addr(), "edgerun/dev-f/telemetry", |_| true).await;
     assert!(telemetry["uptime_s"].as_f64().is_some());
@@ -490,7 +504,7 @@ struct ServeProcess(std::process::Child);
 impl ServeProcess {
     fn start(broker: std::net::SocketAddr, device: &str) -> ServeProcess {
         ServeProcess(
-            Command::new(env!("CARGO_BIN_EXE_edgerun"))
+            common::edgerun_command()
                 .args([
                     "serve",
                     "--broker",

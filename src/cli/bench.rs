@@ -8,7 +8,7 @@ use anyhow::Result;
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
-use super::settings::{Runtime, engine_config};
+use super::settings::{Runtime, Warm, engine_config};
 use crate::bench::engines::EngineBenchSettings;
 use crate::bench::ocr::{self, OcrBenchSettings, Reference};
 use crate::engine::EngineConfig;
@@ -116,7 +116,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
     let runtime = Runtime::from_args(global)?;
     match &args.which {
         Benchmark::Ocr(a) => {
-            let pipeline = runtime.ocr_pipeline()?;
+            let pipeline = runtime.ocr_pipeline(Warm::Up)?;
             let settings = OcrBenchSettings {
                 samples: a.samples,
                 e2e_images: a.e2e_images,
@@ -142,7 +142,10 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
                 mosquitto: !a.no_mosquitto,
                 out: a.out.clone(),
             };
-            crate::bench::mqtt::run(std::sync::Arc::new(runtime.ocr_pipeline()?), &settings)?;
+            crate::bench::mqtt::run(
+                std::sync::Arc::new(runtime.ocr_pipeline(Warm::Up)?),
+                &settings,
+            )?;
         }
         Benchmark::Engines(_) => unreachable!("handled above"),
     }

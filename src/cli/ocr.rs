@@ -10,7 +10,7 @@ use anyhow::Result;
 use clap::Args;
 use serde_json::{Value, json};
 
-use super::settings::{Runtime, ocr_options};
+use super::settings::{Runtime, Warm, ocr_options};
 use super::{GlobalArgs, RecArg};
 use crate::imaging;
 use crate::services::ocr::{OcrError, OcrOptions, OcrPipeline};
@@ -56,7 +56,7 @@ pub struct OcrTuning {
 /// Runs OCR on each image; a failed image prints an error object and sets exit code 1.
 pub fn run(global: &GlobalArgs, args: &OcrArgs) -> Result<ExitCode> {
     let runtime = Runtime::from_args(global)?;
-    let pipeline = runtime.ocr_pipeline()?;
+    let pipeline = runtime.ocr_pipeline(Warm::Cold)?;
     let t = &args.tuning;
     let options = ocr_options(t)?;
     let mut failed = false;

@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::GlobalArgs;
 use super::ocr::OcrTuning;
-use super::settings::{Runtime, ocr_options};
+use super::settings::{Runtime, Warm, ocr_options};
 use crate::serve::{self, ServeConfig, ServiceConfig};
 use crate::services::Service;
 use crate::services::echo::EchoService;
@@ -105,7 +105,7 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     for name in config.services.keys() {
         match name.as_str() {
             "ocr" => services.push(Arc::new(OcrService::new(
-                Arc::new(runtime.ocr_pipeline()?),
+                Arc::new(runtime.ocr_pipeline(Warm::Up)?),
                 ocr_options(&args.ocr)?,
                 config.max_pixels,
             ))),

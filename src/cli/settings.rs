@@ -36,15 +36,25 @@ impl Runtime {
         })
     }
 
-    /// Loads and warms up the OCR models.
-    pub fn ocr_pipeline(&self) -> Result<OcrPipeline> {
+    /// Loads the OCR models; `warm` prepares them for a typical request first (a server
+    /// does, so its first request is not slow; a one-shot command would only waste the time).
+    pub fn ocr_pipeline(&self, warm: Warm) -> Result<OcrPipeline> {
         let dir = ModelDir::open(&self.models_root, "ocr")?;
         let pipeline = OcrPipeline::load(self.engine.as_ref(), &dir)
             .with_context(|| format!("loading OCR models from {}", dir.dir().display()))?;
-        pipeline.warm_up()?;
+        if warm == Warm::Up {
+            pipeline.warm_up()?;
+        }
         log_placements(&pipeline.placements());
         Ok(pipeline)
     }
+}
+
+/// Whether to warm models up when loading them.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Warm {
+    Up,
+    Cold,
 }
 
 /// Engine settings: `config` (from a file or the defaults) with the flags applied on top.

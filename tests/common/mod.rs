@@ -5,6 +5,7 @@
 pub mod mqtt;
 
 use std::path::{Path, PathBuf};
+use std::process::Command;
 use std::sync::{Arc, OnceLock};
 
 use edgerun::engine::{EngineConfig, TractEngine};
@@ -21,6 +22,24 @@ pub fn ocr() -> &'static Arc<OcrPipeline> {
         let engine = TractEngine::new(EngineConfig::default());
         Arc::new(OcrPipeline::load(&engine, &dir).expect("OCR models"))
     })
+}
+
+/// A command that runs the `edgerun` binary. Where the tests themselves run under an
+/// emulator (`cargo test --target aarch64-unknown-linux-gnu` under qemu-user, without
+/// binfmt_misc), `EDGERUN_TEST_RUNNER` names it, e.g. `qemu-aarch64 -L /usr/aarch64-linux-gnu`,
+/// since the kernel cannot start a foreign binary itself.
+pub fn edgerun_command() -> Command {
+    let binary = env!("CARGO_BIN_EXE_edgerun");
+    let runner = std::env::var("EDGERUN_TEST_RUNNER").unwrap_or_default();
+    let mut words = runner.split_whitespace();
+    match words.next() {
+        Some(program) => {
+            let mut command = Command::new(program);
+            command.args(words).arg(binary);
+            command
+        }
+        None => Command::new(binary),
+    }
 }
 
 pub fn fixture(name: &str) -> PathBuf {
