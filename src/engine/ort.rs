@@ -24,7 +24,7 @@ use super::{ElementType, Engine, EngineConfig, EngineError, Input, Model, Placem
 /// Loads ONNX files into ONNX Runtime sessions.
 pub struct OrtEngine {
     environment: Environment,
-    /// `ONNX Runtime 1.32.0 (/path/libonnxruntime.so)`, for logs and reports.
+    /// The library's path and build information, for logs and reports.
     library: String,
     config: EngineConfig,
     tensorrt_cache: PathBuf,
@@ -43,7 +43,7 @@ impl OrtEngine {
         let environment = environment(&library)?;
         Ok(OrtEngine {
             environment,
-            library: format!("ONNX Runtime {} ({})", version(), library.display()),
+            library: format!("{} ({})", library.display(), build_info()),
             config: config.clone(),
             tensorrt_cache: config
                 .ort
@@ -53,7 +53,7 @@ impl OrtEngine {
         })
     }
 
-    /// The library this engine runs on, with its version.
+    /// The library this engine runs on: path and build information.
     pub fn library(&self) -> &str {
         &self.library
     }
@@ -119,14 +119,11 @@ fn environment(library: &Path) -> Result<Environment, EngineError> {
     Ok(environment)
 }
 
-/// The loaded library's version, e.g. `1.32.0`.
-fn version() -> String {
-    ort::info()
-        .split(',')
-        .next()
-        .and_then(|s| s.rsplit(['-', ' ']).next())
-        .unwrap_or("unknown")
-        .to_string()
+/// The loaded library's build information (branch, commit, build type) without its long
+/// list of compiler flags.
+fn build_info() -> String {
+    let info = ort::info();
+    info.split(", cmake").next().unwrap_or(info).to_string()
 }
 
 fn default_tensorrt_cache() -> PathBuf {

@@ -21,7 +21,7 @@ pub struct Backends {
     tract: TractEngine,
     /// ONNX Runtime, when some model may use it; else why it cannot be used.
     ort: Result<Arc<dyn Engine>, String>,
-    /// `ONNX Runtime 1.32.0 (/path/libonnxruntime.so)` when it is loaded.
+    /// The ONNX Runtime library's path and build information, when it is loaded.
     ort_library: Option<String>,
 }
 
@@ -57,7 +57,7 @@ impl Backends {
         &self.config
     }
 
-    /// The ONNX Runtime library in use, with its version, if one is loaded.
+    /// The ONNX Runtime library in use (path and build information), if one is loaded.
     pub fn ort_library(&self) -> Option<&str> {
         self.ort_library.as_deref()
     }

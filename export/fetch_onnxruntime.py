@@ -5,7 +5,7 @@ The library comes out of the official PyPI wheel `onnxruntime==1.32.0` (MIT lice
 ships `onnxruntime/capi/libonnxruntime.so.1.32.0` for x86_64 and aarch64 Linux. The wheels'
 sha256 are pinned below, so CI and every developer get the same bytes.
 
-    python export/onnxruntime.py --arch x86_64 --dest ../ort
+    python export/fetch_onnxruntime.py --arch x86_64 --dest ../ort
     ORT_DYLIB_PATH=$PWD/../ort/x86_64/libonnxruntime.so.1.32.0 cargo test --release --features ort
 
 These are CPU-only builds. On a Jetson use JetPack's onnxruntime-gpu library instead (README).
