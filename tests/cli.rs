@@ -22,6 +22,16 @@ fn edgerun(args: &[&str]) -> (i32, Vec<Value>, String) {
     )
 }
 
+/// The texts of one image's result, in reading order.
+fn texts(result: &Value) -> Vec<&str> {
+    result["items"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|i| i["text"].as_str().unwrap())
+        .collect()
+}
+
 #[test]
 fn ocr_prints_one_json_object_per_image() {
     let sign = fixture("sign.png");
@@ -34,13 +44,7 @@ fn ocr_prints_one_json_object_per_image() {
         (result["width"].as_u64(), result["height"].as_u64()),
         (Some(640), Some(360))
     );
-    let texts: Vec<&str> = result["items"]
-        .as_array()
-        .unwrap()
-        .iter()
-        .map(|i| i["text"].as_str().unwrap())
-        .collect();
-    assert_eq!(texts, ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+    assert_eq!(texts(result), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
     let first = &result["items"][0];
     assert_eq!(first["recognizer"], "tiny");
     assert_eq!(first["box"].as_array().unwrap().len(), 4);
@@ -179,13 +183,10 @@ fn ocr_on_ort_and_auto_reads_the_same_text() {
     for backend in ["ort", "auto"] {
         let (code, lines, stderr) = edgerun(&["-v", "--backend", backend, "ocr", sign]);
         assert_eq!(code, 0, "{stderr}");
-        let texts: Vec<&str> = lines[0]["items"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|i| i["text"].as_str().unwrap())
-            .collect();
-        assert_eq!(texts, ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+        assert_eq!(
+            texts(&lines[0]),
+            ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]
+        );
         let expected = match backend {
             "ort" => "ocr/rec_tiny.onnx: ort (cpu, 1 thread(s))",
             _ => "ocr/rec_tiny.onnx: ",

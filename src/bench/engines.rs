@@ -10,7 +10,7 @@ use anyhow::{Context, Result, bail};
 use ndarray::{ArrayD, IxDyn};
 use serde::Serialize;
 
-use super::{Machine, Table, peak_rss_mib, write_json};
+use super::{Machine, Table, peak_rss_mib, percentile, write_json};
 use crate::engine::{Backend, Backends, EngineConfig, Input, Model, Provider};
 use crate::models::ModelDir;
 use crate::services;
@@ -159,7 +159,7 @@ fn alternate(
     }
     let median = |times: &mut Vec<f64>| {
         times.sort_by(f64::total_cmp);
-        times[times.len() / 2]
+        percentile(times, 50.0)
     };
     Ok((median(&mut times[0]), median(&mut times[1])))
 }

@@ -11,6 +11,8 @@ use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
 
+use crate::latency::percentile;
+
 use super::{
     Backend, ElementType, Engine, EngineConfig, EngineError, Input, Model, Placement, TractEngine,
 };
@@ -51,10 +53,6 @@ impl Backends {
             ort,
             ort_library,
         })
-    }
-
-    pub fn config(&self) -> &EngineConfig {
-        &self.config
     }
 
     /// The ONNX Runtime library in use (path and build information), if one is loaded.
@@ -162,7 +160,7 @@ fn median_ms(model: &dyn Model, inputs: &[Input<'_>]) -> Result<f64, EngineError
         times.push(start.elapsed().as_secs_f64() * 1e3);
     }
     times.sort_by(f64::total_cmp);
-    Ok(times[times.len() / 2])
+    Ok(percentile(&times, 50.0))
 }
 
 impl Model for AutoModel {
