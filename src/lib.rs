@@ -23,5 +23,8 @@ pub mod imaging;
 pub mod latency;
 pub mod models;
 pub mod mqtt;
+pub mod plot;
+pub mod policy;
 pub mod serve;
 pub mod services;
+pub mod telemetry;

@@ -1,0 +1,1 @@
+//! SVG charts for benchmarks (placeholder; being written).

@@ -1,0 +1,1 @@
+//! Operating-point selection (being written).

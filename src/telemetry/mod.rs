@@ -1,0 +1,1 @@
+//! Live device telemetry (placeholder; being written).
