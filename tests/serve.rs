@@ -38,7 +38,7 @@ async fn embedded_broker_answers_v5_requests_with_correlation() {
         .ask("edgerun/dev-a/ocr/request", sign_png(), Some("image/png"))
         .await;
     assert_eq!(texts(&answer), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
-    assert_eq!(answer["point"], "cascade@0.9");
+    assert_eq!(answer["point"], "cascade0.9@960");
     assert_eq!(answer["device"], "dev-a");
     assert!(answer["timings"]["total_ms"].as_f64().unwrap() > 0.0);
 
@@ -56,7 +56,10 @@ async fn embedded_broker_answers_v5_requests_with_correlation() {
         (answer["text"].as_str(), answer["recognizer"].as_str()),
         (Some("Station"), Some("small"))
     );
-    assert_eq!(answer["point"], "small");
+    assert_eq!(
+        answer["point"], "custom",
+        "explicit knobs are no declared point"
+    );
     server.shutdown().unwrap();
 }
 
@@ -211,6 +214,7 @@ impl edgerun::services::Service for Gate {
         &self,
         _: Option<&str>,
         _: &edgerun::services::Payload,
+        _: Option<&str>,
     ) -> Result<Value, edgerun::services::ServiceError> {
         let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(30));
         Ok(json!({"passed": true}))
@@ -236,6 +240,7 @@ async fn requests_that_expire_in_the_queue_are_answered_expired() {
     let server = edgerun::serve::start(
         cfg,
         vec![std::sync::Arc::new(Gate(std::sync::Mutex::new(gate)))],
+        Default::default(),
     )
     .unwrap();
     let mut client = Client::connect(server.embedded_broker.unwrap(), "expiry").await;
@@ -304,7 +309,15 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
         s["online"] == true
     })
     .await;
-    assert_eq!(status["services"]["ocr"]["default_point"], "cascade@0.9");
+    assert_eq!(status["services"]["ocr"]["default_point"], "cascade0.9@960");
+    assert_eq!(
+        status["services"]["ocr"]["points"]
+            .as_array()
+            .unwrap()
+            .len(),
+        10
+    );
+    assert_eq!(status["services"]["ocr"]["policy"]["adaptive"], false);
     // Where each model runs is published, so a silent CPU fallback would show here.
     assert_eq!(
         status["services"]["ocr"]["models"][0],
@@ -571,4 +584,89 @@ async fn when_a_fleet_member_is_killed_mid_stream_every_request_is_still_answere
     for (id, (_, body)) in &answers {
         assert_eq!(texts(body).len(), 3, "{id}: {body}");
     }
+}
+
+/// A controller over a hand-made profile: the SLO admits the middle point only, so
+/// ordinary requests are served there; pins and deadlines decide single requests; the
+/// answer names the point and the reason; telemetry (read from a captured Jetson tree)
+/// publishes the device and the controller's state.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_controller_chooses_points_and_telemetry_shows_them() {
+    use edgerun::policy::{Controller, PolicyConfig, ProfiledPoint};
+    use edgerun::serve::PointChoice;
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::start();
+    let mut cfg = config("dev-p", Some(mosquitto.addr()), 16);
+    cfg.telemetry_root = fixture("jetson-orin-nano");
+    let points = vec![
+        ProfiledPoint::new("tiny@640", 0.30, 1.0, 2.0),
+        ProfiledPoint::new("cascade0.9@960", 0.50, 5.0, 10.0),
+        ProfiledPoint::new("small@1280", 0.60, 1e5, 1e5),
+    ];
+    let policy = PolicyConfig {
+        slo_ms: 60_000.0,
+        ..PolicyConfig::default()
+    };
+    let controller = Controller::new(policy, points, std::time::Instant::now()).unwrap();
+    let choices = [("ocr".to_string(), PointChoice::Adaptive(controller))].into();
+    let server = edgerun::serve::start(cfg, vec![common::mqtt::ocr_service()], choices).unwrap();
+    let mut client = Client::connect(mosquitto.addr(), "adaptive").await;
+    let topic = "edgerun/dev-p/ocr/request";
+    let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
+    let mut ask = async |extra: Value| {
+        let mut request = json!({"image_b64": b64, "crops": true});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        client
+            .ask(topic, serde_json::to_vec(&request).unwrap(), None)
+            .await
+    };
+    let answer = ask(json!({})).await;
+    assert_eq!(answer["text"], "Station");
+    assert_eq!(answer["point"], "cascade0.9@960");
+    assert_eq!(answer["policy"]["reason"]["kind"], "steady");
+    let answer = ask(json!({"point": "tiny@640"})).await;
+    assert_eq!(answer["point"], "tiny@640");
+    assert_eq!(answer["policy"]["reason"]["kind"], "pinned");
+    let answer = ask(json!({"deadline_ms": 0.5})).await;
+    assert_eq!(answer["point"], "tiny@640");
+    assert_eq!(answer["policy"]["reason"]["kind"], "slo_unreachable");
+    let answer = ask(json!({"point": "huge"})).await;
+    assert_eq!(answer["error"]["code"], "bad_request");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown point \"huge\""),
+        "{answer}"
+    );
+    let answer = ask(json!({"deadline_ms": "soon"})).await;
+    assert_eq!(answer["error"]["code"], "bad_request");
+
+    let telemetry = wait_retained(mosquitto.addr(), "edgerun/dev-p/telemetry", |_| true).await;
+    let policy = &telemetry["services"]["ocr"]["policy"];
+    assert_eq!(policy["adaptive"], true);
+    assert_eq!(policy["point"], "cascade0.9@960");
+    assert_eq!(policy["switches"], 0);
+    assert_eq!(
+        policy["candidates"],
+        json!(["tiny@640", "cascade0.9@960", "small@1280"])
+    );
+    let device = &telemetry["device"];
+    assert_eq!(device["cpu"]["cores"], 6);
+    assert_eq!(device["gpu"]["load"], 0.253);
+    let total_mw = device["power"]["total_mw"].as_f64().unwrap();
+    assert!(
+        (total_mw - 5032.0 * 968.0 / 1000.0).abs() < 1e-6,
+        "{total_mw}"
+    );
+    assert_eq!(device["power"]["rails"][0]["name"], "VDD_IN");
+    let status = wait_retained(mosquitto.addr(), "edgerun/dev-p/status", |s| {
+        s["online"] == true
+    })
+    .await;
+    assert_eq!(status["services"]["ocr"]["policy"]["adaptive"], true);
+    server.shutdown().unwrap();
 }

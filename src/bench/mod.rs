@@ -1,9 +1,11 @@
 //! Benchmarks: each measures on this machine, prints a table and writes JSON.
 //! Speed targets live here, never in tests. Ratios are measured within one run.
 
+pub mod adapt;
 pub mod engines;
 pub mod mqtt;
 pub mod ocr;
+pub mod points;
 
 use std::path::Path;
 

@@ -122,7 +122,7 @@ pub fn run(pipeline: Arc<OcrPipeline>, settings: &MqttBenchSettings) -> Result<M
             ..ServeConfig::default()
         };
         let services: Vec<Arc<dyn Service>> = vec![Arc::new(EchoService), ocr.clone()];
-        let server = serve::start(config, services)?;
+        let server = serve::start(config, services, Default::default())?;
         let addr = match (server.embedded_broker, mosquitto) {
             (Some(addr), _) => addr,
             (None, Some(m)) => m.addr,
@@ -177,7 +177,7 @@ fn in_process_echo(payload: &[u8], n: usize) -> Result<LatencyStats> {
         let started = Instant::now();
         // What the server does per request besides MQTT: parse the JSON, run the service.
         let value = serde_json::from_slice(payload)?;
-        let answer = EchoService.handle(Some("application/json"), &Payload::Json(value))?;
+        let answer = EchoService.handle(Some("application/json"), &Payload::Json(value), None)?;
         std::hint::black_box(serde_json::to_vec(&answer)?);
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
@@ -191,7 +191,7 @@ fn in_process_ocr(service: &dyn Service, crops: &[Vec<u8>]) -> Result<f64> {
     let run = || -> Result<()> {
         for crop in crops {
             let payload = Payload::Json(serde_json::from_slice(crop)?);
-            service.handle(Some("application/json"), &payload)?;
+            service.handle(Some("application/json"), &payload, None)?;
         }
         Ok(())
     };

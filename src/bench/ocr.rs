@@ -367,28 +367,8 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
         point_name(point),
         scenes.len()
     );
-    let mut ours = SceneScore::default();
-    let (mut boxes, mut crops, mut heavy) = (0usize, 0usize, 0usize);
-    let mut latencies = Vec::new();
-    let mut all_texts = Vec::new();
-    for scene in &scenes {
-        let image = load(&scene.path)?;
-        let result = pipeline.read_image(&image, &options)?;
-        latencies.push(result.timings.total_ms);
-        boxes += result.items.len();
-        crops += result.crops;
-        heavy += result.heavy_calls;
-        ours.add(scene, &result.items);
-        all_texts.push(
-            result
-                .items
-                .iter()
-                .map(|i| i.recognition.text.clone())
-                .collect::<Vec<_>>(),
-        );
-    }
-    let latency = LatencyStats::of(&latencies);
-    let parity = match &settings.reference {
+    let (mut result, all_texts) = read_scenes(pipeline, &options, &scenes)?;
+    result.parity = match &settings.reference {
         Some(reference) => {
             eprintln!("  python reference, {} images...", scenes.len());
             let paths: Vec<PathBuf> = scenes.iter().map(|s| s.path.clone()).collect();
@@ -410,25 +390,56 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
                 identical: identical as f64 / scenes.len().max(1) as f64,
                 reference_accuracy: Some(theirs.word_accuracy()),
                 reference_detection_recall: Some(theirs.detection_recall()),
-                latency_ratio: latency.median_ms / reference_latency.median_ms,
+                latency_ratio: result.latency.median_ms / reference_latency.median_ms,
                 reference_latency,
             })
         }
         None => None,
     };
+    Ok(result)
+}
+
+/// Reads every scene with `options` and scores it (no parity); also returns the texts read
+/// per scene.
+pub fn read_scenes(
+    pipeline: &OcrPipeline,
+    options: &OcrOptions,
+    scenes: &[SceneImage],
+) -> Result<(EndToEndResult, Vec<Vec<String>>)> {
+    let mut ours = SceneScore::default();
+    let (mut boxes, mut crops, mut heavy) = (0usize, 0usize, 0usize);
+    let mut latencies = Vec::new();
+    let mut all_texts = Vec::new();
+    for scene in scenes {
+        let image = load(&scene.path)?;
+        let result = pipeline.read_image(&image, options)?;
+        latencies.push(result.timings.total_ms);
+        boxes += result.items.len();
+        crops += result.crops;
+        heavy += result.heavy_calls;
+        ours.add(scene, &result.items);
+        all_texts.push(
+            result
+                .items
+                .iter()
+                .map(|i| i.recognition.text.clone())
+                .collect::<Vec<_>>(),
+        );
+    }
     let share = |a: usize, b: usize| a as f64 / b.max(1) as f64;
-    Ok(EndToEndResult {
+    let result = EndToEndResult {
         dataset: "ic15-e2e".into(),
-        point: point_name(point),
+        point: point_name(options.recognizer),
         images: scenes.len(),
         care_words: ours.care,
         detection_recall: ours.detection_recall(),
         word_accuracy: ours.word_accuracy(),
         boxes_per_image: share(boxes, scenes.len()),
         heavy_share: share(heavy, crops),
-        latency,
-        parity,
-    })
+        latency: LatencyStats::of(&latencies),
+        parity: None,
+    };
+    Ok((result, all_texts))
 }
 
 /// End-to-end counts over care words.

@@ -4,15 +4,24 @@
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-use anyhow::Result;
+use anyhow::{Context, Result};
 use clap::{Args, Subcommand};
 
 use super::GlobalArgs;
 use super::settings::{Runtime, Warm, engine_config};
+use crate::bench::adapt::AdaptBenchSettings;
 use crate::bench::engines::EngineBenchSettings;
 use crate::bench::ocr::{self, OcrBenchSettings, Reference};
 use crate::engine::EngineConfig;
-use crate::models;
+use crate::models::{self, ModelDir};
+use crate::policy::ProfileCache;
+use crate::policy::profile;
+use crate::profiler::{ProfileSettings, Sample, profile_service};
+use crate::serve::ServeConfig;
+use crate::services::Payload;
+use crate::services::ocr::{OcrOptions, OcrService};
+use std::sync::Arc;
+use std::time::Duration;
 
 #[derive(Debug, Args)]
 pub struct BenchArgs {
@@ -28,6 +37,16 @@ pub enum Benchmark {
     /// MQTT round trips (embedded broker, mosquitto) and OCR throughput over MQTT, against
     /// in-process calls.
     Mqtt(MqttBenchArgs),
+    /// Offline quality of each OCR operating point in the manifest (end to end on ICDAR
+    /// 2015); `python export/ocr.py --points-only` copies it into the manifest.
+    Points(PointsBenchArgs),
+    /// The adaptive controller against fixed points on a stream of OCR requests while a CPU
+    /// hog starts and stops: share within the SLO, mean quality, switches; JSON and a
+    /// timeline SVG.
+    Adapt(AdaptBenchArgs),
+    /// Spin CPU threads until killed (the hog `bench adapt` starts).
+    #[command(hide = true)]
+    Burn(BurnArgs),
     /// Every model on tract and on ONNX Runtime (CPU) at 1 and 2 threads: median latency and
     /// the ratio (needs the `ort` feature and --ort-lib or ORT_DYLIB_PATH).
     Engines(EnginesBenchArgs),
@@ -44,6 +63,59 @@ pub struct EnginesBenchArgs {
     #[arg(
         long,
         default_value = "bench-results/engines.json",
+        value_name = "FILE"
+    )]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct AdaptBenchArgs {
+    /// `serve`'s configuration file: its [engine] settings, [policy.ocr] and profile path.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Latency target [default: the config's, else 1.25 x the best point's profiled p95].
+    #[arg(long, value_name = "MS")]
+    pub slo_ms: Option<f64>,
+    /// Seconds per run.
+    #[arg(long, default_value_t = 90.0, value_name = "S")]
+    pub duration: f64,
+    /// When the hog starts and stops, in seconds from the start of each run.
+    #[arg(long, default_value_t = 30.0, value_name = "S")]
+    pub hog_start: f64,
+    #[arg(long, default_value_t = 75.0, value_name = "S")]
+    pub hog_stop: f64,
+    /// Spinning threads of the hog [default: one per logical core].
+    #[arg(long, value_name = "N")]
+    pub hog_threads: Option<usize>,
+    /// ICDAR 2015 scenes the requests cycle through (and the profile uses if it must be
+    /// measured first).
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub samples: usize,
+    /// The profile cache [default: the config's `profile`, else the cache folder's].
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
+    #[arg(long, default_value = "bench-results/adapt.json", value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "bench-results/adapt.svg", value_name = "FILE")]
+    pub svg: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct BurnArgs {
+    #[arg(long, default_value_t = 1)]
+    pub threads: usize,
+    #[arg(long, default_value_t = 3600.0)]
+    pub seconds: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct PointsBenchArgs {
+    /// ICDAR 2015 end-to-end images per point.
+    #[arg(long, default_value_t = 250, value_name = "N")]
+    pub e2e_images: usize,
+    #[arg(
+        long,
+        default_value = "bench-results/points-ocr.json",
         value_name = "FILE"
     )]
     pub out: PathBuf,
@@ -96,6 +168,14 @@ pub struct OcrBenchArgs {
 }
 
 pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
+    match &args.which {
+        Benchmark::Burn(a) => {
+            crate::bench::adapt::burn(a.threads, a.seconds);
+            return Ok(ExitCode::SUCCESS);
+        }
+        Benchmark::Adapt(a) => return adapt(global, a),
+        _ => {}
+    }
     if let Benchmark::Engines(a) = &args.which {
         // Builds its own engines per thread count; only the flags' ONNX Runtime settings apply.
         anyhow::ensure!(a.runs >= 1, "--runs must be at least 1");
@@ -147,7 +227,90 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
                 &settings,
             )?;
         }
-        Benchmark::Engines(_) => unreachable!("handled above"),
+        Benchmark::Points(a) => {
+            let pipeline = runtime.ocr_pipeline(Warm::Up)?;
+            let settings = crate::bench::points::PointsBenchSettings {
+                e2e_images: a.e2e_images,
+                out: a.out.clone(),
+            };
+            crate::bench::points::run(&pipeline, pipeline.points(), &settings)?;
+        }
+        Benchmark::Engines(_) | Benchmark::Burn(_) | Benchmark::Adapt(_) => {
+            unreachable!("handled above")
+        }
     }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench adapt`: the profile from the cache when it fits, else measured now.
+fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
+    anyhow::ensure!(
+        0.0 <= args.hog_start && args.hog_start < args.hog_stop && args.duration > 0.0,
+        "the hog must start before it stops"
+    );
+    let config = match &args.config {
+        Some(path) => ServeConfig::from_file(path)?,
+        None => ServeConfig::default(),
+    };
+    let runtime = Runtime::new(global, config.engine.clone())?;
+    let dir = ModelDir::open(&runtime.models_root, "ocr")?;
+    let pipeline = Arc::new(runtime.ocr_pipeline(Warm::Up)?);
+    let service = OcrService::new(pipeline, OcrOptions::default(), config.max_pixels);
+    let samples = crate::data::ic15_e2e(args.samples)?
+        .iter()
+        .map(|scene| {
+            Ok(Sample {
+                content_type: None,
+                payload: Payload::Raw(std::fs::read(&scene.path)?.into()),
+            })
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let profile_path = args
+        .profile
+        .clone()
+        .or(config.profile.clone())
+        .unwrap_or_else(profile::default_path);
+    let key = runtime.profile_key();
+    let cached = ProfileCache::load(&profile_path).and_then(|cache| {
+        cache
+            .valid_for(&profile_path, &key, "ocr", dir.manifest_sha256())
+            .map(|p| p.points.clone())
+    });
+    let points = match cached {
+        Ok(points) => points,
+        Err(why) => {
+            eprintln!("{why}; profiling now");
+            profile_service(&service, &samples, ProfileSettings { rounds: 2 })?
+        }
+    };
+    let mut policy = config.policy.get("ocr").cloned().unwrap_or_default();
+    policy.slo_ms = match (args.slo_ms, config.policy.get("ocr")) {
+        (Some(slo), _) => slo,
+        (None, Some(configured)) => configured.slo_ms,
+        (None, None) => {
+            let best = points
+                .iter()
+                .filter(|p| p.on_front)
+                .max_by(|a, b| a.quality.total_cmp(&b.quality))
+                .context("the profile has no point on the front")?;
+            (best.p95_ms * 1.25).round()
+        }
+    };
+    let workers = config.services.get("ocr").map_or(1, |s| s.workers);
+    let settings = AdaptBenchSettings {
+        duration: Duration::from_secs_f64(args.duration),
+        hog: (
+            Duration::from_secs_f64(args.hog_start),
+            Duration::from_secs_f64(args.hog_stop),
+        ),
+        hog_threads: args
+            .hog_threads
+            .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
+        policy,
+        demand_cores: (runtime.threads * workers) as f64,
+        out: args.out.clone(),
+        svg: args.svg.clone(),
+    };
+    crate::bench::adapt::run(&service, &samples, &points, &settings)?;
     Ok(ExitCode::SUCCESS)
 }

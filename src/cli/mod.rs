@@ -4,6 +4,7 @@
 
 mod bench;
 mod ocr;
+mod profile;
 mod serve;
 pub mod settings;
 
@@ -16,6 +17,7 @@ use crate::engine::{Backend, Provider};
 
 pub use self::bench::BenchArgs;
 pub use self::ocr::OcrArgs;
+pub use self::profile::ProfileArgs;
 pub use self::serve::ServeArgs;
 
 /// Adaptive inference runtime for edge devices.
@@ -67,6 +69,9 @@ pub enum Command {
     Serve(ServeArgs),
     /// Read the text in images (scene-text recognition).
     Ocr(OcrArgs),
+    /// Measure each operating point's latency and memory on this device; writes the profile
+    /// cache `serve` adapts with, and a quality/latency Pareto chart.
+    Profile(ProfileArgs),
     /// Run a benchmark: print a table and write JSON.
     Bench(BenchArgs),
 }
@@ -84,6 +89,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Ocr(args) => ocr::run(&cli.global, &args),
+        Command::Profile(args) => profile::run(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
     }
 }

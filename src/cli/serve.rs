@@ -11,7 +11,7 @@ use clap::Args;
 
 use super::GlobalArgs;
 use super::ocr::OcrTuning;
-use super::settings::{Runtime, Warm, ocr_options};
+use super::settings::{Runtime, Warm, ocr_options, point_choices};
 use crate::serve::{self, ServeConfig, ServiceConfig};
 use crate::services::Service;
 use crate::services::echo::EchoService;
@@ -115,8 +115,9 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
             }
         }
     }
+    let choices = point_choices(&runtime, &config, &services);
     let (device, prefix) = (config.device.clone(), config.prefix.clone());
-    let server = serve::start(config, services)?;
+    let server = serve::start(config, services, choices)?;
     match server.embedded_broker {
         Some(addr) => eprintln!(
             "edgerun: serving as {prefix}/{device} on the embedded broker at mqtt://{addr}"

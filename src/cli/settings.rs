@@ -1,6 +1,7 @@
 //! Runtime settings resolved from the command line: defaults applied, paths found, engines
 //! built. Subcommands read these, never the raw arguments' defaults.
 
+use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -8,8 +9,13 @@ use anyhow::{Context, Result};
 
 use super::ocr::OcrTuning;
 use super::{GlobalArgs, RecArg};
+use crate::bench::Machine;
 use crate::engine::{Backends, Engine, EngineConfig, Placement};
 use crate::models::{self, ModelDir};
+use crate::policy::profile;
+use crate::policy::{Controller, PolicyConfig, ProfileCache, ProfileKey};
+use crate::serve::{PointChoice, ServeConfig};
+use crate::services::Service;
 use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 
 /// What every subcommand runs with.
@@ -17,6 +23,7 @@ pub struct Runtime {
     pub models_root: PathBuf,
     pub engine: Arc<dyn Engine>,
     pub threads: usize,
+    pub engine_config: EngineConfig,
 }
 
 impl Runtime {
@@ -31,9 +38,32 @@ impl Runtime {
         let threads = config.threads;
         Ok(Runtime {
             models_root: global.models.clone().unwrap_or_else(models::default_root),
-            engine: Arc::new(Backends::new(config)?),
+            engine: Arc::new(Backends::new(config.clone())?),
             threads,
+            engine_config: config,
         })
+    }
+
+    /// What a profile measured with these settings on this machine is keyed by.
+    pub fn profile_key(&self) -> ProfileKey {
+        let machine = Machine::current();
+        let config = &self.engine_config;
+        let mut backend = config.backend.name().to_string();
+        if config.uses_ort() {
+            let providers: Vec<&str> = config.ort.providers.iter().map(|p| p.name()).collect();
+            backend += &format!(" [{}]", providers.join(","));
+        }
+        for (model, choice) in &config.models {
+            backend += &format!("; {model}={}", choice.name());
+        }
+        ProfileKey {
+            edgerun_version: env!("CARGO_PKG_VERSION").into(),
+            arch: machine.arch.into(),
+            cpu: machine.cpu,
+            logical_cores: machine.logical_cores,
+            threads: self.threads,
+            backend,
+        }
     }
 
     /// Loads the OCR models; `warm` prepares them for a typical request first (a server
@@ -105,5 +135,143 @@ fn log_placements(placements: &[Placement]) {
         } else {
             tracing::info!("{placement}");
         }
+    }
+}
+
+/// How each served service chooses its operating point: a controller over the points in
+/// the profile cache where the configuration gives the service a latency target and the
+/// cache fits this device, build and settings; otherwise its default point, with the reason
+/// (logged, and published in the status).
+pub fn point_choices(
+    runtime: &Runtime,
+    config: &ServeConfig,
+    services: &[Arc<dyn Service>],
+) -> BTreeMap<String, PointChoice> {
+    let profile_path = config.profile.clone().unwrap_or_else(profile::default_path);
+    let key = runtime.profile_key();
+    let mut choices = BTreeMap::new();
+    for service in services {
+        let name = service.name();
+        let choice = match config.policy.get(name) {
+            None => PointChoice::Fixed {
+                why: format!("no [policy.{name}] latency target configured"),
+            },
+            Some(policy) => match controller_for(runtime, &profile_path, &key, name, policy) {
+                Ok(controller) => {
+                    tracing::info!(
+                        "{name}: adaptive over {:?}, starting at {}",
+                        controller.state().candidates,
+                        controller.current()
+                    );
+                    PointChoice::Adaptive(controller)
+                }
+                Err(why) => {
+                    tracing::warn!("{name}: serving its default point: {why:#}");
+                    PointChoice::Fixed {
+                        why: format!("{why:#}"),
+                    }
+                }
+            },
+        };
+        choices.insert(name.to_string(), choice);
+    }
+    choices
+}
+
+fn controller_for(
+    runtime: &Runtime,
+    profile_path: &std::path::Path,
+    key: &ProfileKey,
+    service: &str,
+    policy: &PolicyConfig,
+) -> Result<Controller> {
+    let dir = ModelDir::open(&runtime.models_root, service)?;
+    let cache = ProfileCache::load(profile_path)?;
+    let profile = cache.valid_for(profile_path, key, service, dir.manifest_sha256())?;
+    Ok(Controller::new(
+        policy.clone(),
+        profile.points.clone(),
+        std::time::Instant::now(),
+    )?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{ProfiledPoint, ServiceProfile};
+    use crate::services::{Payload, ServiceError};
+
+    /// Stands in for the OCR service: only its name matters here.
+    struct Named;
+
+    impl Service for Named {
+        fn name(&self) -> &'static str {
+            "ocr"
+        }
+        fn handle(
+            &self,
+            _: Option<&str>,
+            _: &Payload,
+            _: Option<&str>,
+        ) -> Result<serde_json::Value, ServiceError> {
+            Ok(serde_json::Value::Null)
+        }
+        fn describe(&self) -> serde_json::Value {
+            serde_json::Value::Null
+        }
+    }
+
+    fn why_fixed(choice: &PointChoice) -> String {
+        match choice {
+            PointChoice::Fixed { why } => why.clone(),
+            PointChoice::Adaptive(c) => panic!("adaptive at {}", c.current()),
+        }
+    }
+
+    #[test]
+    fn a_service_adapts_only_with_a_target_and_a_profile_of_this_setup() {
+        let engine_config = EngineConfig::default();
+        let runtime = Runtime {
+            models_root: models::default_root(),
+            engine: Arc::new(Backends::new(engine_config.clone()).unwrap()),
+            threads: 1,
+            engine_config,
+        };
+        let dir = tempfile::tempdir().unwrap();
+        let mut config = ServeConfig {
+            profile: Some(dir.path().join("profile.json")),
+            ..ServeConfig::default()
+        };
+        let services: Vec<Arc<dyn Service>> = vec![Arc::new(Named)];
+        let choose = |config: &ServeConfig| point_choices(&runtime, config, &services);
+
+        let why = why_fixed(&choose(&config)["ocr"]);
+        assert!(why.contains("no [policy.ocr] latency target"), "{why}");
+
+        config.policy.insert("ocr".into(), PolicyConfig::default());
+        let why = why_fixed(&choose(&config)["ocr"]);
+        assert!(why.contains("run `edgerun profile`"), "{why}");
+
+        let manifest = ModelDir::open(&runtime.models_root, "ocr").unwrap();
+        let mut cache = ProfileCache::new(runtime.profile_key());
+        cache.services.insert(
+            "ocr".into(),
+            ServiceProfile {
+                manifest_sha256: manifest.manifest_sha256().into(),
+                quality_metric: None,
+                inputs: "test".into(),
+                points: vec![ProfiledPoint::new("tiny@640", 0.3, 10.0, 12.0)],
+            },
+        );
+        cache.save(config.profile.as_ref().unwrap()).unwrap();
+        match &choose(&config)["ocr"] {
+            PointChoice::Adaptive(c) => assert_eq!(c.current(), "tiny@640"),
+            PointChoice::Fixed { why } => panic!("fixed: {why}"),
+        }
+
+        cache.key.threads = 4;
+        cache.save(config.profile.as_ref().unwrap()).unwrap();
+        let why = why_fixed(&choose(&config)["ocr"]);
+        assert!(why.contains("other settings"), "{why}");
     }
 }

@@ -127,18 +127,7 @@ fn build_info() -> String {
 }
 
 fn default_tensorrt_cache() -> PathBuf {
-    let var = |name| {
-        std::env::var_os(name)
-            .filter(|v| !v.is_empty())
-            .map(PathBuf::from)
-    };
-    if let Some(dir) = var("CACHE_DIRECTORY") {
-        return dir.join("tensorrt");
-    }
-    let base = var("XDG_CACHE_HOME")
-        .or_else(|| var("HOME").map(|home| home.join(".cache")))
-        .unwrap_or_else(std::env::temp_dir);
-    base.join("edgerun").join("tensorrt")
+    crate::cache::dir().join("tensorrt")
 }
 
 impl Engine for OrtEngine {

@@ -56,6 +56,24 @@ pub enum ModelError {
 pub struct Manifest {
     pub service: String,
     pub files: Vec<ManifestEntry>,
+    /// What a point's `quality` measures (dataset, metric, protocol).
+    #[serde(default)]
+    pub quality_metric: Option<String>,
+    /// The service's operating points, cheapest knobs first by convention.
+    #[serde(default)]
+    pub points: Vec<ManifestPoint>,
+}
+
+/// An operating point as the export script declares it: a name, the quality measured
+/// offline on the shared benchmark (absent until measured), and the service's own knobs,
+/// which only the service interprets.
+#[derive(Debug, Clone, Deserialize)]
+pub struct ManifestPoint {
+    pub name: String,
+    #[serde(default)]
+    pub quality: Option<f64>,
+    #[serde(flatten)]
+    pub knobs: toml::Table,
 }
 
 /// One file of a service's model folder.
@@ -79,6 +97,7 @@ pub struct ManifestEntry {
 pub struct ModelDir {
     dir: PathBuf,
     manifest: Manifest,
+    manifest_sha256: String,
 }
 
 impl ModelDir {
@@ -94,7 +113,16 @@ impl ModelDir {
             path,
             source: Box::new(source),
         })?;
-        Ok(ModelDir { dir, manifest })
+        Ok(ModelDir {
+            dir,
+            manifest,
+            manifest_sha256: hex::encode(Sha256::digest(text.as_bytes())),
+        })
+    }
+
+    /// sha256 of the manifest's text: changes whenever a model or an operating point does.
+    pub fn manifest_sha256(&self) -> &str {
+        &self.manifest_sha256
     }
 
     pub fn manifest(&self) -> &Manifest {

@@ -4,6 +4,10 @@
 //! MQTT v5 clients name the reply topic and correlation data as PUBLISH properties. MQTT
 //! 3.1.1 clients have no properties, so a JSON request may carry `reply_to` (topic) and `id`
 //! (echoed in the reply) instead.
+//!
+//! A request may also steer the controller: pin an operating point (`point`) or bring its own
+//! latency target (`deadline_ms`), as JSON fields or as MQTT v5 user properties of the same
+//! names. They are taken out of the body here, so services never see them.
 
 use std::time::{Duration, Instant};
 
@@ -34,6 +38,17 @@ pub struct Request {
     pub received_at: Instant,
     /// From the MQTT v5 message expiry interval: after this, computing is pointless.
     pub expires_at: Option<Instant>,
+    /// What the request asks of the controller, or why that cannot be understood.
+    pub steering: Result<Steering, String>,
+}
+
+/// A request's wishes about its operating point.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Steering {
+    /// Serve exactly this operating point.
+    pub point: Option<String>,
+    /// This request's own latency target in milliseconds, instead of the service's SLO.
+    pub deadline_ms: Option<f64>,
 }
 
 impl Request {
@@ -74,6 +89,8 @@ impl Request {
         let expires_at = properties
             .and_then(|p| p.message_expiry_interval)
             .map(|secs| now + Duration::from_secs(secs as u64));
+        let user_properties = properties.map_or(&[][..], |p| &p.user_properties[..]);
+        let steering = steering(&mut body, user_properties);
         Request {
             service: service.to_string(),
             content_type,
@@ -81,6 +98,7 @@ impl Request {
             reply,
             received_at: now,
             expires_at,
+            steering,
         }
     }
 
@@ -113,6 +131,46 @@ fn json_reply(body: &mut Body) -> Option<Reply> {
         correlation: None,
         id: map.remove("id"),
     })
+}
+
+/// Takes `point` and `deadline_ms` out of a JSON body, or reads them from user properties
+/// (the body wins where both are given).
+fn steering(body: &mut Body, user_properties: &[(String, String)]) -> Result<Steering, String> {
+    let property = |name: &str| {
+        user_properties
+            .iter()
+            .find(|(key, _)| key == name)
+            .map(|(_, value)| Value::String(value.clone()))
+    };
+    let (mut point, mut deadline) = (property("point"), property("deadline_ms"));
+    if let Body::Json(Value::Object(map)) = body {
+        point = map.remove("point").or(point);
+        deadline = map.remove("deadline_ms").or(deadline);
+    }
+    let point = match point {
+        None => None,
+        Some(Value::String(name)) if !name.is_empty() => Some(name),
+        Some(other) => return Err(format!("point must be a point's name, not {other}")),
+    };
+    let deadline_ms = match deadline {
+        None => None,
+        Some(value) => {
+            let ms = match &value {
+                Value::Number(n) => n.as_f64(),
+                Value::String(s) => s.trim().parse::<f64>().ok(),
+                _ => None,
+            };
+            match ms {
+                Some(ms) if ms.is_finite() && ms > 0.0 => Some(ms),
+                _ => {
+                    return Err(format!(
+                        "deadline_ms must be a positive number, not {value}"
+                    ));
+                }
+            }
+        }
+    };
+    Ok(Steering { point, deadline_ms })
 }
 
 impl Reply {
@@ -191,6 +249,45 @@ mod tests {
         // The service sees only its own fields.
         assert!(matches!(r.body, Body::Json(ref v) if *v == json!({"image_b64": ""})));
         assert!(r.expires_at.is_none());
+    }
+
+    #[test]
+    fn steering_comes_from_json_fields_or_user_properties() {
+        let now = Instant::now();
+        let r = Request::from_publish(
+            "ocr",
+            &publish(
+                br#"{"image_b64": "", "point": "tiny@640", "deadline_ms": 250}"#,
+                None,
+            ),
+            now,
+            1 << 20,
+        );
+        let expected = Steering {
+            point: Some("tiny@640".into()),
+            deadline_ms: Some(250.0),
+        };
+        assert_eq!(r.steering, Ok(expected.clone()));
+        assert!(matches!(r.body, Body::Json(ref v) if *v == json!({"image_b64": ""})));
+        let props = PublishProperties {
+            user_properties: vec![
+                ("point".into(), "tiny@640".into()),
+                ("deadline_ms".into(), "250".into()),
+            ],
+            ..PublishProperties::default()
+        };
+        let r = Request::from_publish("ocr", &publish(b"\x89PNG", Some(props)), now, 1 << 20);
+        assert_eq!(r.steering, Ok(expected));
+        let r = Request::from_publish("ocr", &publish(b"\x89PNG", None), now, 1 << 20);
+        assert_eq!(r.steering, Ok(Steering::default()));
+        for bad in [
+            r#"{"deadline_ms": -5}"#,
+            r#"{"deadline_ms": "soon"}"#,
+            r#"{"point": 3}"#,
+        ] {
+            let r = Request::from_publish("ocr", &publish(bad.as_bytes(), None), now, 1 << 20);
+            assert!(r.steering.is_err(), "{bad}");
+        }
     }
 
     #[test]

@@ -1,1 +1,32 @@
-//! Operating-point selection (being written).
+//! Choosing an operating point for every request.
+//!
+//! A service offers several operating points of different cost and quality (declared with
+//! their offline quality in its model manifest). [`profile`] holds what each point costs on
+//! this device, as measured by `edgerun profile`; [`pareto`] keeps only the points worth
+//! choosing; [`controller`] picks, per request, the best-quality point whose predicted
+//! latency meets the service's target under the device's current conditions, with
+//! hysteresis so it does not flap.
+//!
+//! This module decides; it never runs models, reads files on the request path, or talks to
+//! the network.
+
+pub mod controller;
+pub mod pareto;
+pub mod profile;
+
+use serde::{Deserialize, Serialize};
+
+pub use self::controller::{
+    Conditions, Controller, Decision, PolicyConfig, PolicyError, PolicyState, Reason, RequestPolicy,
+};
+pub use self::pareto::pareto_front;
+pub use self::profile::{ProfileCache, ProfileKey, ProfiledPoint, ServiceProfile};
+
+/// An operating point as a service declares it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PointSpec {
+    pub name: String,
+    /// Measured offline on the shared benchmark; higher is better. Only comparable between
+    /// points of one service.
+    pub quality: f64,
+}

@@ -3,11 +3,12 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
+use crate::policy::PolicyConfig;
 
 /// `edgerun serve`'s settings. Every field has a default, so an empty file is valid.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -32,6 +33,12 @@ pub struct ServeConfig {
     pub services: BTreeMap<String, ServiceConfig>,
     /// Engines: threads, backend (globally and per model), ONNX Runtime providers.
     pub engine: EngineConfig,
+    /// Where telemetry reads `/proc` and `/sys` (another root replays a captured tree).
+    pub telemetry_root: PathBuf,
+    /// The profile cache `edgerun profile` wrote (default: the cache folder's profile.json).
+    pub profile: Option<PathBuf>,
+    /// Latency targets per service: a service listed here is adaptive once profiled.
+    pub policy: BTreeMap<String, PolicyConfig>,
 }
 
 /// The largest payload limit: MQTT packets carry at most 256 MB, and the client accepts
@@ -74,6 +81,9 @@ impl Default for ServeConfig {
                 ("ocr".to_string(), ServiceConfig::default()),
             ]),
             engine: EngineConfig::default(),
+            telemetry_root: PathBuf::from("/"),
+            profile: None,
+            policy: BTreeMap::new(),
         }
     }
 }
@@ -164,6 +174,14 @@ impl ServeConfig {
                 ));
             }
         }
+        for (name, policy) in &self.policy {
+            if !self.services.contains_key(name) {
+                return invalid(format!("policy for {name:?}, which is not served"));
+            }
+            policy
+                .validate()
+                .map_err(|e| ConfigError::Invalid(format!("policy.{name}: {e}")))?;
+        }
         if !(0.01..=86_400.0).contains(&self.telemetry_interval_s) {
             return invalid("telemetry_interval_s must lie in 0.01..=86400".into());
         }
@@ -225,6 +243,13 @@ workers = 2
         assert!(c.engine.ort.tensorrt_fp16);
         assert_eq!(c.engine.backend_for("ocr/rec_small.onnx"), Backend::Auto);
         assert_eq!(c.engine.backend_for("ocr/det_tiny.onnx"), Backend::Ort);
+        let ocr = &c.policy["ocr"];
+        assert_eq!(
+            (ocr.slo_ms, ocr.min_quality, ocr.up_window_s),
+            (250.0, Some(0.3), 5.0)
+        );
+        assert_eq!(ocr.headroom, 0.8, "defaults fill the rest");
+        assert_eq!(c.telemetry_root, PathBuf::from("/"));
         let bad = "[engine]\nbackend = \"gpu\"\n";
         let err = toml::from_str::<ServeConfig>(bad).unwrap_err().to_string();
         assert!(err.contains("unknown variant `gpu`"), "{err}");
@@ -233,6 +258,17 @@ workers = 2
     #[test]
     fn bad_settings_are_rejected() {
         assert!(toml::from_str::<ServeConfig>("colour = 3").is_err());
+        for (policy, expected) in [
+            ("[policy.legal]\nslo_ms = 100\n", "not served"),
+            (
+                "[policy.ocr]\nslo_ms = -1\n",
+                "slo_ms must be a positive number",
+            ),
+        ] {
+            let c: ServeConfig = toml::from_str(policy).unwrap();
+            let err = c.validate().unwrap_err().to_string();
+            assert!(err.contains(expected), "{policy}: {err}");
+        }
         let c = ServeConfig {
             device: "a/b".into(),
             ..ServeConfig::default()

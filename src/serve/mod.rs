@@ -4,9 +4,12 @@
 //! each service's bounded queue (answering `busy` at once when it is full), publishes the
 //! answers the worker threads send back, and only then acknowledges the request, so a
 //! crash or disconnect means redelivery rather than loss. Inference never runs on the async
-//! threads. This module wires transport, queues and services together; it computes nothing
-//! itself.
+//! threads. Before each request a worker asks the service's controller for an operating
+//! point ([`adapt`]); telemetry of the device is sampled in the background and published
+//! with the controllers' state. This module wires transport, queues, policy and services
+//! together; it computes nothing itself.
 
+pub mod adapt;
 pub mod config;
 mod stats;
 
@@ -24,11 +27,17 @@ use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
+use self::adapt::LanePolicy;
+pub use self::adapt::PointChoice;
 pub use self::config::{ServeConfig, ServiceConfig};
 use self::stats::ServiceStats;
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{EmbeddedBroker, Topics};
 use crate::services::{Service, ServiceError};
+use crate::telemetry::{Monitor, Sampler};
+
+/// How often the device is sampled for the controllers (telemetry publishes less often).
+const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
 /// A request waiting for a worker, with the PUBLISH to acknowledge once it is answered.
 struct Job {
@@ -51,6 +60,7 @@ struct Lane {
     service: Arc<dyn Service>,
     queue: SyncSender<Job>,
     stats: Arc<ServiceStats>,
+    policy: Arc<LanePolicy>,
 }
 
 /// A running server. [`ServerHandle::shutdown`] stops it and waits; dropping the handle
@@ -93,8 +103,13 @@ impl ServerHandle {
 }
 
 /// Starts serving `services` as configured, on a thread of its own; returns once the
-/// embedded broker (if any) listens and the client is started.
-pub fn start(config: ServeConfig, services: Vec<Arc<dyn Service>>) -> Result<ServerHandle> {
+/// embedded broker (if any) listens and the client is started. `choices` says how each
+/// service's operating point is chosen (missing: its default, fixed).
+pub fn start(
+    config: ServeConfig,
+    services: Vec<Arc<dyn Service>>,
+    choices: BTreeMap<String, PointChoice>,
+) -> Result<ServerHandle> {
     config.validate()?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
@@ -106,7 +121,7 @@ pub fn start(config: ServeConfig, services: Vec<Arc<dyn Service>>) -> Result<Ser
     let (ready_tx, ready_rx) = std::sync::mpsc::channel();
     let thread = std::thread::Builder::new()
         .name("edgerun-serve".into())
-        .spawn(move || runtime.block_on(serve(config, services, shutdown_rx, ready_tx)))?;
+        .spawn(move || runtime.block_on(serve(config, services, choices, shutdown_rx, ready_tx)))?;
     match ready_rx.recv() {
         Ok(embedded_broker) => Ok(ServerHandle {
             shutdown: Some(shutdown_tx),
@@ -125,6 +140,7 @@ pub fn start(config: ServeConfig, services: Vec<Arc<dyn Service>>) -> Result<Ser
 async fn serve(
     config: ServeConfig,
     services: Vec<Arc<dyn Service>>,
+    mut choices: BTreeMap<String, PointChoice>,
     mut shutdown: oneshot::Receiver<()>,
     ready: std::sync::mpsc::Sender<Option<SocketAddr>>,
 ) -> Result<()> {
@@ -140,13 +156,23 @@ async fn serve(
     };
     let topics = Topics::new(&config.prefix, &config.device);
     let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
+    let monitor = Arc::new(Monitor::start(
+        Sampler::new(&config.telemetry_root),
+        SAMPLE_INTERVAL,
+    ));
     let lanes: BTreeMap<String, Lane> = services
         .into_iter()
         .filter_map(|service| {
-            let settings = config.services.get(service.name())?.clone();
+            let name = service.name().to_string();
+            let settings = config.services.get(&name)?.clone();
+            let choice = choices.remove(&name).unwrap_or_else(|| PointChoice::Fixed {
+                why: "no controller configured".into(),
+            });
+            let demand_cores = (config.engine.threads * settings.workers) as f64;
+            let policy = Arc::new(LanePolicy::new(choice, monitor.clone(), demand_cores));
             Some((
-                service.name().to_string(),
-                start_lane(service, &settings, answers_tx.clone()),
+                name,
+                start_lane(service, &settings, policy, answers_tx.clone()),
             ))
         })
         .collect();
@@ -192,7 +218,7 @@ async fn serve(
             Some(answer) = answers.recv() => server.answer_from_worker(answer).await,
             _ = telemetry.tick() => {
                 // Dropped rather than waited for while the broker is away.
-                let body = telemetry_body(&topics, &lanes, started);
+                let body = telemetry_body(&topics, &lanes, &monitor, started);
                 let _ = client.try_publish(topics.telemetry(), QoS::AtMostOnce, false, body);
             }
             _ = &mut shutdown => break,
@@ -327,7 +353,11 @@ async fn publish_status(
 ) {
     let services: serde_json::Map<String, Value> = lanes
         .iter()
-        .map(|(name, lane)| (name.clone(), lane.service.describe()))
+        .map(|(name, lane)| {
+            let mut description = lane.service.describe();
+            description["policy"] = lane.policy.state();
+            (name.clone(), description)
+        })
         .collect();
     let body = json!({
         "online": online,
@@ -351,14 +381,24 @@ async fn unsubscribe(client: &AsyncClient, topics: &Topics, lanes: &BTreeMap<Str
     }
 }
 
-fn telemetry_body(topics: &Topics, lanes: &BTreeMap<String, Lane>, started: Instant) -> Vec<u8> {
+fn telemetry_body(
+    topics: &Topics,
+    lanes: &BTreeMap<String, Lane>,
+    monitor: &Monitor,
+    started: Instant,
+) -> Vec<u8> {
     let services: serde_json::Map<String, Value> = lanes
         .iter()
-        .map(|(name, lane)| (name.clone(), lane.stats.snapshot()))
+        .map(|(name, lane)| {
+            let mut stats = lane.stats.snapshot();
+            stats["policy"] = lane.policy.state();
+            (name.clone(), stats)
+        })
         .collect();
     let body = json!({
         "topic": topics.telemetry(),
         "uptime_s": started.elapsed().as_secs_f64(),
+        "device": *monitor.latest(),
         "services": services,
     });
     serde_json::to_vec(&body).expect("json")
@@ -508,33 +548,37 @@ fn error_body(error: &ServiceError) -> Value {
 fn start_lane(
     service: Arc<dyn Service>,
     settings: &ServiceConfig,
+    policy: Arc<LanePolicy>,
     answers: mpsc::UnboundedSender<Answer>,
 ) -> Lane {
     let (queue, jobs) = sync_channel::<Job>(settings.queue);
     let jobs = Arc::new(Mutex::new(jobs));
     let stats = Arc::new(ServiceStats::default());
     for index in 0..settings.workers {
-        let (service, jobs, stats, answers) = (
+        let (service, jobs, stats, policy, answers) = (
             service.clone(),
             jobs.clone(),
             stats.clone(),
+            policy.clone(),
             answers.clone(),
         );
         std::thread::Builder::new()
             .name(format!("{}-worker-{index}", service.name()))
-            .spawn(move || work(service.as_ref(), &jobs, &stats, &answers))
+            .spawn(move || work(service.as_ref(), &policy, &jobs, &stats, &answers))
             .expect("spawning a worker thread");
     }
     Lane {
         service,
         queue,
         stats,
+        policy,
     }
 }
 
 /// A worker: takes jobs until the queue closes, answers each one exactly once.
 fn work(
     service: &dyn Service,
+    policy: &LanePolicy,
     jobs: &Mutex<Receiver<Job>>,
     stats: &ServiceStats,
     answers: &mpsc::UnboundedSender<Answer>,
@@ -557,10 +601,7 @@ fn work(
                 "the request's message expiry passed while it waited",
             ))
         } else {
-            let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                service.handle(request.content_type.as_deref(), &request.body)
-            }))
-            .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")));
+            let result = serve_one(service, policy, &request);
             stats.record_latency(request.received_at.elapsed().as_secs_f64() * 1e3);
             match result {
                 Ok(body) => body,
@@ -582,4 +623,40 @@ fn work(
             return; // the server is shutting down; unacknowledged requests are redelivered
         }
     }
+}
+
+/// Serves one request at the point its controller (or its pin) chooses, and teaches the
+/// controller how long it took. The answer says which point served it and why.
+fn serve_one(
+    service: &dyn Service,
+    policy: &LanePolicy,
+    request: &Request,
+) -> Result<Value, ServiceError> {
+    let steering = request
+        .steering
+        .as_ref()
+        .map_err(|message| ServiceError::new("bad_request", message))?;
+    let waited_ms = request.received_at.elapsed().as_secs_f64() * 1e3;
+    let decision = policy.decide(steering, waited_ms)?;
+    let point = decision
+        .as_ref()
+        .map(|d| d.point.as_str())
+        .or(steering.point.as_deref());
+    let started = Instant::now();
+    let mut body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        service.handle(request.content_type.as_deref(), &request.body, point)
+    }))
+    .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")))?;
+    if let Some(decision) = decision {
+        // A request that overrode the point's knobs ran something else: nothing to learn.
+        if body.get("point").and_then(Value::as_str) == Some(decision.point.as_str()) {
+            policy.observe(&decision.point, started.elapsed().as_secs_f64() * 1e3);
+        }
+        body["policy"] = json!({
+            "reason": decision.reason,
+            "predicted_ms": decision.predicted_ms,
+            "waited_ms": waited_ms,
+        });
+    }
+    Ok(body)
 }

@@ -13,7 +13,15 @@ impl Service for EchoService {
         "echo"
     }
 
-    fn handle(&self, content_type: Option<&str>, payload: &Payload) -> Result<Value, ServiceError> {
+    fn handle(
+        &self,
+        content_type: Option<&str>,
+        payload: &Payload,
+        point: Option<&str>,
+    ) -> Result<Value, ServiceError> {
+        if let Some(point) = point {
+            return Err(ServiceError::unknown_point(point, &[]));
+        }
         Ok(match payload {
             Payload::Json(value) => json!({"echo": value}),
             Payload::Raw(bytes) => json!({"bytes": bytes.len(), "content_type": content_type}),
@@ -32,11 +40,13 @@ mod tests {
     #[test]
     fn echoes_json_and_sizes_raw_payloads() {
         let answer = EchoService
-            .handle(None, &Payload::Json(json!({"a": 1})))
+            .handle(None, &Payload::Json(json!({"a": 1})), None)
             .unwrap();
         assert_eq!(answer, json!({"echo": {"a": 1}}));
         let raw = Payload::Raw(bytes::Bytes::from_static(b"abc"));
-        let answer = EchoService.handle(Some("x/y"), &raw).unwrap();
+        let answer = EchoService.handle(Some("x/y"), &raw, None).unwrap();
         assert_eq!(answer, json!({"bytes": 3, "content_type": "x/y"}));
+        let err = EchoService.handle(None, &raw, Some("fast")).unwrap_err();
+        assert_eq!(err.code, "bad_request");
     }
 }

@@ -7,6 +7,8 @@ pub mod ocr;
 use bytes::Bytes;
 use serde_json::Value;
 
+use crate::policy::PointSpec;
+
 /// The input shape each model of `service` sees in a typical request, by file name: what
 /// benchmarks and `auto` measure on.
 pub fn typical_input_shapes(service: &str) -> &'static [(&'static str, &'static [usize])] {
@@ -35,6 +37,14 @@ pub struct ServiceError {
 }
 
 impl ServiceError {
+    /// A point the service does not have.
+    pub fn unknown_point(point: &str, known: &[String]) -> ServiceError {
+        ServiceError::new(
+            "bad_request",
+            format!("unknown point {point:?} (known: {})", known.join(", ")),
+        )
+    }
+
     pub fn new(code: &'static str, message: impl std::fmt::Display) -> ServiceError {
         ServiceError {
             code,
@@ -48,8 +58,21 @@ pub trait Service: Send + Sync {
     /// The name in topics and configs (`ocr`).
     fn name(&self) -> &'static str;
 
-    /// Answers one request. Runs on a worker thread; may take as long as inference takes.
-    fn handle(&self, content_type: Option<&str>, payload: &Payload) -> Result<Value, ServiceError>;
+    /// Answers one request at operating point `point` (the service's default if `None`);
+    /// an unknown point is a `bad_request`. Runs on a worker thread; may take as long as
+    /// inference takes. The answer names the point it was computed at (`"point"`).
+    fn handle(
+        &self,
+        content_type: Option<&str>,
+        payload: &Payload,
+        point: Option<&str>,
+    ) -> Result<Value, ServiceError>;
+
+    /// The operating points the controller may choose among, with their offline quality.
+    /// Empty for a service that is not elastic.
+    fn points(&self) -> Vec<PointSpec> {
+        Vec::new()
+    }
 
     /// What the service offers (its operating points), for the device's status.
     fn describe(&self) -> Value;

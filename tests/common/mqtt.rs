@@ -53,7 +53,7 @@ pub fn config(device: &str, broker: Option<SocketAddr>, queue: usize) -> ServeCo
 }
 
 pub fn start(config: ServeConfig) -> ServerHandle {
-    serve::start(config, vec![ocr_service()]).expect("server starts")
+    serve::start(config, vec![ocr_service()], Default::default()).expect("server starts")
 }
 
 /// mosquitto on a loopback port (the library's, shared with `edgerun bench mqtt`).

@@ -20,7 +20,7 @@ const MEAN: [f32; 3] = [0.485, 0.456, 0.406];
 const STD: [f32; 3] = [0.229, 0.224, 0.225];
 
 /// Knobs of DB post-processing; the defaults are PP-OCR's.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct DbParams {
     /// Pixels above this probability are text.
     pub threshold: f32,

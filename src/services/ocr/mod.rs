@@ -10,6 +10,7 @@
 //! decode files or choose operating points.
 
 pub mod det;
+pub mod points;
 pub mod rec;
 mod service;
 
@@ -24,6 +25,7 @@ use crate::engine::{ElementType, Engine, EngineError, Input, Model, Placement};
 use crate::models::{ModelDir, ModelError};
 
 pub use self::det::{DbParams, TextBox};
+pub use self::points::OcrPoint;
 pub use self::rec::Charset;
 pub use self::service::{OcrService, point_name};
 
@@ -83,7 +85,7 @@ pub enum RecognizerKind {
 }
 
 /// Per-request settings.
-#[derive(Debug, Clone, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OcrOptions {
     /// The detector sees the image with its long side at most this many pixels.
     pub det_limit: u32,
@@ -270,6 +272,8 @@ pub struct OcrPipeline {
     detector: Arc<dyn Model>,
     tiny: Recognizer,
     small: Recognizer,
+    /// The operating points the manifest declares.
+    points: Vec<OcrPoint>,
 }
 
 impl OcrPipeline {
@@ -291,7 +295,13 @@ impl OcrPipeline {
                 "rec_small.onnx",
                 "dict_small.txt",
             )?,
+            points: points::from_manifest(&dir.manifest().points)?,
         })
+    }
+
+    /// The operating points declared in the manifest, in its order.
+    pub fn points(&self) -> &[OcrPoint] {
+        &self.points
     }
 
     /// Prepares every model for a typical request ahead of time (plans built, `auto`

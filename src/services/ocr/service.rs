@@ -2,8 +2,12 @@
 //!
 //! A request is a raw PNG/JPEG (content type `image/png` or `image/jpeg`, or none) or JSON
 //! `{"image_b64": "...", "crops": false, "rec": "cascade", "threshold": 0.9,
-//! "ascii": false, "det_limit": 960}` where every field but the image is optional and
-//! defaults to the service's configuration.
+//! "ascii": false, "det_limit": 960}` where every field but the image is optional.
+//!
+//! The knobs come from the operating point the request is served at (chosen by the
+//! controller, pinned by the request, or the configured default). Explicit `rec`,
+//! `threshold` or `det_limit` fields override the point's knobs; the answer then names the
+//! point `custom`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -12,14 +16,20 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{OcrOptions, OcrPipeline, RecognizerChoice};
+use super::{OcrOptions, OcrPipeline, OcrPoint, RecognizerChoice};
 use crate::imaging;
+use crate::policy::PointSpec;
 use crate::services::{Payload, Service, ServiceError};
+
+/// The name of a configuration that is none of the declared points.
+pub const CUSTOM_POINT: &str = "custom";
 
 /// The OCR service: a loaded pipeline and its default options.
 pub struct OcrService {
     pipeline: Arc<OcrPipeline>,
     defaults: OcrOptions,
+    /// The declared point the defaults' knobs match, else [`CUSTOM_POINT`].
+    default_point: String,
     max_pixels: u64,
 }
 
@@ -38,22 +48,56 @@ struct JsonRequest {
 
 impl OcrService {
     pub fn new(pipeline: Arc<OcrPipeline>, defaults: OcrOptions, max_pixels: u64) -> OcrService {
+        let default_point = pipeline
+            .points()
+            .iter()
+            .find(|p| p.apply(&defaults) == defaults)
+            .map_or_else(|| CUSTOM_POINT.to_string(), |p| p.name.clone());
         OcrService {
             pipeline,
             defaults,
+            default_point,
             max_pixels,
         }
     }
 
-    fn options_for(&self, request: &JsonRequest) -> Result<OcrOptions, ServiceError> {
-        let mut options = self.defaults.clone();
-        let threshold = request.threshold.unwrap_or(match self.defaults.recognizer {
+    /// The options and the point's name for `point` (the default when `None`).
+    fn at_point(&self, point: Option<&str>) -> Result<(OcrOptions, String), ServiceError> {
+        let Some(name) = point else {
+            return Ok((self.defaults.clone(), self.default_point.clone()));
+        };
+        let point = self.point(name).ok_or_else(|| {
+            let known: Vec<String> = self
+                .pipeline
+                .points()
+                .iter()
+                .map(|p| p.name.clone())
+                .collect();
+            ServiceError::unknown_point(name, &known)
+        })?;
+        Ok((point.apply(&self.defaults), point.name.clone()))
+    }
+
+    fn point(&self, name: &str) -> Option<&OcrPoint> {
+        self.pipeline.points().iter().find(|p| p.name == name)
+    }
+
+    /// `base` (a point's options) with the request's explicit knobs; whether it set any.
+    fn options_for(
+        &self,
+        base: OcrOptions,
+        request: &JsonRequest,
+    ) -> Result<(OcrOptions, bool), ServiceError> {
+        let customised =
+            request.rec.is_some() || request.threshold.is_some() || request.det_limit.is_some();
+        let mut options = base;
+        let threshold = request.threshold.unwrap_or(match options.recognizer {
             RecognizerChoice::Cascade { threshold } => threshold,
             _ => 0.9,
         });
         options.recognizer = match request.rec.as_deref() {
             None if request.threshold.is_some() => RecognizerChoice::Cascade { threshold },
-            None => self.defaults.recognizer,
+            None => options.recognizer,
             Some("tiny") => RecognizerChoice::Tiny,
             Some("small") => RecognizerChoice::Small,
             Some("cascade") => RecognizerChoice::Cascade { threshold },
@@ -69,7 +113,7 @@ impl OcrService {
         options
             .validate()
             .map_err(|e| ServiceError::new(e.code(), e))?;
-        Ok(options)
+        Ok((options, customised))
     }
 }
 
@@ -87,8 +131,14 @@ impl Service for OcrService {
         "ocr"
     }
 
-    fn handle(&self, content_type: Option<&str>, payload: &Payload) -> Result<Value, ServiceError> {
+    fn handle(
+        &self,
+        content_type: Option<&str>,
+        payload: &Payload,
+        point: Option<&str>,
+    ) -> Result<Value, ServiceError> {
         let started = Instant::now();
+        let (base, mut point) = self.at_point(point)?;
         let (bytes, options, crops) = match payload {
             Payload::Raw(bytes) => {
                 let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
@@ -114,13 +164,16 @@ impl Service for OcrService {
                         "payload is not valid JSON",
                     ));
                 }
-                (bytes.to_vec(), self.defaults.clone(), false)
+                (bytes.to_vec(), base, false)
             }
             Payload::Json(value) => {
                 let request = JsonRequest::deserialize(value).map_err(|e| {
                     ServiceError::new("bad_request", format!("bad JSON request: {e}"))
                 })?;
-                let options = self.options_for(&request)?;
+                let (options, customised) = self.options_for(base, &request)?;
+                if customised {
+                    point = CUSTOM_POINT.to_string();
+                }
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(request.image_b64.trim())
                     .map_err(|e| ServiceError::new("bad_request", format!("image_b64: {e}")))?;
@@ -134,7 +187,6 @@ impl Service for OcrService {
             imaging::decode(&bytes, self.max_pixels).map_err(|e| ServiceError::new(e.code(), e))?;
         let decode_ms = started.elapsed().as_secs_f64() * 1e3;
         let failed = |e: super::OcrError| ServiceError::new(e.code(), e);
-        let point = point_name(options.recognizer);
         if crops {
             let reading = self
                 .pipeline
@@ -162,10 +214,31 @@ impl Service for OcrService {
         }))
     }
 
+    fn points(&self) -> Vec<PointSpec> {
+        self.pipeline
+            .points()
+            .iter()
+            .filter_map(OcrPoint::spec)
+            .collect()
+    }
+
     fn describe(&self) -> Value {
+        let points: Vec<Value> = self
+            .pipeline
+            .points()
+            .iter()
+            .map(|p| {
+                json!({
+                    "name": p.name,
+                    "quality": p.quality,
+                    "det_limit": p.det_limit,
+                    "recognizer": p.recognizer,
+                })
+            })
+            .collect();
         json!({
-            "points": ["tiny", "small", "cascade"],
-            "default_point": point_name(self.defaults.recognizer),
+            "points": points,
+            "default_point": self.default_point,
             "payloads": ["image/png", "image/jpeg", "application/json"],
             "models": self.pipeline.placements(),
         })

@@ -1,0 +1,65 @@
+//! Memory telemetry: system total and available memory from `/proc/meminfo`, and this
+//! process's resident set (now and at its peak) from `/proc/self/status`.
+//!
+//! Only reads and parses; whether memory is short is for the caller to decide.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use super::files;
+
+/// System and own memory, in KiB (the kernel's "kB").
+#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+pub struct Memory {
+    /// `MemTotal` of `/proc/meminfo`.
+    pub total_kib: Option<u64>,
+    /// `MemAvailable` of `/proc/meminfo` (absent before Linux 3.14).
+    pub available_kib: Option<u64>,
+    /// `VmRSS` of `/proc/self/status`.
+    pub own_rss_kib: Option<u64>,
+    /// `VmHWM` of `/proc/self/status`: the peak resident set.
+    pub own_peak_rss_kib: Option<u64>,
+}
+
+pub(crate) fn read(root: &Path) -> Memory {
+    let meminfo = files::text(&root.join("proc/meminfo")).unwrap_or_default();
+    let status = files::text(&root.join("proc/self/status")).unwrap_or_default();
+    Memory {
+        total_kib: kib_field(&meminfo, "MemTotal"),
+        available_kib: kib_field(&meminfo, "MemAvailable"),
+        own_rss_kib: kib_field(&status, "VmRSS"),
+        own_peak_rss_kib: kib_field(&status, "VmHWM"),
+    }
+}
+
+/// The value of a `Key:   123 kB` line, as in `/proc/meminfo` and `/proc/PID/status`.
+fn kib_field(text: &str, key: &str) -> Option<u64> {
+    text.lines().find_map(|line| {
+        let (name, value) = line.split_once(':')?;
+        if name.trim() != key {
+            return None;
+        }
+        let mut words = value.split_whitespace();
+        let number = words.next()?.parse().ok()?;
+        match words.next() {
+            None | Some("kB") => Some(number),
+            Some(_) => None,
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn fields_by_name_in_kib() {
+        let text = "MemTotal:        7763620 kB\nMemFree:  100 kB\nMemAvailable:   5120000 kB\n";
+        assert_eq!(kib_field(text, "MemTotal"), Some(7_763_620));
+        assert_eq!(kib_field(text, "MemAvailable"), Some(5_120_000));
+        assert_eq!(kib_field(text, "Mem"), None);
+        assert_eq!(kib_field("VmRSS:\tlots kB\n", "VmRSS"), None);
+        assert_eq!(kib_field("VmRSS:\t12 MB\n", "VmRSS"), None);
+    }
+}
