@@ -20,6 +20,8 @@ const PARETO_SIZE: (u32, u32) = (900, 520);
 /// Pixel size of [`timeline_svg`] charts.
 const TIMELINE_SIZE: (u32, u32) = (1000, 800);
 const FONT: &str = "sans-serif";
+/// Most operating points the timeline's middle panel has rows for.
+const MAX_POINT_ROWS: usize = 64;
 
 /// Colour of the Pareto front (line and filled points).
 const FRONT: RGBColor = RGBColor(31, 119, 180);
@@ -384,9 +386,12 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
     let (_, lat_max) = min_max(all().map(|s| s.latency_ms)).expect("at least one sample");
     let lat_y = from_zero(0.0, lat_max.max(slo.unwrap_or(0.0)));
 
+    // One row per operating point; an absurd index (a caller's bug) is not drawn rather than
+    // allocating a row for every index below it.
     let n_points = all()
-        .map(|s| s.point + 1)
-        .chain([tl.point_names.len(), 1])
+        .map(|s| s.point.saturating_add(1))
+        .filter(|&n| n <= MAX_POINT_ROWS)
+        .chain([tl.point_names.len().min(MAX_POINT_ROWS), 1])
         .max()
         .unwrap_or(1);
     let point_y = PointAxis { n: n_points }.bounds();
@@ -502,7 +507,7 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
                     0.0
                 };
                 let mut steps = Vec::with_capacity(samples.len() * 2);
-                for s in samples {
+                for s in samples.iter().filter(|s| s.point < n_points) {
                     let y = s.point as f64 + offset;
                     if let Some(&(_, prev)) = steps.last() {
                         steps.push((s.t_s, prev));
@@ -847,6 +852,7 @@ mod tests {
             s.cpu_load = None;
             s.point = 5; // beyond the names: labelled by index
         }
+        runs[0].samples[0].point = usize::MAX; // a caller's bug: not drawn, no huge axis
         let tl = Timeline {
             slo_ms: f64::NAN,
             point_names: &[],

@@ -85,6 +85,7 @@ pub fn profile_service(
         .map(|((point, samples), peak)| {
             let stats = LatencyStats::of(samples);
             ProfiledPoint {
+                mean_ms: stats.mean_ms,
                 runs: stats.count,
                 peak_rss_mib: peak,
                 ..ProfiledPoint::new(&point.name, point.quality, stats.median_ms, stats.p95_ms)

@@ -608,7 +608,11 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
         ..PolicyConfig::default()
     };
     let controller = Controller::new(policy, points, std::time::Instant::now()).unwrap();
-    let choices = [("ocr".to_string(), PointChoice::Adaptive(controller))].into();
+    let choices = [(
+        "ocr".to_string(),
+        PointChoice::Adaptive(Box::new(controller)),
+    )]
+    .into();
     let server = edgerun::serve::start(cfg, vec![common::mqtt::ocr_service()], choices).unwrap();
     let mut client = Client::connect(mosquitto.addr(), "adaptive").await;
     let topic = "edgerun/dev-p/ocr/request";

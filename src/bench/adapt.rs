@@ -86,6 +86,9 @@ pub struct RequestRecord {
     pub point: String,
     pub cpu_load: Option<f64>,
     pub hog: bool,
+    /// Adaptive runs: the telemetry factor and the learned slowdown when it was chosen.
+    pub conditions: Option<f64>,
+    pub slowdown: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -203,6 +206,7 @@ fn run_one(
                 Strategy::Fixed(name) => name.clone(),
             };
             let choosing = chosen.elapsed();
+            let state = matches!(strategy, Strategy::Adaptive).then(|| controller.state());
             let served = Instant::now();
             service
                 .handle(
@@ -223,6 +227,8 @@ fn run_one(
                 point,
                 cpu_load: monitor.latest().cpu.utilisation,
                 hog: in_hog,
+                conditions: state.as_ref().map(|s| s.conditions.factor()),
+                slowdown: state.as_ref().map(|s| s.slowdown),
             });
         }
         Ok(())

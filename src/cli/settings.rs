@@ -163,7 +163,7 @@ pub fn point_choices(
                         controller.state().candidates,
                         controller.current()
                     );
-                    PointChoice::Adaptive(controller)
+                    PointChoice::Adaptive(Box::new(controller))
                 }
                 Err(why) => {
                     tracing::warn!("{name}: serving its default point: {why:#}");

@@ -8,7 +8,8 @@
 //!
 //! where `conditions` is what telemetry says about the device now compared with when it was
 //! profiled (CPU contention from other processes, a thermally capped clock) and `slowdown` is
-//! an EWMA of observed / expected service times, which learns whatever telemetry misses.
+//! an EWMA of observed / expected service times (expected: the profiled mean under the
+//! current conditions), which learns whatever telemetry misses.
 //! The controller serves the best-quality point whose prediction fits the request's budget
 //! (the SLO minus the time it already waited in the queue). It steps down at once when the
 //! current point stops fitting, and steps up only after a better point has fitted with
@@ -47,8 +48,10 @@ impl Default for PolicyConfig {
             slo_ms: 1000.0,
             min_quality: None,
             up_window_s: 5.0,
-            headroom: 0.8,
-            ewma_alpha: 0.3,
+            headroom: 0.9,
+            // Per-image latencies vary (p95 is ~1.6x the median on ICDAR scenes): a slow
+            // average keeps that from reading as load; telemetry reacts to load at once.
+            ewma_alpha: 0.1,
         }
     }
 }
@@ -309,8 +312,8 @@ impl Controller {
         &self.profiled[self.candidates[index]]
     }
 
-    fn expected_p50(&self, point: &ProfiledPoint) -> f64 {
-        point.p50_ms * self.conditions.factor()
+    fn expected_mean(&self, point: &ProfiledPoint) -> f64 {
+        point.mean_ms * self.conditions.factor()
     }
 
     fn predict(&self, point: &ProfiledPoint) -> f64 {
@@ -433,7 +436,7 @@ impl Controller {
         let Some(profiled) = self.profiled.iter().find(|p| p.name == point) else {
             return;
         };
-        let expected = self.expected_p50(profiled);
+        let expected = self.expected_mean(profiled);
         if !(service_ms.is_finite() && service_ms >= 0.0 && expected > 0.0) {
             return;
         }
@@ -553,7 +556,7 @@ mod tests {
         assert!(served.iter().all(|p| p == "best"), "{served:?}");
         // Everything becomes 3.5x slower (a hog the telemetry does not see): best 700 ms and
         // mid 350 ms no longer fit 300 ms, fast (175 ms) does.
-        let (served, now) = serve(&mut c, now, 12, step, |p, _| p50(p) * 3.5);
+        let (served, now) = serve(&mut c, now, 30, step, |p, _| p50(p) * 3.5);
         let first_down = served.iter().position(|p| p != "best").unwrap();
         assert!(first_down <= 3, "stepped down late: {served:?}");
         assert_eq!(served.last().unwrap(), "fast", "{served:?}");
@@ -622,9 +625,8 @@ mod tests {
         let (served, _) = serve(&mut c, t0, 1200, step, noise);
         assert!(served.iter().all(|p| p == "best"));
         assert_eq!(c.state().switches, 0);
-        // Noise while on a lower point, where the next one up sits at the headroom's edge:
-        // mid predicted 100 ms, best 200 ms against 0.8 x 250 = 200: may step up once, never
-        // back and forth.
+        // The same noise on a lower point close to its limit: mid predicted 100 ms against an
+        // SLO of 120 ms, best out of reach.
         let mut c = Controller::new(config(120.0), points(), t0).unwrap();
         assert_eq!(c.current(), "mid");
         let (served, _) = serve(&mut c, t0, 1200, step, noise);

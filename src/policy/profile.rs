@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The cache format; bumped when fields change meaning.
-pub const FORMAT: u32 = 1;
+pub const FORMAT: u32 = 2;
 
 /// What a profile's numbers depend on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -35,6 +35,9 @@ pub struct ProfiledPoint {
     pub quality: f64,
     pub p50_ms: f64,
     pub p95_ms: f64,
+    /// The mean: what observed latencies average to under profiled conditions (latencies
+    /// are skewed, so the median would read as a permanent slowdown).
+    pub mean_ms: f64,
     #[serde(default)]
     pub runs: usize,
     /// Peak resident memory of the process while this point ran (all models loaded).
@@ -52,6 +55,7 @@ impl ProfiledPoint {
             quality,
             p50_ms,
             p95_ms,
+            mean_ms: p50_ms,
             runs: 0,
             peak_rss_mib: None,
             on_front: false,

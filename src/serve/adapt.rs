@@ -18,7 +18,7 @@ use crate::telemetry::Monitor;
 /// How a service's operating point is chosen.
 pub enum PointChoice {
     /// By a controller over the points profiled on this device.
-    Adaptive(Controller),
+    Adaptive(Box<Controller>),
     /// Always the service's default (or a request's pin), for the reason given.
     Fixed { why: String },
 }
@@ -35,7 +35,7 @@ pub struct LanePolicy {
 impl LanePolicy {
     pub fn new(choice: PointChoice, monitor: Arc<Monitor>, demand_cores: f64) -> LanePolicy {
         let (controller, why_fixed) = match choice {
-            PointChoice::Adaptive(controller) => (Some(Mutex::new(controller)), None),
+            PointChoice::Adaptive(controller) => (Some(Mutex::new(*controller)), None),
             PointChoice::Fixed { why } => (None, Some(why)),
         };
         LanePolicy {

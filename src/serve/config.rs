@@ -248,7 +248,7 @@ workers = 2
             (ocr.slo_ms, ocr.min_quality, ocr.up_window_s),
             (250.0, Some(0.3), 5.0)
         );
-        assert_eq!(ocr.headroom, 0.8, "defaults fill the rest");
+        assert_eq!(ocr.headroom, 0.9, "defaults fill the rest");
         assert_eq!(c.telemetry_root, PathBuf::from("/"));
         let bad = "[engine]\nbackend = \"gpu\"\n";
         let err = toml::from_str::<ServeConfig>(bad).unwrap_err().to_string();

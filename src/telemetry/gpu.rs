@@ -4,8 +4,8 @@
 //! JetPack 5, `17000000.gpu` with JetPack 6, `17000000.gv11b` on Xavier), which gives the
 //! clock in Hz; its load, in per-mille, is the `load` attribute of the GPU's platform device,
 //! reached through the devfreq entry's `device` link. Older releases expose the load as
-//! `/sys/devices/gpu.0/load`. Boards without such a GPU (Raspberry Pi, x86) report none.
-//! Only reads.
+//! `/sys/devices/gpu.0/load`. Boards without such a GPU (Raspberry Pi, x86) report none; another
+//! SoC's devfreq GPU (a Mali `*.gpu`) is reported with its clock and no load. Only reads.
 
 use std::path::{Path, PathBuf};
 
