@@ -44,7 +44,7 @@ async fn embedded_broker_answers_v5_requests_with_correlation() {
 
     // JSON with parameters, to the fleet topic (a shared subscription).
     let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
-    let request = json!({"image_b64": b64, "crops": true, "rec": "small"});
+    let request = json!({"image_b64": b64, "crops": true, "rec": "small", "deadline_ms": 100});
     let answer = client
         .ask(
             "edgerun/fleet/ocr/request",
@@ -60,6 +60,9 @@ async fn embedded_broker_answers_v5_requests_with_correlation() {
         answer["point"], "custom",
         "explicit knobs are no declared point"
     );
+    // No controller here: the answer says its deadline was not planned for.
+    assert_eq!(answer["policy"]["adaptive"], false);
+    assert_eq!(answer["policy"]["why"], "no controller configured");
     server.shutdown().unwrap();
 }
 

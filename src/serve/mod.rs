@@ -647,6 +647,10 @@ fn serve_one(
         service.handle(request.content_type.as_deref(), &request.body, point)
     }))
     .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")))?;
+    if decision.is_none() && steering.deadline_ms.is_some() {
+        // Not adaptive: say so, rather than let the client believe its deadline was planned for.
+        body["policy"] = policy.state();
+    }
     if let Some(decision) = decision {
         // A request that overrode the point's knobs ran something else: nothing to learn.
         if body.get("point").and_then(Value::as_str) == Some(decision.point.as_str()) {
