@@ -53,6 +53,13 @@ pub struct ServeArgs {
     /// Seconds between telemetry messages.
     #[arg(long)]
     pub telemetry_interval: Option<f64>,
+    /// OCR latency target in milliseconds: makes OCR adaptive (needs `edgerun profile` run
+    /// once on this device with the same engine settings).
+    #[arg(long, value_name = "MS")]
+    pub slo_ms: Option<f64>,
+    /// The profile cache written by `edgerun profile` [default: the cache folder's].
+    #[arg(long, value_name = "FILE")]
+    pub profile: Option<PathBuf>,
     /// OCR defaults for requests that do not set them.
     #[command(flatten)]
     pub ocr: OcrTuning,
@@ -93,6 +100,10 @@ impl ServeArgs {
         config.telemetry_interval_s = self
             .telemetry_interval
             .unwrap_or(config.telemetry_interval_s);
+        if let Some(slo_ms) = self.slo_ms {
+            config.policy.entry("ocr".into()).or_default().slo_ms = slo_ms;
+        }
+        config.profile = self.profile.clone().or(config.profile);
         config.validate()?;
         Ok(config)
     }
@@ -154,4 +165,40 @@ fn wait_for_signal_or_failure(server: &serve::ServerHandle) -> Result<()> {
         }
     })?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::Parser;
+
+    use super::*;
+    use crate::cli::{Cli, Command};
+
+    fn resolve(args: &[&str]) -> anyhow::Result<ServeConfig> {
+        let cli = Cli::try_parse_from(args)?;
+        let Command::Serve(serve) = cli.command else {
+            panic!("not serve");
+        };
+        serve.resolve()
+    }
+
+    #[test]
+    fn slo_and_profile_flags_make_ocr_adaptive() {
+        let config = resolve(&["edgerun", "serve"]).unwrap();
+        assert!(config.policy.is_empty());
+        let config = resolve(&[
+            "edgerun",
+            "serve",
+            "--slo-ms",
+            "300",
+            "--profile",
+            "/tmp/p.json",
+        ])
+        .unwrap();
+        assert_eq!(config.policy["ocr"].slo_ms, 300.0);
+        assert_eq!(config.policy["ocr"].up_window_s, 5.0);
+        assert_eq!(config.profile, Some(PathBuf::from("/tmp/p.json")));
+        let err = resolve(&["edgerun", "serve", "--slo-ms=-3"]).unwrap_err();
+        assert!(err.to_string().contains("slo_ms"), "{err}");
+    }
 }
