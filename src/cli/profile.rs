@@ -56,7 +56,8 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
         .unwrap_or_else(profile::default_path);
     let runtime = Runtime::new(global, config.engine.clone())?;
     let dir = ModelDir::open(&runtime.models_root, "ocr")?;
-    let pipeline = Arc::new(runtime.ocr_pipeline(Warm::Up)?);
+    // Cold: the profiler's own first round warms every point up on the shapes it will see.
+    let pipeline = Arc::new(runtime.ocr_pipeline(Warm::Cold)?);
     let service = OcrService::new(pipeline, OcrOptions::default(), config.max_pixels);
     let (samples, inputs) = sample_images(args)?;
     eprintln!(
