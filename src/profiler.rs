@@ -22,6 +22,18 @@ pub struct Sample {
     pub payload: Payload,
 }
 
+impl Sample {
+    /// An image file as a raw request (its content type left to sniffing, as a client
+    /// that sends bare bytes would).
+    pub fn image_file(path: &std::path::Path) -> Result<Sample> {
+        let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
+        Ok(Sample {
+            content_type: None,
+            payload: Payload::Raw(bytes.into()),
+        })
+    }
+}
+
 /// How much to measure.
 #[derive(Debug, Clone, Copy)]
 pub struct ProfileSettings {

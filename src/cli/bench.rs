@@ -18,7 +18,6 @@ use crate::policy::ProfileCache;
 use crate::policy::profile;
 use crate::profiler::{ProfileSettings, Sample, profile_service};
 use crate::serve::ServeConfig;
-use crate::services::Payload;
 use crate::services::ocr::{OcrOptions, OcrService};
 use std::sync::Arc;
 use std::time::Duration;
@@ -258,12 +257,7 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
     let service = OcrService::new(pipeline, OcrOptions::default(), config.max_pixels);
     let samples = crate::data::ic15_e2e(args.samples)?
         .iter()
-        .map(|scene| {
-            Ok(Sample {
-                content_type: None,
-                payload: Payload::Raw(std::fs::read(&scene.path)?.into()),
-            })
-        })
+        .map(|scene| Sample::image_file(&scene.path))
         .collect::<Result<Vec<_>>>()?;
     let profile_path = args
         .profile

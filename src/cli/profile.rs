@@ -2,7 +2,7 @@
 //! profile cache that `serve` adapts with, prints a table and draws the quality/latency
 //! Pareto front. The measuring itself is [`crate::profiler`]'s.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -17,7 +17,6 @@ use crate::plot::{ParetoPoint, pareto_svg};
 use crate::policy::profile::{self, ProfileCache, ServiceProfile};
 use crate::profiler::{ProfileSettings, Sample, profile_service};
 use crate::serve::ServeConfig;
-use crate::services::Payload;
 use crate::services::ocr::{OcrOptions, OcrService};
 
 #[derive(Debug, Args)]
@@ -153,15 +152,7 @@ fn sample_images(args: &ProfileArgs) -> Result<(Vec<Sample>, String)> {
     };
     let samples = paths
         .iter()
-        .map(|path: &PathBuf| read_sample(path))
+        .map(|path| Sample::image_file(path))
         .collect::<Result<Vec<_>>>()?;
     Ok((samples, inputs))
-}
-
-fn read_sample(path: &Path) -> Result<Sample> {
-    let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
-    Ok(Sample {
-        content_type: None,
-        payload: Payload::Raw(bytes.into()),
-    })
 }
