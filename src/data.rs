@@ -114,6 +114,29 @@ pub fn word_key(s: &str) -> String {
         .collect()
 }
 
+/// COLIEE Task 3 years for training and tuning; R05 is the test year.
+pub const COLIEE_TRAIN_YEARS: &[&str] = &[
+    "H18", "H19", "H20", "H21", "H22", "H23", "H24", "H25", "H26", "H27", "H28", "H29", "H30",
+    "R01", "R02", "R03", "R04",
+];
+
+/// The COLIEE statute-retrieval queries of the given exam years, with their gold articles.
+pub fn coliee_queries(years: &[&str]) -> Result<Vec<crate::services::legal::Query>> {
+    let mut queries = Vec::new();
+    for year in years {
+        let path = root().join(format!("legal/coliee/train/riteval_{year}_en.xml"));
+        let xml = std::fs::read_to_string(&path)
+            .with_context(|| format!("reading {} (set EDGERUN_DATA?)", path.display()))?;
+        let parsed = crate::services::legal::corpus::parse_queries(&xml)
+            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        queries.extend(parsed);
+    }
+    if queries.is_empty() {
+        bail!("no COLIEE queries for {years:?}");
+    }
+    Ok(queries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -238,6 +238,7 @@ async fn requests_that_expire_in_the_queue_are_answered_expired() {
         edgerun::serve::ServiceConfig {
             queue: 8,
             workers: 1,
+            corpus: None,
         },
     );
     let server = edgerun::serve::start(

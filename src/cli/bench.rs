@@ -39,6 +39,11 @@ pub enum Benchmark {
     /// Offline quality of each OCR operating point in the manifest (end to end on ICDAR
     /// 2015); `python export/ocr.py --points-only` copies it into the manifest.
     Points(PointsBenchArgs),
+    /// Statute retrieval on COLIEE R05 per operating point (F2, P, R, R@k, latency at each
+    /// thread count) and per scoring variant tuned on H18..R04; JSON and a Pareto SVG.
+    /// `python export/legal/export.py --points-only` copies points and settings into the
+    /// manifest.
+    Legal(LegalBenchArgs),
     /// The adaptive controller against fixed points on a stream of OCR requests while a CPU
     /// hog starts and stops: share within the SLO, mean quality, switches; JSON and a
     /// timeline SVG.
@@ -108,6 +113,20 @@ pub struct BurnArgs {
 }
 
 #[derive(Debug, Args)]
+pub struct LegalBenchArgs {
+    /// Thread counts to measure latency at (quality is the same at every count).
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2], value_name = "N,...")]
+    pub thread_counts: Vec<usize>,
+    /// The statute text (default: the COLIEE Civil Code under EDGERUN_DATA).
+    #[arg(long, value_name = "FILE")]
+    pub corpus: Option<PathBuf>,
+    #[arg(long, default_value = "bench-results/legal.json", value_name = "FILE")]
+    pub out: PathBuf,
+    #[arg(long, default_value = "bench-results/legal.svg", value_name = "FILE")]
+    pub svg: PathBuf,
+}
+
+#[derive(Debug, Args)]
 pub struct PointsBenchArgs {
     /// ICDAR 2015 end-to-end images per point.
     #[arg(long, default_value_t = 250, value_name = "N")]
@@ -173,6 +192,24 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Benchmark::Adapt(a) => return adapt(global, a),
+        Benchmark::Legal(a) => {
+            let mut retrievers = Vec::new();
+            for &threads in &a.thread_counts {
+                anyhow::ensure!(threads >= 1, "thread counts must be at least 1");
+                let global = GlobalArgs {
+                    threads: Some(threads),
+                    ..global.clone()
+                };
+                let runtime = Runtime::from_args(&global)?;
+                retrievers.push((threads, runtime.legal(a.corpus.as_deref(), Warm::Up)?));
+            }
+            crate::bench::legal::run(&crate::bench::legal::LegalBenchSettings {
+                retrievers,
+                out: a.out.clone(),
+                svg: a.svg.clone(),
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
         _ => {}
     }
     if let Benchmark::Engines(a) = &args.which {
@@ -234,7 +271,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             };
             crate::bench::points::run(&pipeline, pipeline.points(), &settings)?;
         }
-        Benchmark::Engines(_) | Benchmark::Burn(_) | Benchmark::Adapt(_) => {
+        Benchmark::Engines(_) | Benchmark::Burn(_) | Benchmark::Adapt(_) | Benchmark::Legal(_) => {
             unreachable!("handled above")
         }
     }

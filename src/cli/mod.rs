@@ -3,6 +3,7 @@
 //! Nothing here does inference itself.
 
 mod bench;
+mod legal;
 mod ocr;
 mod profile;
 mod serve;
@@ -16,6 +17,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::{Backend, Provider};
 
 pub use self::bench::BenchArgs;
+pub use self::legal::LegalArgs;
 pub use self::ocr::OcrArgs;
 pub use self::profile::ProfileArgs;
 pub use self::serve::ServeArgs;
@@ -31,7 +33,7 @@ pub struct Cli {
 }
 
 /// Settings every subcommand understands.
-#[derive(Debug, Args)]
+#[derive(Debug, Clone, Args)]
 pub struct GlobalArgs {
     /// Models folder (default: $EDGERUN_MODELS, ./models, or the source tree's models/).
     #[arg(long, global = true, value_name = "DIR")]
@@ -69,6 +71,8 @@ pub enum Command {
     Serve(ServeArgs),
     /// Read the text in images (scene-text recognition).
     Ocr(OcrArgs),
+    /// Find the Civil Code articles that answer a legal question.
+    Legal(LegalArgs),
     /// Measure each operating point's latency and memory on this device; writes the profile
     /// cache `serve` adapts with, and a quality/latency Pareto chart.
     Profile(ProfileArgs),
@@ -89,6 +93,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {
         Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Ocr(args) => ocr::run(&cli.global, &args),
+        Command::Legal(args) => legal::run(&cli.global, &args),
         Command::Profile(args) => profile::run(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
     }

@@ -17,15 +17,21 @@ use crate::plot::{ParetoPoint, pareto_svg};
 use crate::policy::profile::{self, ProfileCache, ServiceProfile};
 use crate::profiler::{ProfileSettings, Sample, profile_service};
 use crate::serve::ServeConfig;
+use crate::services::legal::LegalService;
 use crate::services::ocr::{OcrOptions, OcrService};
+use crate::services::{Payload, Service};
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
+    /// The service whose operating points to measure: ocr or legal.
+    #[arg(long, default_value = "ocr", value_name = "NAME")]
+    pub service: String,
     /// `serve`'s configuration file: its [engine] settings are the ones profiled, and its
     /// `profile` path is written.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
-    /// Sample images (files) [default: the first --samples ICDAR 2015 scenes in $EDGERUN_DATA].
+    /// OCR sample images (files) [default: the first --samples ICDAR 2015 scenes in
+    /// $EDGERUN_DATA]; legal samples are the first --samples COLIEE R05 queries.
     #[arg(long, num_args = 1.., value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
     /// How many ICDAR 2015 scenes to use when no --images are given.
@@ -54,18 +60,34 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
         .or(config.profile.clone())
         .unwrap_or_else(profile::default_path);
     let runtime = Runtime::new(global, config.engine.clone())?;
-    let dir = ModelDir::open(&runtime.models_root, "ocr")?;
+    let name = args.service.as_str();
+    let dir = ModelDir::open(&runtime.models_root, name)?;
     // Cold: the profiler's own first round warms every point up on the shapes it will see.
-    let pipeline = Arc::new(runtime.ocr_pipeline(Warm::Cold)?);
-    let service = OcrService::new(pipeline, OcrOptions::default(), config.max_pixels);
-    let (samples, inputs) = sample_images(args)?;
+    let (service, samples, inputs): (Box<dyn Service>, Vec<Sample>, String) = match name {
+        "ocr" => {
+            let pipeline = Arc::new(runtime.ocr_pipeline(Warm::Cold)?);
+            let service = OcrService::new(pipeline, OcrOptions::default(), config.max_pixels);
+            let (samples, inputs) = sample_images(args)?;
+            (Box::new(service), samples, inputs)
+        }
+        "legal" => {
+            let corpus = config
+                .services
+                .get("legal")
+                .and_then(|s| s.corpus.as_deref());
+            let legal = Arc::new(runtime.legal(corpus, Warm::Cold)?);
+            let (samples, inputs) = sample_queries(args.samples)?;
+            (Box::new(LegalService::new(legal)), samples, inputs)
+        }
+        other => anyhow::bail!("no operating points to profile for service {other:?} (ocr, legal)"),
+    };
     eprintln!(
-        "profiling ocr on {} ({inputs}), {} rounds",
+        "profiling {name} on {} ({inputs}), {} rounds",
         crate::bench::Machine::current(),
         args.rounds
     );
     let points = profile_service(
-        &service,
+        service.as_ref(),
         &samples,
         ProfileSettings {
             rounds: args.rounds,
@@ -79,7 +101,7 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
         _ => ProfileCache::new(key),
     };
     cache.services.insert(
-        "ocr".into(),
+        name.into(),
         ServiceProfile {
             manifest_sha256: dir.manifest_sha256().to_string(),
             quality_metric: dir.manifest().quality_metric.clone(),
@@ -111,7 +133,7 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
     let svg = args
         .svg
         .clone()
-        .unwrap_or_else(|| out.with_file_name("profile-ocr.svg"));
+        .unwrap_or_else(|| out.with_file_name(format!("profile-{name}.svg")));
     let chart: Vec<ParetoPoint> = points
         .iter()
         .map(|p| ParetoPoint {
@@ -130,12 +152,28 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
         .unwrap_or("quality");
     pareto_svg(
         &svg,
-        "ocr: quality vs latency on this device",
+        &format!("{name}: quality vs latency on this device"),
         metric,
         &chart,
     )?;
     eprintln!("wrote {} and {}", out.display(), svg.display());
     Ok(ExitCode::SUCCESS)
+}
+
+/// The first `n` COLIEE R05 queries as JSON requests; and a description of them.
+fn sample_queries(n: usize) -> Result<(Vec<Sample>, String)> {
+    let queries = crate::data::coliee_queries(&["R05"])
+        .context("the COLIEE R05 queries are not available (set EDGERUN_DATA)")?;
+    let samples = queries
+        .iter()
+        .take(n)
+        .map(|q| Sample {
+            content_type: Some("application/json".into()),
+            payload: Payload::Json(serde_json::json!({"query": q.text})),
+        })
+        .collect::<Vec<_>>();
+    let inputs = format!("COLIEE R05 queries 1..{}", samples.len());
+    Ok((samples, inputs))
 }
 
 /// The sample requests: the given images, or ICDAR 2015 scenes; and a description of them.

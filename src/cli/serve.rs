@@ -15,6 +15,7 @@ use super::settings::{Runtime, Warm, ocr_options, point_choices};
 use crate::serve::{self, ServeConfig, ServiceConfig};
 use crate::services::Service;
 use crate::services::echo::EchoService;
+use crate::services::legal::LegalService;
 use crate::services::ocr::OcrService;
 
 #[derive(Debug, Args)]
@@ -89,7 +90,7 @@ impl ServeArgs {
             config.embedded_bind.set_port(port);
         }
         for service in config.services.values_mut() {
-            let ServiceConfig { queue, workers } = service;
+            let ServiceConfig { queue, workers, .. } = service;
             *queue = self.queue.unwrap_or(*queue);
             *workers = self.workers.unwrap_or(*workers);
         }
@@ -120,9 +121,16 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
                 ocr_options(&args.ocr)?,
                 config.max_pixels,
             ))),
+            "legal" => {
+                let corpus = config.services[name].corpus.as_deref();
+                let legal = runtime.legal(corpus, Warm::Up)?;
+                services.push(Arc::new(LegalService::new(Arc::new(legal))));
+            }
             "echo" => services.push(Arc::new(EchoService)),
             other => {
-                anyhow::bail!("unknown service {other:?} in the configuration (known: ocr, echo)")
+                anyhow::bail!(
+                    "unknown service {other:?} in the configuration (known: ocr, legal, echo)"
+                )
             }
         }
     }

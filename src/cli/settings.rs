@@ -2,7 +2,7 @@
 //! built. Subcommands read these, never the raw arguments' defaults.
 
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use anyhow::{Context, Result};
@@ -16,6 +16,7 @@ use crate::policy::profile;
 use crate::policy::{Controller, PolicyConfig, ProfileCache, ProfileKey};
 use crate::serve::{PointChoice, ServeConfig};
 use crate::services::Service;
+use crate::services::legal::{self, Legal};
 use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 
 /// What every subcommand runs with.
@@ -77,6 +78,20 @@ impl Runtime {
         }
         log_placements(&pipeline.placements());
         Ok(pipeline)
+    }
+}
+
+impl Runtime {
+    /// Loads the legal retriever over the corpus at `corpus` (the COLIEE Civil Code under the
+    /// data folder when `None`).
+    pub fn legal(&self, corpus: Option<&Path>, warm: Warm) -> Result<Legal> {
+        let corpus = corpus.map_or_else(legal::default_corpus, Path::to_path_buf);
+        let legal = Legal::load(&self.models_root, self.engine.as_ref(), &corpus)
+            .with_context(|| format!("loading the legal service (corpus {})", corpus.display()))?;
+        if warm == Warm::Up {
+            legal.warm_up()?;
+        }
+        Ok(legal)
     }
 }
 

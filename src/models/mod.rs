@@ -62,6 +62,9 @@ pub struct Manifest {
     /// The service's operating points, cheapest knobs first by convention.
     #[serde(default)]
     pub points: Vec<ManifestPoint>,
+    /// Service-specific settings tuned offline (the legal service's scoring weights).
+    #[serde(default)]
+    pub settings: Option<toml::Table>,
 }
 
 /// An operating point as the export script declares it: a name, the quality measured

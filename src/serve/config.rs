@@ -53,6 +53,9 @@ pub struct ServiceConfig {
     pub queue: usize,
     /// Threads running inference for this service.
     pub workers: usize,
+    /// `legal` only: the statute text to serve (default: the COLIEE Civil Code under the
+    /// data folder, `EDGERUN_DATA`).
+    pub corpus: Option<PathBuf>,
 }
 
 impl Default for ServiceConfig {
@@ -60,8 +63,22 @@ impl Default for ServiceConfig {
         ServiceConfig {
             queue: 16,
             workers: 1,
+            corpus: None,
         }
     }
+}
+
+/// Echo and OCR always; legal retrieval too where its default corpus is present (it is the
+/// service's document collection, not a model, so it does not ship in `models/`).
+fn default_services() -> BTreeMap<String, ServiceConfig> {
+    let mut services = BTreeMap::from([
+        ("echo".to_string(), ServiceConfig::default()),
+        ("ocr".to_string(), ServiceConfig::default()),
+    ]);
+    if crate::services::legal::default_corpus().is_file() {
+        services.insert("legal".to_string(), ServiceConfig::default());
+    }
+    services
 }
 
 impl Default for ServeConfig {
@@ -76,10 +93,7 @@ impl Default for ServeConfig {
             max_payload_bytes: 8 << 20,
             max_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
             telemetry_interval_s: 10.0,
-            services: BTreeMap::from([
-                ("echo".to_string(), ServiceConfig::default()),
-                ("ocr".to_string(), ServiceConfig::default()),
-            ]),
+            services: default_services(),
             engine: EngineConfig::default(),
             telemetry_root: PathBuf::from("/"),
             profile: None,
@@ -259,7 +273,7 @@ workers = 2
     fn bad_settings_are_rejected() {
         assert!(toml::from_str::<ServeConfig>("colour = 3").is_err());
         for (policy, expected) in [
-            ("[policy.legal]\nslo_ms = 100\n", "not served"),
+            ("[policy.vision]\nslo_ms = 100\n", "not served"),
             (
                 "[policy.ocr]\nslo_ms = -1\n",
                 "slo_ms must be a positive number",

@@ -2,6 +2,7 @@
 //! engines it loaded; none of them knows how requests arrive (CLI, MQTT) or are queued.
 
 pub mod echo;
+pub mod legal;
 pub mod ocr;
 
 use bytes::Bytes;

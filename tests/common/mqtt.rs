@@ -46,9 +46,14 @@ pub fn config(device: &str, broker: Option<SocketAddr>, queue: usize) -> ServeCo
         telemetry_interval_s: 0.5,
         ..ServeConfig::default()
     };
-    config
-        .services
-        .insert("ocr".into(), ServiceConfig { queue, workers: 1 });
+    config.services.insert(
+        "ocr".into(),
+        ServiceConfig {
+            queue,
+            workers: 1,
+            corpus: None,
+        },
+    );
     config
 }
 

@@ -1,0 +1,271 @@
+"""The elastic encoders: SN-Net stitches between the anchors, and CoLa chains of L6 layers.
+
+Queries change their path; articles are always indexed with the full L6 anchor (or the L3
+anchor for the L3 point), so a cheaper point only makes the *query* side cheaper, which is
+what an edge device pays per request.
+
+SN-Net (Pan et al., CVPR 2023): front layers of the small anchor, a per-token Linear stitch,
+back layers of the large anchor. Stitch positions follow the paper's sliding window: front
+depth m of L3 is paired with the L6 depths around the proportional one (2m - 1, 2m, 2m + 1).
+Each stitch starts from least squares on article-token activations, A = pinv([X, 1]) Y, then
+trains briefly with one randomly drawn configuration per batch (as SN-Net samples one
+stitch per iteration): contrastive query -> gold article over the whole (fixed) article
+index, plus distillation to the full L6 query embedding. The anchors stay frozen, so the
+anchor points keep their exact pretrained behaviour.
+
+CoLa (chain-of-layers): Monte Carlo Tree Search over edits of L6's layer chain (skip or
+repeat a contiguous block of up to 4 layers), reward = share of training queries whose gold
+article ranks first, minus a penalty on chain length; the best chain per depth is kept.
+"""
+import math
+import random
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import common
+
+torch.set_num_threads(max(1, torch.get_num_threads()))
+
+STITCHES = [(m, n) for m in (1, 2) for n in (2 * m - 1, 2 * m, 2 * m + 1)]
+
+
+def stitch_name(m, n):
+    return f"l3.{m}-l6.{n}"
+
+
+class Encoders:
+    """Both anchors in torch, with the weights exactly as the shipped blocks compute."""
+
+    def __init__(self, l3, l6, tok):
+        self.tok = tok
+        self.l3_embed, self.l3_layers = common.torch_modules(l3)
+        self.l6_embed, self.l6_layers = common.torch_modules(l6)
+
+    def batches(self, texts, size=64):
+        # Sorting by length keeps padding small; `order` undoes it.
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        sorted_texts = [texts[i] for i in order]
+        return order, list(common.batches(self.tok, sorted_texts, size))
+
+    @torch.no_grad()
+    def encode(self, texts, chain, size=64):
+        """Embeddings of `texts` along a chain: ('l3'|'l6', [layer ids]) or a stitch tuple."""
+        order, batches = self.batches(texts, size)
+        out = []
+        for ids, mask in batches:
+            out.append(self.run(ids, mask, chain))
+        embs = torch.cat(out)
+        result = torch.empty_like(embs)
+        result[torch.tensor(order)] = embs
+        return result
+
+    def run(self, ids, mask, chain, stitch=None):
+        kind = chain[0]
+        if kind == "stitch":
+            _, m, n = chain
+            x = self.l3_embed(ids)
+            for layer in self.l3_layers[:m]:
+                x = layer(x, mask)
+            x = stitch(x) if stitch is not None else x
+            for layer in self.l6_layers[n:]:
+                x = layer(x, mask)
+            return common.pool(x, mask)
+        embed, layers = (self.l3_embed, self.l3_layers) if kind == "l3" else (self.l6_embed, self.l6_layers)
+        x = embed(ids)
+        for i in chain[1]:
+            x = layers[i](x, mask)
+        return common.pool(x, mask)
+
+
+def article_text(article):
+    return f"{article['heading']}: {article['text']}" if article["heading"] else article["text"]
+
+
+def rank_of_gold(query_embs, article_embs, golds, article_index):
+    """Best (0-based) rank of any gold article per query."""
+    scores = query_embs @ article_embs.T
+    ranks = []
+    for row, gold in zip(scores, golds):
+        gold_ids = [article_index[g] for g in gold]
+        best = row[gold_ids].max()
+        ranks.append(int((row > best).sum()))
+    return np.array(ranks)
+
+
+# ---------------------------------------------------------------- SN-Net
+
+def token_activations(enc, texts, max_tokens=20000, seed=0):
+    """Hidden states after each L3 and L6 layer on the same (unpadded) article tokens.
+
+    Returns ({m: X [tokens, 384]} for L3, {n: Y} for L6), a fixed random subset of tokens.
+    """
+    l3, l6 = {}, {}
+    with torch.no_grad():
+        _, batches = enc.batches(texts, 32)
+        for ids, mask in batches:
+            keep = mask.bool()
+            x = enc.l3_embed(ids)
+            for m, layer in enumerate(enc.l3_layers, start=1):
+                x = layer(x, mask)
+                l3.setdefault(m, []).append(x[keep])
+            y = enc.l6_embed(ids)
+            for n, layer in enumerate(enc.l6_layers, start=1):
+                y = layer(y, mask)
+                l6.setdefault(n, []).append(y[keep])
+    total = sum(len(t) for t in l3[1])
+    pick = torch.randperm(total, generator=torch.Generator().manual_seed(seed))[:max_tokens]
+    return ({m: torch.cat(v)[pick] for m, v in l3.items()}, {n: torch.cat(v)[pick] for n, v in l6.items()})
+
+
+def least_squares_stitch(x, y, ridge=1e-4):
+    """A = pinv([X, 1]) Y: the stitch's weight [384, 384] and bias [384].
+
+    Solved as ridge regression, (X1'X1 + r I) A = X1'Y with r = ridge * mean eigenvalue:
+    LayerNorm outputs nearly lie in a hyperplane, so the plain least-squares solution has
+    weights in the thousands that cancel each other (and do not survive int8 storage);
+    the ridge term picks the small-norm solution that pinv with a cutoff would, at the same
+    fit (measured: identical cosine to L6 to 3 decimals).
+    """
+    x1 = torch.cat([x, torch.ones(len(x), 1)], dim=1).double()
+    gram = x1.T @ x1
+    reg = ridge * torch.trace(gram) / gram.shape[0]
+    solution = torch.linalg.solve(gram + reg * torch.eye(gram.shape[0], dtype=gram.dtype), x1.T @ y.double())
+    solution = solution.float()
+    return solution[:-1].clone(), solution[-1].clone()
+
+
+def train_stitches(enc, articles, article_embs, train_queries, steps, log, seed=0):
+    """Least-squares init, then joint training with one sampled stitch per batch."""
+    rng = random.Random(seed)
+    torch.manual_seed(seed)
+    texts = [article_text(a) for a in articles]
+    index = {a["id"]: i for i, a in enumerate(articles)}
+    stitches = {}
+    front, back = token_activations(enc, texts)
+    for m, n in STITCHES:
+        w, b = least_squares_stitch(front[m], back[n])
+        stitches[(m, n)] = torch.nn.Linear(common.HIDDEN, common.HIDDEN)
+        with torch.no_grad():
+            stitches[(m, n)].weight.copy_(w.T)
+            stitches[(m, n)].bias.copy_(b)
+    params = [p for s in stitches.values() for p in s.parameters()]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    qtexts = [q["text"] for q in train_queries]
+    teacher = enc.encode(qtexts, ("l6", list(range(6))))
+    gold = [index[q["gold"][0]] for q in train_queries]
+    targets = article_embs
+    batch = 32
+    for step in range(steps):
+        pick = rng.sample(range(len(train_queries)), batch)
+        m, n = rng.choice(STITCHES)
+        ids, mask = next(common.batches(enc.tok, [qtexts[i] for i in pick], batch))
+        emb = enc.run(ids, mask, ("stitch", m, n), stitches[(m, n)])
+        logits = emb @ targets.T / 0.05
+        contrastive = F.cross_entropy(logits, torch.tensor([gold[i] for i in pick]))
+        distill = (1 - (emb * teacher[pick]).sum(-1)).mean()
+        loss = contrastive + 10.0 * distill
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+        if step % 20 == 0 or step == steps - 1:
+            log(f"  step {step:4d} stitch {stitch_name(m, n)} contrastive {contrastive.item():.3f} "
+                f"distill {distill.item():.4f}")
+    return {k: (s.weight.detach().T.numpy().copy(), s.bias.detach().numpy().copy())
+            for k, s in stitches.items()}
+
+
+# ---------------------------------------------------------------- CoLa
+
+def edits(chain, max_block=4, max_repeat=4, max_len=10):
+    """Chains one skip or repeat of a contiguous block away from `chain`."""
+    out = set()
+    for start in range(len(chain)):
+        for k in range(1, max_block + 1):
+            if start + k > len(chain):
+                break
+            block = chain[start:start + k]
+            if len(chain) - k >= 1:
+                out.add(tuple(chain[:start] + chain[start + k:]))
+            for r in range(1, max_repeat + 1):
+                longer = chain[:start + k] + block * r + chain[start + k:]
+                if len(longer) <= max_len:
+                    out.add(tuple(longer))
+    out.discard(tuple(chain))
+    return sorted(out)
+
+
+class ChainEvaluator:
+    """Correctness per query of a chain, with hidden states cached per chain prefix."""
+
+    def __init__(self, enc, texts, golds, article_embs, article_index):
+        self.enc, self.golds = enc, golds
+        self.article_embs, self.article_index = article_embs, article_index
+        self.order, self.batches = enc.batches(texts, 128)
+        with torch.no_grad():
+            self.cache = {(): [enc.l6_embed(ids) for ids, _ in self.batches]}
+        self.results = {}
+
+    @torch.no_grad()
+    def hidden(self, chain):
+        chain = tuple(chain)
+        if chain not in self.cache:
+            prev = self.hidden(chain[:-1])
+            layer = self.enc.l6_layers[chain[-1]]
+            self.cache[chain] = [layer(x, mask) for x, (_, mask) in zip(prev, self.batches)]
+            if len(self.cache) > 400:  # keep memory bounded; the root and short prefixes stay
+                for key in sorted(self.cache, key=len, reverse=True)[:100]:
+                    if key != chain:
+                        del self.cache[key]
+        return self.cache[chain]
+
+    @torch.no_grad()
+    def correct(self, chain):
+        chain = tuple(chain)
+        if chain not in self.results:
+            embs = torch.cat([common.pool(x, mask) for x, (_, mask) in zip(self.hidden(chain), self.batches)])
+            unsorted = torch.empty_like(embs)
+            unsorted[torch.tensor(self.order)] = embs
+            ranks = rank_of_gold(unsorted.numpy(), self.article_embs, self.golds, self.article_index)
+            self.results[chain] = ranks == 0
+        return self.results[chain]
+
+
+def cola_search(evaluator, simulations, penalty, log, seed=0, c=0.5):
+    """MCTS over chains; returns {chain: accuracy} of every evaluated chain."""
+    rng = random.Random(seed)
+    root = tuple(range(6))
+    evaluator.correct(root)
+    visits, value, children = {}, {}, {}
+
+    def reward(chain):
+        acc = float(evaluator.correct(chain).mean())
+        return acc - penalty * len(chain) / 6.0
+
+    for sim in range(simulations):
+        path, node = [root], root
+        # Selection: descend by UCB while the node is fully expanded.
+        while node in children and children[node] and all(ch in visits for ch in children[node]):
+            total = sum(visits[ch] for ch in children[node])
+            node = max(children[node], key=lambda ch: value[ch] / visits[ch]
+                       + c * math.sqrt(math.log(total + 1) / visits[ch]))
+            path.append(node)
+        # Expansion: one untried child.
+        if node not in children:
+            children[node] = edits(list(node))
+        untried = [ch for ch in children[node] if ch not in visits]
+        if untried:
+            node = rng.choice(untried)
+            path.append(node)
+        # Simulation: one random further edit (a short rollout), best of node and rollout.
+        r = reward(node)
+        rollout = edits(list(node))
+        if rollout:
+            r = max(r, reward(rng.choice(rollout)))
+        for n in path:
+            visits[n] = visits.get(n, 0) + 1
+            value[n] = value.get(n, 0.0) + r
+        if sim % 25 == 0:
+            log(f"  simulation {sim:4d}: {len(evaluator.results)} chains evaluated")
+    return {chain: float(ok.mean()) for chain, ok in evaluator.results.items()}

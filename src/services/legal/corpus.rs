@@ -1,0 +1,220 @@
+//! The statute text and the exam queries, parsed from the COLIEE files.
+//!
+//! The corpus is the service's document collection: the service reads it at start from a
+//! configurable path. The rules here are the ones `export/legal/common.py` uses to build the
+//! shipped index, so both agree on article order and sentences.
+
+use std::path::Path;
+
+use super::LegalError;
+
+/// One article of the code.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Article {
+    /// `"1"`, `"398-2"`, ...
+    pub id: String,
+    /// The `(heading)` line right before the article, without parentheses.
+    pub heading: Option<String>,
+    /// Paragraphs and items, one per line.
+    pub text: String,
+}
+
+impl Article {
+    /// What the encoders embed: the heading, a colon, the text.
+    pub fn embedding_text(&self) -> String {
+        match &self.heading {
+            Some(h) => format!("{h}: {}", self.text),
+            None => self.text.clone(),
+        }
+    }
+
+    /// The units attentive scoring weighs: the article's paragraphs and items (its lines).
+    pub fn sentences(&self) -> impl Iterator<Item = &str> {
+        self.text.lines().filter(|l| !l.trim().is_empty())
+    }
+}
+
+/// An exam query with its gold articles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub id: String,
+    pub text: String,
+    pub gold: Vec<String>,
+}
+
+/// `Article 398-2  text` -> (`398-2`, `text`).
+fn article_line(line: &str) -> Option<(&str, &str)> {
+    let rest = line.strip_prefix("Article ")?;
+    let id_len = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(rest.len());
+    let id = &rest[..id_len];
+    let valid = !id.is_empty()
+        && id
+            .split('-')
+            .all(|part| !part.is_empty() && part.bytes().all(|b| b.is_ascii_digit()));
+    valid.then(|| (id, rest[id_len..].trim()))
+}
+
+/// Part, Chapter, Section, Subsection or Division headings end the article before them.
+fn structure_line(line: &str) -> bool {
+    let mut words = line.split_whitespace();
+    let (Some(kind), Some(number)) = (words.next(), words.next()) else {
+        return false;
+    };
+    matches!(
+        kind,
+        "Part" | "Chapter" | "Section" | "Subsection" | "Division"
+    ) && number
+        .chars()
+        .all(|c| c.is_ascii_digit() || "IVXLCDM".contains(c))
+}
+
+fn heading_line(line: &str) -> bool {
+    line.starts_with('(') && line.ends_with(')')
+}
+
+/// Parses the code's text: articles in order, deleted ones left out.
+pub fn parse_code(text: &str) -> Vec<Article> {
+    let lines: Vec<&str> = text
+        .trim_start_matches('\u{feff}')
+        .lines()
+        .map(str::trim)
+        .collect();
+    let mut articles: Vec<Article> = Vec::new();
+    // Whether lines that follow belong to the last article pushed.
+    let mut open = false;
+    for (i, line) in lines.iter().enumerate() {
+        if let Some((id, body)) = article_line(line) {
+            let heading = i
+                .checked_sub(1)
+                .map(|p| lines[p])
+                .filter(|p| heading_line(p))
+                .map(|p| p[1..p.len() - 1].to_string());
+            open = body != "Deleted";
+            if open {
+                articles.push(Article {
+                    id: id.to_string(),
+                    heading,
+                    text: body.to_string(),
+                });
+            }
+            continue;
+        }
+        let next_is_article = lines.get(i + 1).is_some_and(|n| article_line(n).is_some());
+        if line.is_empty()
+            || structure_line(line)
+            || (heading_line(line) && next_is_article)
+            || line.starts_with("Articles ")
+        {
+            open = false;
+            continue;
+        }
+        if open && let Some(article) = articles.last_mut() {
+            article.text.push('\n');
+            article.text.push_str(line);
+        }
+    }
+    articles
+}
+
+/// Reads and parses the code from a file.
+pub fn read_code(path: &Path) -> Result<Vec<Article>, LegalError> {
+    let text = std::fs::read_to_string(path).map_err(|source| LegalError::Corpus {
+        path: path.to_path_buf(),
+        message: source.to_string(),
+    })?;
+    let articles = parse_code(&text);
+    if articles.is_empty() {
+        return Err(LegalError::Corpus {
+            path: path.to_path_buf(),
+            message: "no `Article N` lines found".into(),
+        });
+    }
+    Ok(articles)
+}
+
+/// Parses a COLIEE `riteval_*.xml` file: `<pair id><t1>gold articles</t1><t2>query</t2>`.
+pub fn parse_queries(xml: &str) -> Result<Vec<Query>, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
+    let mut queries = Vec::new();
+    for pair in doc.descendants().filter(|n| n.has_tag_name("pair")) {
+        let id = pair.attribute("id").ok_or("a <pair> without id")?;
+        let child_text = |tag: &str| {
+            pair.children()
+                .find(|c| c.has_tag_name(tag))
+                .and_then(|c| c.text())
+                .ok_or_else(|| format!("{id}: no <{tag}>"))
+        };
+        let gold = child_text("t1")?
+            .lines()
+            .filter_map(|l| article_line_prefix(l.trim()))
+            .map(str::to_string)
+            .collect();
+        queries.push(Query {
+            id: id.to_string(),
+            text: child_text("t2")?.trim().to_string(),
+            gold,
+        });
+    }
+    Ok(queries)
+}
+
+/// The id of a gold line `Article 537(1) ...` (no space is required after the id there).
+fn article_line_prefix(line: &str) -> Option<&str> {
+    let rest = line.strip_prefix("Article ")?;
+    let end = rest
+        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
+        .unwrap_or(rest.len());
+    let id = rest[..end].trim_end_matches('-');
+    (!id.is_empty()).then_some(id)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CODE: &str = "\u{feff}Civil Code\r\nPart I General Provisions\r\nChapter I Common Provisions\r\n\
+(Fundamental Principles)\r\nArticle 1  (1) Private rights must be congruent with the public welfare.\r\n\
+(2) Abuse of rights is not permitted.\r\nArticle 2  This Code must be construed.\r\n\
+Section 2 Mental Capacity\r\nArticle 3-2  If the person did not have mental capacity, the act is void.\r\n\
+Articles 38 to 84  Deleted\r\nArticle 208  Deleted\r\n(Age)\r\nArticle 4  The age of majority is 18.\r\n";
+
+    #[test]
+    fn parses_articles_headings_and_paragraphs() {
+        let articles = parse_code(CODE);
+        let ids: Vec<&str> = articles.iter().map(|a| a.id.as_str()).collect();
+        assert_eq!(ids, ["1", "2", "3-2", "4"]);
+        assert_eq!(
+            articles[0].heading.as_deref(),
+            Some("Fundamental Principles")
+        );
+        assert_eq!(
+            articles[0].text,
+            "(1) Private rights must be congruent with the public welfare.\n(2) Abuse of rights is not permitted."
+        );
+        assert_eq!(articles[1].heading, None);
+        assert_eq!(
+            articles[2].text,
+            "If the person did not have mental capacity, the act is void."
+        );
+        assert_eq!(articles[3].heading.as_deref(), Some("Age"));
+        assert_eq!(articles[0].sentences().count(), 2);
+        assert_eq!(
+            articles[3].embedding_text(),
+            "Age: The age of majority is 18."
+        );
+    }
+
+    #[test]
+    fn parses_queries_with_gold_articles() {
+        let xml = "<?xml version=\"1.0\"?><dataset><pair id=\"R05-01-A\" label=\"Y\"><t1>\n(Heading)\n\
+Article 537(1) If one party promises...\n(2) The validity...\nArticle 3-2 If the person...\n</t1>\
+<t2>\nThe validity of a contract.\n</t2></pair></dataset>";
+        let queries = parse_queries(xml).unwrap();
+        assert_eq!(queries.len(), 1);
+        assert_eq!(queries[0].id, "R05-01-A");
+        assert_eq!(queries[0].text, "The validity of a contract.");
+        assert_eq!(queries[0].gold, ["537", "3-2"]);
+    }
+}
