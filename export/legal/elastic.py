@@ -269,3 +269,134 @@ def cola_search(evaluator, simulations, penalty, log, seed=0, c=0.5):
         if sim % 25 == 0:
             log(f"  simulation {sim:4d}: {len(evaluator.results)} chains evaluated")
     return {chain: float(ok.mean()) for chain, ok in evaluator.results.items()}
+
+
+# ---------------------------------------------------------------- fine-tuning L6's top layers
+
+class TrainableLayer(torch.nn.Module):
+    """One BERT layer with trainable weights, computing what common.torch_modules computes."""
+
+    NAMES = ("q_w", "q_b", "k_w", "k_b", "v_w", "v_b", "o_w", "o_b", "i_w", "i_b", "f_w", "f_b",
+             "ln1_w", "ln1_b", "ln2_w", "ln2_b")
+
+    def __init__(self, weights, i):
+        super().__init__()
+        self.p = torch.nn.ParameterDict({
+            n: torch.nn.Parameter(torch.from_numpy(np.array(weights[f"layer{i}.{n}"], dtype=np.float32)))
+            for n in self.NAMES})
+
+    def forward(self, x, mask):
+        p = self.p
+        b, s, _ = x.shape
+        heads = lambda y: y.view(b, s, common.HEADS, common.HIDDEN // common.HEADS).transpose(1, 2)
+        q, k, v = (heads(x @ p[f"{n}_w"] + p[f"{n}_b"]) for n in "qkv")
+        scores = q @ k.transpose(-1, -2) / math.sqrt(common.HIDDEN // common.HEADS)
+        scores = scores + (1.0 - mask)[:, None, None, :] * -10000.0
+        ctx = (scores.softmax(-1) @ v).transpose(1, 2).reshape(b, s, common.HIDDEN)
+        a = F.layer_norm(ctx @ p["o_w"] + p["o_b"] + x, (common.HIDDEN,), p["ln1_w"], p["ln1_b"], common.LN_EPS)
+        h = F.gelu(a @ p["i_w"] + p["i_b"])
+        return F.layer_norm(h @ p["f_w"] + p["f_b"] + a, (common.HIDDEN,), p["ln2_w"], p["ln2_b"], common.LN_EPS)
+
+    def export(self, i):
+        return {f"layer{i}.{n}": t.detach().numpy().copy() for n, t in self.p.items()}
+
+
+def hidden_below(enc, texts, first_tuned, size=32):
+    """Per text, L6's hidden states (real tokens only) entering layer `first_tuned`."""
+    out = [None] * len(texts)
+    with torch.no_grad():
+        order, batches = enc.batches(texts, size)
+        pos = 0
+        for ids, mask in batches:
+            x = enc.l6_embed(ids)
+            for layer in enc.l6_layers[:first_tuned]:
+                x = layer(x, mask)
+            for row in range(len(ids)):
+                n = int(mask[row].sum())
+                out[order[pos]] = x[row, :n].clone()
+                pos += 1
+    return out
+
+
+def pad(rows):
+    s = max(len(r) for r in rows)
+    x = torch.zeros(len(rows), s, common.HIDDEN)
+    mask = torch.zeros(len(rows), s)
+    for i, r in enumerate(rows):
+        x[i, :len(r)] = r
+        mask[i, :len(r)] = 1.0
+    return x, mask
+
+
+def finetune_top(enc, l6_weights, articles, train_queries, valid_queries, tuned_layers, epochs, log, seed=0):
+    """Contrastive fine-tuning of L6's top layers, shared by queries and articles.
+
+    Layers below stay frozen (their outputs are computed once), so a step costs two layers.
+    Negatives: every other article, from embeddings refreshed each epoch. Returns the new
+    weights of the tuned layers at the epoch with the best validation R@1 (validation is a
+    held-out year, so the test year is never looked at) and the validation R@1 after each
+    epoch (epoch 0 = before).
+    """
+    torch.manual_seed(seed)
+    rng = random.Random(seed)
+    first = 6 - tuned_layers
+    layers = torch.nn.ModuleList([TrainableLayer(l6_weights, i) for i in range(first, 6)])
+    index = {a["id"]: i for i, a in enumerate(articles)}
+    a_rows = hidden_below(enc, [article_text(a) for a in articles], first)
+    q_rows = hidden_below(enc, [q["text"] for q in train_queries], first)
+    v_rows = hidden_below(enc, [q["text"] for q in valid_queries], first)
+    gold = [index[q["gold"][0]] for q in train_queries]
+
+    def top(rows):
+        x, mask = pad(rows)
+        for layer in layers:
+            x = layer(x, mask)
+        return common.pool(x, mask)
+
+    @torch.no_grad()
+    def encode_all(rows, size=64):
+        order = sorted(range(len(rows)), key=lambda i: len(rows[i]))
+        out = torch.empty(len(rows), common.HIDDEN)
+        for s in range(0, len(order), size):
+            chunk = order[s:s + size]
+            out[torch.tensor(chunk)] = top([rows[i] for i in chunk])
+        return out
+
+    def valid_r1(article_embs):
+        ranks = rank_of_gold(encode_all(v_rows).numpy(), article_embs.numpy(),
+                             [q["gold"] for q in valid_queries], index)
+        return float((ranks == 0).mean())
+
+    opt = torch.optim.AdamW(layers.parameters(), lr=2e-5, weight_decay=0.01)
+    article_embs = encode_all(a_rows)
+    history = [valid_r1(article_embs)]
+    log(f"  fine-tune epoch 0: validation R@1 {history[-1]:.3f}")
+    best = (history[0], {k: v.detach().clone() for k, v in layers.state_dict().items()})
+    batch = 32
+    for epoch in range(1, epochs + 1):
+        order = list(range(len(train_queries)))
+        rng.shuffle(order)
+        for s in range(0, len(order) - batch + 1, batch):
+            pick = order[s:s + batch]
+            q = top([q_rows[i] for i in pick])
+            golds = sorted({gold[i] for i in pick})
+            fresh = top([a_rows[g] for g in golds])
+            stale = article_embs.clone()
+            keep = torch.ones(len(articles), dtype=torch.bool)
+            keep[torch.tensor(golds)] = False
+            candidates = torch.cat([fresh, stale[keep]])
+            target = torch.tensor([golds.index(gold[i]) for i in pick])
+            loss = F.cross_entropy(q @ candidates.T / 0.05, target)
+            opt.zero_grad()
+            loss.backward()
+            opt.step()
+        article_embs = encode_all(a_rows)
+        history.append(valid_r1(article_embs))
+        log(f"  fine-tune epoch {epoch}: loss {loss.item():.3f}, validation R@1 {history[-1]:.3f}")
+        if history[-1] > best[0]:
+            best = (history[-1], {k: v.detach().clone() for k, v in layers.state_dict().items()})
+    layers.load_state_dict(best[1])
+    tuned = {}
+    for layer, i in zip(layers, range(first, 6)):
+        tuned.update(layer.export(i))
+    return tuned, history

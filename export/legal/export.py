@@ -108,12 +108,16 @@ def main():
     ap.add_argument("--simulations", type=int, default=150, help="CoLa MCTS simulations")
     ap.add_argument("--cola-queries", type=int, default=400,
                     help="training queries the MCTS reward is measured on (a fixed random subset)")
+    ap.add_argument("--tune-layers", type=int, default=2,
+                    help="L6's top layers fine-tuned on H18..R03 (0 = keep the pretrained anchor)")
+    ap.add_argument("--tune-epochs", type=int, default=3,
+                    help="fine-tuning epochs; the epoch with the best R04 R@1 is kept")
     ap.add_argument("--points-only", action="store_true")
     args = ap.parse_args()
     out = args.out
     if args.points_only:
         report = json.loads(REPORT.read_text())
-        write_manifest(out, report["files"], report["points"])
+        write_manifest(out, report["files"], report["points"], report.get("finetune"))
         return
     torch.manual_seed(0)
     random.seed(0)
@@ -132,6 +136,18 @@ def main():
     # 1. blocks ------------------------------------------------------------------------
     log("1. blocks")
     original = {k: common.load_weights(k) for k in ("l3", "l6")}
+    if args.tune_layers:
+        # Domain adaptation first, so every L6 block, stitch and chain below builds on it.
+        log(f"0. fine-tuning L6's top {args.tune_layers} layers")
+        pre = elastic.Encoders(blocks.dequantized(original["l3"]), blocks.dequantized(original["l6"]), tok)
+        t0 = time.time()
+        tuned, history = elastic.finetune_top(
+            pre, original["l6"], articles, common.queries(common.TRAIN_YEARS[:-1]),
+            common.queries(common.TRAIN_YEARS[-1:]), args.tune_layers, args.tune_epochs, log)
+        original["l6"] = {**original["l6"], **tuned}
+        report["finetune"] = {"layers": args.tune_layers, "epochs": args.tune_epochs,
+                              "validation_year": common.TRAIN_YEARS[-1], "validation_r1_by_epoch": history,
+                              "seconds": round(time.time() - t0, 1)}
     shipped = {k: blocks.dequantized(w) for k, w in original.items()}
     for key, w in original.items():
         blocks.embeddings_block(w).SerializeToString()
@@ -322,11 +338,11 @@ def main():
     report["files"] = files
     report["points"] = {name: {"space": space, "chain": chain} for name, (space, chain) in chains.items()}
     common.write_json(REPORT, report)
-    write_manifest(out, files, report["points"])
+    write_manifest(out, files, report["points"], report.get("finetune"))
     log("done")
 
 
-def describe(name):
+def describe(name, finetune=None):
     if name == "tokenizer.json":
         return ("tokenizer", "BERT uncased WordPiece tokenizer of all-MiniLM-L6-v2, padding off, truncation at "
                 f"{common.MAX_TOKENS}", "l6", "padding removed, truncation set")
@@ -345,15 +361,19 @@ def describe(name):
         return ("index", f"{name[6:8].upper()} embeddings of the Civil Code {kind}: {what}", name[6:8],
                 "computed by export/legal/export.py from ../shared/data/legal/coliee")
     key = name[:2]
-    return ("layer", f"{key.upper()} transformer layer {name.split('layer')[1][:-5]}", key,
-            "split into blocks; dense weights int8 per output column")
+    layer = int(name.split("layer")[1][:-5])
+    transform = "split into blocks; dense weights int8 per output column"
+    if key == "l6" and finetune and layer >= 6 - finetune["layers"]:
+        transform = ("fine-tuned on COLIEE H18..R03 (contrastive, top layers only, best epoch on R04); "
+                     + transform)
+    return ("layer", f"{key.upper()} transformer layer {layer}", key, transform)
 
 
 def toml_str(s):
     return json.dumps(s, ensure_ascii=False)
 
 
-def write_manifest(out, files, points):
+def write_manifest(out, files, points, finetune=None):
     measured = json.loads(POINTS_FILE.read_text()) if POINTS_FILE.exists() else None
     quality = {p["name"]: p["quality"] for p in measured["points"]} if measured else {}
     lines = ["# Written by export/legal/export.py; do not edit by hand.",
@@ -363,7 +383,7 @@ def write_manifest(out, files, points):
         lines.append("quality_metric = " + toml_str(measured["metric"]))
     lines.append("")
     for f in files:
-        role, description, key, transform = describe(f["file"])
+        role, description, key, transform = describe(f["file"], finetune)
         lines.append("[[files]]")
         lines.append(f"file = {toml_str(f['file'])}")
         lines.append(f"role = {toml_str(role)}")

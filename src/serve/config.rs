@@ -248,6 +248,12 @@ workers = 2
         let c: ServeConfig = toml::from_str(include_str!("../../deploy/edgerun.toml")).unwrap();
         c.validate().unwrap();
         assert_eq!(c.device, "orin-07");
+        assert_eq!(
+            c.services["legal"].corpus.as_deref(),
+            Some(std::path::Path::new(
+                "/usr/local/share/edgerun/civil_code_en-1to724-2.txt"
+            ))
+        );
         assert_eq!(c.engine.threads, 2);
         assert_eq!(c.engine.backend, Backend::Ort);
         assert_eq!(
