@@ -530,6 +530,8 @@ impl ServeProcess {
                     device,
                     "--queue",
                     "64",
+                    "--services",
+                    "ocr,echo",
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())

@@ -32,6 +32,10 @@ pub struct ServeArgs {
     /// An existing broker, `mqtt://host:port`; without one an embedded broker is started.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
+    /// Serve only these services (default: the configuration's, or echo, ocr and, where its
+    /// corpus is present, legal).
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub services: Option<Vec<String>>,
     #[arg(long)]
     pub username: Option<String>,
     #[arg(long)]
@@ -81,6 +85,20 @@ impl ServeArgs {
         set(&mut config.device, &self.device);
         set(&mut config.prefix, &self.prefix);
         config.broker = self.broker.clone().or(config.broker);
+        if let Some(names) = &self.services {
+            let mut chosen = std::collections::BTreeMap::new();
+            for name in names {
+                if !KNOWN_SERVICES.contains(&name.as_str()) {
+                    anyhow::bail!(
+                        "unknown service {name:?} (known: {})",
+                        KNOWN_SERVICES.join(", ")
+                    );
+                }
+                let settings = config.services.remove(name).unwrap_or_default();
+                chosen.insert(name.clone(), settings);
+            }
+            config.services = chosen;
+        }
         config.username = self.username.clone().or(config.username);
         config.password = self.password.clone().or(config.password);
         if let Some(bind) = self.bind {
@@ -110,6 +128,9 @@ impl ServeArgs {
     }
 }
 
+/// The services this build can serve.
+const KNOWN_SERVICES: &[&str] = &["ocr", "legal", "echo"];
+
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     let config = args.resolve()?;
     let runtime = Runtime::new(global, config.engine.clone())?;
@@ -129,7 +150,8 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
             "echo" => services.push(Arc::new(EchoService)),
             other => {
                 anyhow::bail!(
-                    "unknown service {other:?} in the configuration (known: ocr, legal, echo)"
+                    "unknown service {other:?} in the configuration (known: {})",
+                    KNOWN_SERVICES.join(", ")
                 )
             }
         }
@@ -188,6 +210,15 @@ mod tests {
             panic!("not serve");
         };
         serve.resolve()
+    }
+
+    #[test]
+    fn the_services_flag_picks_the_services() {
+        let config = resolve(&["edgerun", "serve", "--services", "ocr,echo"]).unwrap();
+        let names: Vec<&str> = config.services.keys().map(String::as_str).collect();
+        assert_eq!(names, ["echo", "ocr"]);
+        let err = resolve(&["edgerun", "serve", "--services", "ocr,vision"]).unwrap_err();
+        assert!(err.to_string().contains("vision"), "{err}");
     }
 
     #[test]
