@@ -53,9 +53,12 @@ pub enum LegalError {
     Model(String),
     #[error("corpus {path}: {message}")]
     Corpus { path: PathBuf, message: String },
-    /// The request itself is wrong (empty, too long, unknown point, ...).
+    /// The request itself is wrong (empty, unknown point, ...).
     #[error("{0}")]
     BadQuery(String),
+    /// The query is longer than [`MAX_QUERY_BYTES`].
+    #[error("the query is {0} bytes; at most {MAX_QUERY_BYTES} are accepted")]
+    TooLarge(usize),
 }
 
 /// An operating point: the chain of blocks the query runs through and the index it is
@@ -248,10 +251,7 @@ impl Legal {
             return Err(LegalError::BadQuery("the query is empty".into()));
         }
         if query.len() > MAX_QUERY_BYTES {
-            return Err(LegalError::BadQuery(format!(
-                "the query is {} bytes; at most {MAX_QUERY_BYTES} are accepted",
-                query.len()
-            )));
+            return Err(LegalError::TooLarge(query.len()));
         }
         Ok(trimmed)
     }

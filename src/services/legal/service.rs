@@ -36,9 +36,7 @@ impl LegalService {
 
 fn service_error(e: LegalError) -> ServiceError {
     match e {
-        LegalError::BadQuery(message) if message.contains("bytes; at most") => {
-            ServiceError::new("too_large", message)
-        }
+        LegalError::TooLarge(_) => ServiceError::new("too_large", e),
         LegalError::BadQuery(message) => ServiceError::new("bad_request", message),
         other => ServiceError::new("internal", other),
     }
@@ -80,13 +78,7 @@ impl Service for LegalService {
                     }
                 }
                 if bytes.len() > MAX_QUERY_BYTES {
-                    return Err(ServiceError::new(
-                        "too_large",
-                        format!(
-                            "the query is {} bytes; at most {MAX_QUERY_BYTES} are accepted",
-                            bytes.len()
-                        ),
-                    ));
+                    return Err(service_error(LegalError::TooLarge(bytes.len())));
                 }
                 let text = std::str::from_utf8(bytes).map_err(|e| {
                     ServiceError::new("bad_request", format!("the query is not UTF-8: {e}"))
