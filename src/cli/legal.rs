@@ -93,7 +93,7 @@ pub fn run(global: &GlobalArgs, args: &LegalArgs) -> Result<ExitCode> {
                 Err(e) => {
                     println!(
                         "{}",
-                        json!({"error": {"code": "bad_request", "message": e.to_string()}})
+                        json!({"error": {"code": e.code(), "message": e.to_string()}})
                     );
                     Ok(ExitCode::from(1))
                 }

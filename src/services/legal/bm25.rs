@@ -188,12 +188,12 @@ pub struct Bm25 {
 }
 
 impl Bm25 {
-    pub fn new<'a>(documents: impl IntoIterator<Item = &'a str>, params: Bm25Params) -> Bm25 {
+    pub fn new(documents: impl IntoIterator<Item = impl AsRef<str>>, params: Bm25Params) -> Bm25 {
         let analyzer = Analyzer::default();
         let mut postings: HashMap<String, Vec<(usize, u32)>> = HashMap::new();
         let mut lengths = Vec::new();
         for (doc, text) in documents.into_iter().enumerate() {
-            let terms = analyzer.terms(text);
+            let terms = analyzer.terms(text.as_ref());
             lengths.push(terms.len() as f32);
             let mut counts: HashMap<String, u32> = HashMap::new();
             for term in terms {

@@ -42,7 +42,8 @@ pub struct Query {
     pub gold: Vec<String>,
 }
 
-/// `Article 398-2  text` -> (`398-2`, `text`).
+/// `Article 398-2  text` -> (`398-2`, `text`); also `Article 537(1) text`, as gold
+/// articles are quoted in the query files.
 fn article_line(line: &str) -> Option<(&str, &str)> {
     let rest = line.strip_prefix("Article ")?;
     let id_len = rest
@@ -148,8 +149,8 @@ pub fn parse_queries(xml: &str) -> Result<Vec<Query>, String> {
         };
         let gold = child_text("t1")?
             .lines()
-            .filter_map(|l| article_line_prefix(l.trim()))
-            .map(str::to_string)
+            .filter_map(|l| article_line(l.trim()))
+            .map(|(id, _)| id.to_string())
             .collect();
         queries.push(Query {
             id: id.to_string(),
@@ -158,16 +159,6 @@ pub fn parse_queries(xml: &str) -> Result<Vec<Query>, String> {
         });
     }
     Ok(queries)
-}
-
-/// The id of a gold line `Article 537(1) ...` (no space is required after the id there).
-fn article_line_prefix(line: &str) -> Option<&str> {
-    let rest = line.strip_prefix("Article ")?;
-    let end = rest
-        .find(|c: char| !(c.is_ascii_digit() || c == '-'))
-        .unwrap_or(rest.len());
-    let id = rest[..end].trim_end_matches('-');
-    (!id.is_empty()).then_some(id)
 }
 
 #[cfg(test)]

@@ -61,6 +61,17 @@ pub enum LegalError {
     TooLarge(usize),
 }
 
+impl LegalError {
+    /// The stable code a client sees (`bad_request`, `too_large`, `internal`).
+    pub fn code(&self) -> &'static str {
+        match self {
+            LegalError::BadQuery(_) => "bad_request",
+            LegalError::TooLarge(_) => "too_large",
+            _ => "internal",
+        }
+    }
+}
+
 /// An operating point: the chain of blocks the query runs through and the index it is
 /// compared with; no chain means BM25 alone.
 #[derive(Debug, Clone, PartialEq)]
@@ -174,12 +185,7 @@ impl Legal {
             None => ScoringSettings::default(),
         };
         let bm25 = Bm25::new(
-            articles
-                .iter()
-                .map(|a| a.embedding_text())
-                .collect::<Vec<_>>()
-                .iter()
-                .map(String::as_str),
+            articles.iter().map(Article::embedding_text),
             Bm25Params::default(),
         );
         Ok(Legal {

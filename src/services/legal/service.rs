@@ -35,11 +35,7 @@ impl LegalService {
 }
 
 fn service_error(e: LegalError) -> ServiceError {
-    match e {
-        LegalError::TooLarge(_) => ServiceError::new("too_large", e),
-        LegalError::BadQuery(message) => ServiceError::new("bad_request", message),
-        other => ServiceError::new("internal", other),
-    }
+    ServiceError::new(e.code(), e)
 }
 
 impl Service for LegalService {
