@@ -3,6 +3,7 @@
 //! Nothing here does inference itself.
 
 mod bench;
+mod generate;
 mod legal;
 mod ocr;
 mod profile;
@@ -17,6 +18,7 @@ use clap::{Args, Parser, Subcommand, ValueEnum};
 use crate::engine::{Backend, Provider};
 
 pub use self::bench::BenchArgs;
+pub use self::generate::GenerateArgs;
 pub use self::legal::LegalArgs;
 pub use self::ocr::OcrArgs;
 pub use self::profile::ProfileArgs;
@@ -73,6 +75,8 @@ pub enum Command {
     Ocr(OcrArgs),
     /// Find the Civil Code articles that answer a legal question.
     Legal(LegalArgs),
+    /// Draw a short word as an image with a distilled few-step generator.
+    Generate(GenerateArgs),
     /// Measure each operating point's latency and memory on this device; writes the profile
     /// cache `serve` adapts with, and a quality/latency Pareto chart.
     Profile(ProfileArgs),
@@ -94,6 +98,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Serve(args) => serve::run(&cli.global, &args),
         Command::Ocr(args) => ocr::run(&cli.global, &args),
         Command::Legal(args) => legal::run(&cli.global, &args),
+        Command::Generate(args) => generate::run(&cli.global, &args),
         Command::Profile(args) => profile::run(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
     }

@@ -15,6 +15,7 @@ use super::settings::{Runtime, Warm, ocr_options, point_choices};
 use crate::serve::{self, ServeConfig, ServiceConfig};
 use crate::services::Service;
 use crate::services::echo::EchoService;
+use crate::services::generate::GenerateService;
 use crate::services::legal::LegalService;
 use crate::services::ocr::OcrService;
 
@@ -129,7 +130,7 @@ impl ServeArgs {
 }
 
 /// The services this build can serve.
-const KNOWN_SERVICES: &[&str] = &["ocr", "legal", "echo"];
+const KNOWN_SERVICES: &[&str] = &["ocr", "legal", "generate", "echo"];
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     let config = args.resolve()?;
@@ -147,6 +148,9 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
                 let legal = runtime.legal(corpus, Warm::Up)?;
                 services.push(Arc::new(LegalService::new(Arc::new(legal))));
             }
+            "generate" => services.push(Arc::new(GenerateService::new(Arc::new(
+                runtime.generate(Warm::Up)?,
+            )))),
             "echo" => services.push(Arc::new(EchoService)),
             other => {
                 anyhow::bail!(

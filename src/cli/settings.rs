@@ -16,6 +16,7 @@ use crate::policy::profile;
 use crate::policy::{Controller, PolicyConfig, ProfileCache, ProfileKey};
 use crate::serve::{PointChoice, ServeConfig};
 use crate::services::Service;
+use crate::services::generate::Generate;
 use crate::services::legal::{self, Legal};
 use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 
@@ -92,6 +93,19 @@ impl Runtime {
             legal.warm_up()?;
         }
         Ok(legal)
+    }
+}
+
+impl Runtime {
+    /// Loads the text-to-image generators.
+    pub fn generate(&self, warm: Warm) -> Result<Generate> {
+        let generate = Generate::load(&self.models_root, self.engine.as_ref())
+            .context("loading the generate service")?;
+        if warm == Warm::Up {
+            generate.warm_up()?;
+        }
+        log_placements(&generate.placements());
+        Ok(generate)
     }
 }
 

@@ -4,6 +4,7 @@
 use std::net::SocketAddr;
 use std::time::Duration;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
@@ -20,6 +21,26 @@ pub struct RequestClient {
 
 /// An answer: the request's correlation id and the JSON body.
 pub type Answer = (String, Value);
+
+/// A JSON answer as it is; a media answer (a PNG) as `{"content_type", "meta",
+/// "payload_base64"}`, with `meta` parsed from its user property; `null` for anything else.
+fn answer_body(payload: &[u8], properties: Option<&PublishProperties>) -> Value {
+    let content_type = properties.and_then(|p| p.content_type.as_deref());
+    match content_type {
+        Some(media) if !media.starts_with("application/json") => {
+            let meta = properties
+                .and_then(|p| p.user_properties.iter().find(|(k, _)| k == "meta"))
+                .and_then(|(_, v)| serde_json::from_str(v).ok())
+                .unwrap_or(Value::Null);
+            serde_json::json!({
+                "content_type": media,
+                "meta": meta,
+                "payload_base64": base64::engine::general_purpose::STANDARD.encode(payload),
+            })
+        }
+        _ => serde_json::from_slice(payload).unwrap_or(Value::Null),
+    }
+}
 
 impl RequestClient {
     /// Connects (TCP_NODELAY on) and subscribes to its own reply topic.
@@ -39,8 +60,8 @@ impl RequestClient {
             loop {
                 match eventloop.poll().await {
                     Ok(Event::Incoming(Packet::Publish(p))) => {
+                        let body = answer_body(&p.payload, p.properties.as_ref());
                         let correlation = p.properties.and_then(|p| p.correlation_data);
-                        let body = serde_json::from_slice(&p.payload).unwrap_or(Value::Null);
                         if tx.send((correlation, body)).is_err() {
                             return;
                         }

@@ -16,6 +16,7 @@ use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde_json::Value;
 
 pub use crate::services::Payload as Body;
+use crate::services::Output;
 
 /// Where and how to answer a request.
 #[derive(Debug, Clone, PartialEq)]
@@ -25,6 +26,9 @@ pub struct Reply {
     pub correlation: Option<Bytes>,
     /// MQTT 3.1.1 fallback: the request's JSON `id`, echoed in the reply body.
     pub id: Option<Value>,
+    /// The request named its reply topic in the JSON body (the 3.1.1 fallback), so the
+    /// client may not read properties: everything goes in the body.
+    pub in_body: bool,
 }
 
 /// One request, taken off the wire.
@@ -82,6 +86,7 @@ impl Request {
                 topic,
                 correlation: properties.and_then(|p| p.correlation_data.clone()),
                 id: None,
+                in_body: false,
             }),
             None => json_reply(&mut body),
         }
@@ -130,6 +135,7 @@ fn json_reply(body: &mut Body) -> Option<Reply> {
         topic,
         correlation: None,
         id: map.remove("id"),
+        in_body: true,
     })
 }
 
@@ -182,12 +188,35 @@ impl Reply {
         serde_json::to_vec(&value).expect("JSON values always serialize")
     }
 
-    /// PUBLISH properties of the reply: correlation data echoed, JSON content type.
+    /// PUBLISH properties of a JSON reply: correlation data echoed, JSON content type.
     pub fn properties(&self) -> PublishProperties {
         PublishProperties {
             correlation_data: self.correlation.clone(),
             content_type: Some("application/json".into()),
             ..PublishProperties::default()
+        }
+    }
+
+    /// Payload and properties for `output`. Media go out as raw bytes with their content
+    /// type and the metadata as the user property `meta`, except to a 3.1.1 client (one
+    /// that named its reply topic in the body): it cannot read properties, so it gets the
+    /// JSON form with the bytes in base64.
+    pub fn encode(&self, output: Output) -> (Vec<u8>, PublishProperties) {
+        match output {
+            Output::Media {
+                content_type,
+                bytes,
+                meta,
+            } if !self.in_body => {
+                let properties = PublishProperties {
+                    correlation_data: self.correlation.clone(),
+                    content_type: Some(content_type.into()),
+                    user_properties: vec![("meta".into(), meta.to_string())],
+                    ..PublishProperties::default()
+                };
+                (bytes.to_vec(), properties)
+            }
+            other => (self.body(other.into_json()), self.properties()),
         }
     }
 }

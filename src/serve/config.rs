@@ -68,12 +68,13 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Echo and OCR always; legal retrieval too where its default corpus is present (it is the
+/// Echo, OCR and image generation always; legal retrieval too where its default corpus is present (it is the
 /// service's document collection, not a model, so it does not ship in `models/`).
 fn default_services() -> BTreeMap<String, ServiceConfig> {
     let mut services = BTreeMap::from([
         ("echo".to_string(), ServiceConfig::default()),
         ("ocr".to_string(), ServiceConfig::default()),
+        ("generate".to_string(), ServiceConfig::default()),
     ]);
     if crate::services::legal::default_corpus().is_file() {
         services.insert("legal".to_string(), ServiceConfig::default());

@@ -33,7 +33,7 @@ pub use self::config::{ServeConfig, ServiceConfig};
 use self::stats::ServiceStats;
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{EmbeddedBroker, Topics};
-use crate::services::{Service, ServiceError};
+use crate::services::{Output, Service, ServiceError};
 use crate::telemetry::{Monitor, Sampler};
 
 /// How often the device is sampled for the controllers (telemetry publishes less often).
@@ -52,7 +52,7 @@ struct Answer {
     request: Request,
     publish: Publish,
     connection: u64,
-    body: Value,
+    body: Output,
 }
 
 /// One service with its queue and statistics.
@@ -505,19 +505,20 @@ impl Dispatcher<'_> {
         if let Some(lane) = self.lanes.get(&answer.request.service) {
             lane.stats.answered.fetch_add(1, Ordering::Relaxed);
         }
-        if let Value::Object(map) = &mut answer.body {
+        if let Value::Object(map) = answer.body.json_mut() {
             // In a fleet, which device answered.
             map.insert("device".into(), Value::String(self.config.device.clone()));
         }
         if let Some(reply) = &answer.request.reply {
+            let (payload, properties) = reply.encode(answer.body);
             let published = self
                 .client
                 .publish_with_properties(
                     reply.topic.clone(),
                     QoS::AtLeastOnce,
                     false,
-                    reply.body(answer.body),
-                    reply.properties(),
+                    payload,
+                    properties,
                 )
                 .await;
             if let Err(e) = published {
@@ -540,8 +541,8 @@ impl Dispatcher<'_> {
     }
 }
 
-fn error_body(error: &ServiceError) -> Value {
-    json!({"error": {"code": error.code, "message": error.message}})
+fn error_body(error: &ServiceError) -> Output {
+    Output::Json(json!({"error": {"code": error.code, "message": error.message}}))
 }
 
 /// Starts a service's worker threads behind a queue of `settings.queue` requests.
@@ -631,7 +632,7 @@ fn serve_one(
     service: &dyn Service,
     policy: &LanePolicy,
     request: &Request,
-) -> Result<Value, ServiceError> {
+) -> Result<Output, ServiceError> {
     let steering = request
         .steering
         .as_ref()
@@ -643,24 +644,25 @@ fn serve_one(
         .map(|d| d.point.as_str())
         .or(steering.point.as_deref());
     let started = Instant::now();
-    let mut body = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        service.handle(request.content_type.as_deref(), &request.body, point)
+    let mut output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+        service.handle_output(request.content_type.as_deref(), &request.body, point)
     }))
     .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")))?;
+    let json = output.json_mut();
     if decision.is_none() && steering.deadline_ms.is_some() {
         // Not adaptive: say so, rather than let the client believe its deadline was planned for.
-        body["policy"] = policy.state();
+        json["policy"] = policy.state();
     }
     if let Some(decision) = decision {
         // A request that overrode the point's knobs ran something else: nothing to learn.
-        if body.get("point").and_then(Value::as_str) == Some(decision.point.as_str()) {
+        if json.get("point").and_then(Value::as_str) == Some(decision.point.as_str()) {
             policy.observe(&decision.point, started.elapsed().as_secs_f64() * 1e3);
         }
-        body["policy"] = json!({
+        json["policy"] = json!({
             "reason": decision.reason,
             "predicted_ms": decision.predicted_ms,
             "waited_ms": waited_ms,
         });
     }
-    Ok(body)
+    Ok(output)
 }

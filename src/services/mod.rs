@@ -2,9 +2,11 @@
 //! engines it loaded; none of them knows how requests arrive (CLI, MQTT) or are queued.
 
 pub mod echo;
+pub mod generate;
 pub mod legal;
 pub mod ocr;
 
+use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::Value;
 
@@ -26,6 +28,51 @@ pub enum Payload {
     Json(Value),
     /// Raw bytes, described by the content type (an image, say).
     Raw(Bytes),
+}
+
+/// A service's answer as a transport sends it.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Output {
+    /// A JSON document.
+    Json(Value),
+    /// Media bytes (a PNG image) with the JSON the answer would otherwise carry beside them;
+    /// MQTT sends the bytes as the payload and `meta` as a user property.
+    Media {
+        content_type: &'static str,
+        bytes: Bytes,
+        meta: Value,
+    },
+}
+
+impl Output {
+    /// The answer as one JSON document: media become `content_type` and `data_base64`
+    /// fields beside the metadata (for clients that asked for JSON or cannot read
+    /// properties).
+    pub fn into_json(self) -> Value {
+        match self {
+            Output::Json(value) => value,
+            Output::Media {
+                content_type,
+                bytes,
+                mut meta,
+            } => {
+                let data = base64::engine::general_purpose::STANDARD.encode(&bytes);
+                if let Value::Object(map) = &mut meta {
+                    map.insert("content_type".into(), content_type.into());
+                    map.insert("data_base64".into(), data.into());
+                }
+                meta
+            }
+        }
+    }
+
+    /// The JSON part: the whole answer, or the metadata of media.
+    pub fn json_mut(&mut self) -> &mut Value {
+        match self {
+            Output::Json(value) => value,
+            Output::Media { meta, .. } => meta,
+        }
+    }
 }
 
 /// A failed request, with a stable code clients can act on.
@@ -68,6 +115,17 @@ pub trait Service: Send + Sync {
         payload: &Payload,
         point: Option<&str>,
     ) -> Result<Value, ServiceError>;
+
+    /// Like [`Service::handle`], for a transport that can carry media: a service that
+    /// produces media (an image) answers with the bytes unless the request asked for JSON.
+    fn handle_output(
+        &self,
+        content_type: Option<&str>,
+        payload: &Payload,
+        point: Option<&str>,
+    ) -> Result<Output, ServiceError> {
+        self.handle(content_type, payload, point).map(Output::Json)
+    }
 
     /// The operating points the controller may choose among, with their offline quality.
     /// Empty for a service that is not elastic.

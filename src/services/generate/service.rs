@@ -1,0 +1,165 @@
+//! Image generation as a remote service.
+//!
+//! A request is JSON `{"prompt": "EDGE", "seed": 7, "format": "png"}` (`seed` optional,
+//! default 0; `format` `png`, the default, or `json`) or the prompt itself as UTF-8 text
+//! (content type `text/plain`). A PNG answer is the image bytes with content type
+//! `image/png` and the metadata (point, seed, evaluations, timings) as the MQTT v5 user
+//! property `meta`; a JSON answer carries the same metadata and the PNG in base64.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::{Value, json};
+
+use super::{Generate, GenerateError};
+use crate::policy::PointSpec;
+use crate::services::{Output, Payload, Service, ServiceError};
+
+/// A prompt payload longer than this (bytes) is refused before it is read: prompts are a
+/// few characters.
+pub const MAX_PROMPT_BYTES: usize = 256;
+
+pub struct GenerateService {
+    generate: Arc<Generate>,
+}
+
+#[derive(Debug, Default, Deserialize, PartialEq, Eq, Clone, Copy)]
+#[serde(rename_all = "lowercase")]
+enum Format {
+    #[default]
+    Png,
+    Json,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct JsonRequest {
+    prompt: String,
+    #[serde(default)]
+    seed: u64,
+    #[serde(default)]
+    format: Format,
+}
+
+impl GenerateService {
+    pub fn new(generate: Arc<Generate>) -> GenerateService {
+        GenerateService { generate }
+    }
+
+    fn request(
+        content_type: Option<&str>,
+        payload: &Payload,
+    ) -> Result<JsonRequest, ServiceError> {
+        match payload {
+            Payload::Json(value) => JsonRequest::deserialize(value)
+                .map_err(|e| ServiceError::new("bad_request", format!("bad JSON request: {e}"))),
+            Payload::Raw(bytes) => {
+                let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
+                match media {
+                    None | Some("text/plain") => {}
+                    Some("application/json") => {
+                        return Err(ServiceError::new("bad_request", "payload is not valid JSON"));
+                    }
+                    Some(other) => {
+                        return Err(ServiceError::new(
+                            "unsupported_media",
+                            format!("content type {other:?}: send text/plain or JSON"),
+                        ));
+                    }
+                }
+                if bytes.len() > MAX_PROMPT_BYTES {
+                    return Err(ServiceError::new(
+                        "too_large",
+                        format!(
+                            "the prompt is {} bytes; at most {MAX_PROMPT_BYTES} are accepted",
+                            bytes.len()
+                        ),
+                    ));
+                }
+                let prompt = std::str::from_utf8(bytes).map_err(|e| {
+                    ServiceError::new("bad_request", format!("the prompt is not UTF-8: {e}"))
+                })?;
+                Ok(JsonRequest {
+                    prompt: prompt.to_string(),
+                    seed: 0,
+                    format: Format::Png,
+                })
+            }
+        }
+    }
+}
+
+fn service_error(e: GenerateError) -> ServiceError {
+    ServiceError::new(e.code(), e)
+}
+
+impl Service for GenerateService {
+    fn name(&self) -> &'static str {
+        "generate"
+    }
+
+    fn handle(
+        &self,
+        content_type: Option<&str>,
+        payload: &Payload,
+        point: Option<&str>,
+    ) -> Result<Value, ServiceError> {
+        self.handle_output(content_type, payload, point)
+            .map(Output::into_json)
+    }
+
+    fn handle_output(
+        &self,
+        content_type: Option<&str>,
+        payload: &Payload,
+        point: Option<&str>,
+    ) -> Result<Output, ServiceError> {
+        let request = Self::request(content_type, payload)?;
+        let generated = self
+            .generate
+            .generate(&request.prompt, point, request.seed)
+            .map_err(service_error)?;
+        let meta = json!({
+            "prompt": generated.prompt,
+            "point": generated.point,
+            "seed": generated.seed,
+            "evaluations": generated.evaluations,
+            "width": generated.image.width(),
+            "height": generated.image.height(),
+            "total_ms": generated.total_ms,
+        });
+        let output = Output::Media {
+            content_type: "image/png",
+            bytes: Bytes::from(generated.png()),
+            meta,
+        };
+        Ok(match request.format {
+            Format::Png => output,
+            Format::Json => Output::Json(output.into_json()),
+        })
+    }
+
+    fn points(&self) -> Vec<PointSpec> {
+        self.generate.point_specs()
+    }
+
+    fn describe(&self) -> Value {
+        let points: Vec<Value> = self
+            .generate
+            .points()
+            .iter()
+            .map(|p| {
+                json!({"name": p.name, "quality": p.quality, "evaluations": p.evaluations()})
+            })
+            .collect();
+        let s = self.generate.settings();
+        json!({
+            "points": points,
+            "default_point": s.default_point,
+            "alphabet": s.alphabet,
+            "prompt_length": [s.min_len, s.max_len],
+            "size": [s.width, s.height],
+        })
+    }
+}
