@@ -18,25 +18,26 @@ ROOT = Path(__file__).resolve().parents[2]
 WORK = Path.home() / ".cache" / "edgerun-export" / "generate"
 
 # --- prompts -----------------------------------------------------------------
-# Capitals and digits without the pairs a recognizer (or a person) confuses at
-# 32 px: O/0 and I/1. Case is dropped: at this scale lower case halves the
-# data per glyph for little gain, and the OCR metric is case-insensitive anyway.
+# A prompt is ONE character. Words (2..4 characters at 32x96) were tried first: after
+# 6000 teacher steps (33 min on 2 cores) the samples were glyph-like but unreadable, so the
+# issue's fallback was taken. Capitals and digits without the pairs a recognizer (or a
+# person) confuses at 32 px: O/0 and I/1. Case is dropped: at this scale lower case halves
+# the data per glyph for little gain, and the OCR metric is case-insensitive anyway.
 ALPHABET = "ABCDEFGHJKLMNPQRSTUVWXYZ23456789"
-MIN_LEN, MAX_LEN = 2, 4
+MIN_LEN, MAX_LEN = 1, 1
 PAD = 0  # id 0 pads a prompt; an all-pad prompt is the empty (unconditional) prompt
 CHAR_ID = {c: i + 1 for i, c in enumerate(ALPHABET)}
 VOCAB = len(ALPHABET) + 1
 
-HEIGHT, WIDTH = 32, 96
+HEIGHT, WIDTH = 32, 32
 SIGMA_DATA = 0.5
 
-# Held out from training: the evaluation prompts and the runtime's test prompts.
-HELD_OUT = [
-    "EDGE", "RUN", "MQTT", "JET", "CPU", "GPU", "ARM", "LAW", "TEXT", "2425",
-    "K9", "ZX87", "H264", "PX4", "SNET", "CAT", "SUN", "YES", "VSD", "FAST",
-    "DATA", "NEW", "BEST", "WAY", "MAP", "BUS", "KEY", "DUCK", "FAN", "HUB",
-    "47", "853", "7B", "R2D2", "C3P", "A4", "TV", "LED", "USB", "WEB",
-]
+# With one character per prompt no prompt can be held out (each is a class the teacher
+# must know); the evaluation draws every character from seeds no training step used, and
+# compares with fresh renders.
+EVAL_PROMPTS = list(ALPHABET)
+SAMPLE_PROMPTS = ["E", "D", "G", "R", "7", "K", "3", "M"]
+
 
 def check_prompt(text):
     if not (MIN_LEN <= len(text) <= MAX_LEN):
@@ -56,10 +57,7 @@ def encode_prompt(text):
 
 def random_prompt(rng):
     n = int(rng.integers(MIN_LEN, MAX_LEN + 1))
-    while True:
-        text = "".join(rng.choice(list(ALPHABET), n))
-        if text not in HELD_OUT:
-            return text
+    return "".join(rng.choice(list(ALPHABET), n))
 
 
 # --- rendering ----------------------------------------------------------------
@@ -222,7 +220,7 @@ class UNet(nn.Module):
         self.emb = nn.Sequential(nn.Linear(emb, emb), nn.SiLU(), nn.Linear(emb, emb))
         self.text_pool = nn.Linear(text_dim, emb)
         # a 2x2 pixel-unshuffle stem: the first level works at 16x48, which is
-        # what makes CPU training affordable (4x fewer positions than 32x96)
+        # what makes CPU training affordable (4x fewer positions)
         self.inp = nn.Conv2d(4 * 3 + 4, c1, 3, padding=1)
         self.d1 = ResBlock(c1, c1, emb)
         self.down1 = nn.Conv2d(c1, c2, 3, stride=2, padding=1)

@@ -32,7 +32,7 @@ import time
 import numpy as np
 import torch
 
-from common import SIGMA_DATA, WORK, Denoiser, encode_prompt, random_prompt
+from common import HEIGHT, MAX_LEN, SAMPLE_PROMPTS, SIGMA_DATA, WIDTH, WORK, Denoiser, encode_prompt, random_prompt
 from sample import save_grid, student_sample
 
 SIGMA_INIT = 2.5
@@ -65,7 +65,7 @@ def generate(gen, tokens, k_steps, sigmas, grad_last=True):
     x = None
     for j in range(k_steps):
         sigma = sigmas[j]
-        z = torch.randn(n, 3, 32, 96)
+        z = torch.randn(n, 3, HEIGHT, WIDTH)
         x_t = sigma * z if x is None else x + sigma * z
         s = torch.full((n,), sigma)
         if j == k_steps - 1 and grad_last:
@@ -113,7 +113,7 @@ def main():
     fake_scale = {"cfg": 1.0, "zero": 0.0, "anti": args.anti}[args.guidance]
 
     with torch.no_grad():
-        empty_tokens = teacher.text(torch.zeros(1, 4, dtype=torch.long))
+        empty_tokens = teacher.text(torch.zeros(1, MAX_LEN, dtype=torch.long))
     t0 = time.time()
     log = []
     for it in range(args.iters):
@@ -162,6 +162,9 @@ def main():
             decay = min(args.ema, (1 + it) / (10 + it))
             for pe, pg in zip(ema.unet.parameters(), gen.unet.parameters()):
                 pe.lerp_(pg, 1 - decay)
+        if it % 200 == 199:  # a look at the samples while it trains
+            save_grid(student_sample(ema, ema.text, SAMPLE_PROMPTS, sigmas[:1], seed=1),
+                      WORK / f"{args.name}_progress.png", cols=8)
         if it % 50 == 0 or it == args.iters - 1:
             log.append({"iter": it, "loss_fake": loss_f.item(), "loss_gen": loss_g.item(), "s": time.time() - t0})
             print(f"iter {it:5d} fake {loss_f.item():.4f} gen {loss_g.item():+.5f} {time.time() - t0:5.0f} s", flush=True)
@@ -169,10 +172,9 @@ def main():
     torch.save(ema.unet.state_dict(), WORK / f"{args.name}.pt")
     (WORK / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "sigmas": sigmas, "log": log,
                                                         "seconds": time.time() - t0}, indent=1))
-    prompts = ["EDGE", "RUN", "MQTT", "JET", "2425", "K9", "ZX87", "H264"]
     for steps in sorted({1, len(sigmas)}):
-        x = student_sample(ema, ema.text, prompts, sigmas[:steps], seed=1)
-        save_grid(x, WORK / f"{args.name}_samples_{steps}.png", cols=2)
+        x = student_sample(ema, ema.text, SAMPLE_PROMPTS, sigmas[:steps], seed=1)
+        save_grid(x, WORK / f"{args.name}_samples_{steps}.png", cols=8)
     print(f"done in {time.time() - t0:.0f} s")
 
 

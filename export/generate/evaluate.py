@@ -1,11 +1,11 @@
 #!/usr/bin/env python3
 """Evaluate the teacher and the distilled generators with the papers' protocol at small scale.
 
-  alignment  word accuracy of edgerun's own OCR recognizer (PP-OCR small, ASCII
-             decoding, case-insensitive alphanumeric) on images of held-out prompts:
-             the CLIP-score analogue
+  alignment  accuracy of edgerun's own OCR recognizer (PP-OCR small, ASCII decoding,
+             case-insensitive alphanumeric) on images of every prompt from seeds no
+             training step used: the CLIP-score analogue
   fidelity   Frechet distance between generated and freshly rendered real images
-             of the same prompts, on the recognizer's 120-d sequence features
+             of the same prompts (other seeds than the training set's), on the recognizer's 120-d sequence features
              (mean over time of the input to its classifier): the FID analogue
   diversity  mean pairwise feature distance between the seeds of one prompt
              (real renders give the reference), and the per-pixel std across seeds
@@ -25,7 +25,7 @@ import onnx
 import onnxruntime as ort
 import torch
 
-from common import HELD_OUT, ROOT, WORK, Denoiser, make_dataset, to_uint8
+from common import EVAL_PROMPTS, HEIGHT, ROOT, WIDTH, WORK, Denoiser, make_dataset, to_uint8
 from distill import FEW_STEP_SIGMAS, SIGMA_INIT
 from sample import student_sample, teacher_sample
 
@@ -101,7 +101,7 @@ def main():
     torch.set_grad_enabled(False)
     judge = Judge()
     # prompt-major order: seeds of one prompt are adjacent (for diversity)
-    prompts = [p for p in HELD_OUT for _ in range(args.seeds)]
+    prompts = [p for p in EVAL_PROMPTS for _ in range(args.seeds)]
     truth = [normalise(p) for p in prompts]
     real, _ = make_dataset(len(prompts), seed=12345, prompts=prompts)
     real_texts, real_feats = judge(real)
@@ -130,9 +130,9 @@ def main():
     teacher.eval()
     # one seed per sample index: seed s covers all prompts, so a batch is (prompts x one seed)
     def by_seed(fn):
-        out = np.zeros((len(prompts), 32, 96, 3), np.uint8)
+        out = np.zeros((len(prompts), HEIGHT, WIDTH, 3), np.uint8)
         for s in range(args.seeds):
-            out[s::args.seeds] = to_uint8(fn(HELD_OUT, 1000 + s))
+            out[s::args.seeds] = to_uint8(fn(EVAL_PROMPTS, 1000 + s))
         return out
 
     for guidance in (args.cfg, 1.0):
@@ -155,7 +155,7 @@ def main():
             imgs = by_seed(lambda ps, seed: student_sample(gen, gen.text, ps, sigmas[:steps], seed))
             record(name, meta["args"]["method"] + "/" + meta["args"]["guidance"], steps, steps, imgs, time.time() - t)
 
-    report = {"prompts": HELD_OUT, "seeds": args.seeds, "cfg": args.cfg, "rows": rows,
+    report = {"prompts": EVAL_PROMPTS, "seeds": args.seeds, "cfg": args.cfg, "rows": rows,
               "few_step_sigmas": FEW_STEP_SIGMAS, "sigma_init": SIGMA_INIT}
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")

@@ -3,6 +3,7 @@
 
 pub mod adapt;
 pub mod engines;
+pub mod generate;
 pub mod legal;
 pub mod mqtt;
 pub mod ocr;

@@ -44,6 +44,9 @@ pub enum Benchmark {
     /// `python export/legal/export.py --points-only` copies points and settings into the
     /// manifest.
     Legal(LegalBenchArgs),
+    /// Distilled generators at 1..4 steps against the 50-step guided teacher: evaluations,
+    /// median and p95 latency per image and the wall-clock ratio, at each thread count.
+    Generate(GenerateBenchArgs),
     /// The adaptive controller against fixed points on a stream of OCR requests while a CPU
     /// hog starts and stops: share within the SLO, mean quality, switches; JSON and a
     /// timeline SVG.
@@ -110,6 +113,22 @@ pub struct BurnArgs {
     pub threads: usize,
     #[arg(long, default_value_t = 3600.0)]
     pub seconds: f64,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateBenchArgs {
+    /// Thread counts to measure at.
+    #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2], value_name = "N,...")]
+    pub thread_counts: Vec<usize>,
+    /// Images per point.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub images: usize,
+    #[arg(
+        long,
+        default_value = "bench-results/generate.json",
+        value_name = "FILE"
+    )]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -197,6 +216,23 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Benchmark::Adapt(a) => return adapt(global, a),
+        Benchmark::Generate(a) => {
+            let mut generators = Vec::new();
+            for &threads in &a.thread_counts {
+                anyhow::ensure!(threads >= 1, "thread counts must be at least 1");
+                let global = GlobalArgs {
+                    threads: Some(threads),
+                    ..global.clone()
+                };
+                generators.push((threads, Runtime::from_args(&global)?.generate(Warm::Up)?));
+            }
+            crate::bench::generate::run(&crate::bench::generate::GenerateBenchSettings {
+                generators,
+                images: a.images,
+                out: a.out.clone(),
+            })?;
+            return Ok(ExitCode::SUCCESS);
+        }
         Benchmark::Legal(a) => {
             let mut retrievers = Vec::new();
             for &threads in &a.thread_counts {
@@ -284,7 +320,11 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             };
             crate::bench::points::run(&pipeline, pipeline.points(), &settings)?;
         }
-        Benchmark::Engines(_) | Benchmark::Burn(_) | Benchmark::Adapt(_) | Benchmark::Legal(_) => {
+        Benchmark::Engines(_)
+        | Benchmark::Burn(_)
+        | Benchmark::Adapt(_)
+        | Benchmark::Legal(_)
+        | Benchmark::Generate(_) => {
             unreachable!("handled above")
         }
     }

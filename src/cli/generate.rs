@@ -13,8 +13,8 @@ use super::settings::{Runtime, Warm};
 
 #[derive(Debug, Args)]
 pub struct GenerateArgs {
-    /// What to draw: a short word (see the model's alphabet in
-    /// `models/generate/manifest.toml`).
+    /// What to draw: for the shipped models one character, a capital or a digit (the
+    /// alphabet and length are in `models/generate/manifest.toml`).
     #[arg(value_name = "TEXT")]
     pub prompt: String,
     /// Where to write the PNG.

@@ -17,13 +17,14 @@ use crate::plot::{ParetoPoint, pareto_svg};
 use crate::policy::profile::{self, ProfileCache, ServiceProfile};
 use crate::profiler::{ProfileSettings, Sample, profile_service};
 use crate::serve::ServeConfig;
+use crate::services::generate::{GenerateService, SAMPLE_PROMPTS};
 use crate::services::legal::LegalService;
 use crate::services::ocr::{OcrOptions, OcrService};
 use crate::services::{Payload, Service};
 
 #[derive(Debug, Args)]
 pub struct ProfileArgs {
-    /// The service whose operating points to measure: ocr or legal.
+    /// The service whose operating points to measure: ocr, legal or generate.
     #[arg(long, default_value = "ocr", value_name = "NAME")]
     pub service: String,
     /// `serve`'s configuration file: its [engine] settings are the ones profiled, and its
@@ -31,7 +32,8 @@ pub struct ProfileArgs {
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// OCR sample images (files) [default: the first --samples ICDAR 2015 scenes in
-    /// $EDGERUN_DATA]; legal samples are the first --samples COLIEE R05 queries.
+    /// $EDGERUN_DATA]; legal samples are the first --samples COLIEE R05 queries, generate
+    /// samples --samples prompts with seeds 0, 1, ...
     #[arg(long, num_args = 1.., value_name = "IMAGE")]
     pub images: Vec<PathBuf>,
     /// How many ICDAR 2015 scenes to use when no --images are given.
@@ -79,7 +81,14 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
             let (samples, inputs) = sample_queries(args.samples)?;
             (Box::new(LegalService::new(legal)), samples, inputs)
         }
-        other => anyhow::bail!("no operating points to profile for service {other:?} (ocr, legal)"),
+        "generate" => {
+            let generate = Arc::new(runtime.generate(Warm::Cold)?);
+            let (samples, inputs) = sample_prompts(args.samples);
+            (Box::new(GenerateService::new(generate)), samples, inputs)
+        }
+        other => anyhow::bail!(
+            "no operating points to profile for service {other:?} (ocr, legal, generate)"
+        ),
     };
     eprintln!(
         "profiling {name} on {} ({inputs}), {} rounds",
@@ -174,6 +183,21 @@ fn sample_queries(n: usize) -> Result<(Vec<Sample>, String)> {
         .collect::<Vec<_>>();
     let inputs = format!("COLIEE R05 queries 1..{}", samples.len());
     Ok((samples, inputs))
+}
+
+/// Prompts for the generate service: a few words, seed = sample index.
+fn sample_prompts(n: usize) -> (Vec<Sample>, String) {
+    let samples = (0..n)
+        .map(|i| Sample {
+            content_type: Some("application/json".into()),
+            payload: Payload::Json(serde_json::json!({
+                "prompt": SAMPLE_PROMPTS[i % SAMPLE_PROMPTS.len()],
+                "seed": i,
+                "format": "json",
+            })),
+        })
+        .collect();
+    (samples, format!("{n} prompts"))
 }
 
 /// The sample requests: the given images, or ICDAR 2015 scenes; and a description of them.

@@ -15,8 +15,8 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::v5::{Publish, PublishProperties};
 use serde_json::Value;
 
-pub use crate::services::Payload as Body;
 use crate::services::Output;
+pub use crate::services::Payload as Body;
 
 /// Where and how to answer a request.
 #[derive(Debug, Clone, PartialEq)]

@@ -34,6 +34,10 @@ use crate::engine::{ElementType, Engine, Input, Model, Placement};
 use crate::models::{ModelDir, ModelError};
 use crate::policy::PointSpec;
 
+/// Prompts for benchmarks and profiles: characters the shipped generators draw (the
+/// manifest's alphabet is the authority).
+pub const SAMPLE_PROMPTS: &[&str] = &["E", "D", "G", "R", "7", "K", "3", "M"];
+
 /// Why generation could not load or run.
 #[derive(Debug, thiserror::Error)]
 pub enum GenerateError {
@@ -91,7 +95,11 @@ impl GeneratePoint {
             Sampler::Renoise => self.sigmas.len(),
             Sampler::Euler => self.sigmas.len() - 1,
         };
-        if self.guidance == 1.0 { steps } else { 2 * steps }
+        if self.guidance == 1.0 {
+            steps
+        } else {
+            2 * steps
+        }
     }
 }
 
@@ -168,7 +176,11 @@ impl Generate {
             Some(table) => toml::Value::Table(table)
                 .try_into()
                 .map_err(|e| GenerateError::Model(format!("manifest [settings]: {e}")))?,
-            None => return Err(GenerateError::Model("the manifest has no [settings]".into())),
+            None => {
+                return Err(GenerateError::Model(
+                    "the manifest has no [settings]".into(),
+                ));
+            }
         };
         if settings.noise != NOISE_NAME {
             return Err(GenerateError::Model(format!(
@@ -262,7 +274,11 @@ impl Generate {
         self.points
             .iter()
             .filter(|p| p.sampler == Sampler::Renoise && p.sigmas.len() == steps)
-            .max_by(|a, b| a.quality.unwrap_or(0.0).total_cmp(&b.quality.unwrap_or(0.0)))
+            .max_by(|a, b| {
+                a.quality
+                    .unwrap_or(0.0)
+                    .total_cmp(&b.quality.unwrap_or(0.0))
+            })
             .ok_or_else(|| {
                 let mut counts: Vec<usize> = self
                     .points
@@ -293,9 +309,13 @@ impl Generate {
             return Err(GenerateError::BadPrompt("the prompt is empty".into()));
         }
         if length < s.min_len || length > s.max_len {
+            let allowed = if s.min_len == s.max_len {
+                format!("exactly {}", s.min_len)
+            } else {
+                format!("{} to {}", s.min_len, s.max_len)
+            };
             return Err(GenerateError::BadPrompt(format!(
-                "the prompt {text:?} has {length} characters; this model draws {} to {}",
-                s.min_len, s.max_len
+                "the prompt {text:?} has {length} characters; this model draws {allowed}"
             )));
         }
         let unknown: String = text.chars().filter(|c| !s.alphabet.contains(*c)).collect();

@@ -47,10 +47,7 @@ impl GenerateService {
         GenerateService { generate }
     }
 
-    fn request(
-        content_type: Option<&str>,
-        payload: &Payload,
-    ) -> Result<JsonRequest, ServiceError> {
+    fn request(content_type: Option<&str>, payload: &Payload) -> Result<JsonRequest, ServiceError> {
         match payload {
             Payload::Json(value) => JsonRequest::deserialize(value)
                 .map_err(|e| ServiceError::new("bad_request", format!("bad JSON request: {e}"))),
@@ -59,7 +56,10 @@ impl GenerateService {
                 match media {
                     None | Some("text/plain") => {}
                     Some("application/json") => {
-                        return Err(ServiceError::new("bad_request", "payload is not valid JSON"));
+                        return Err(ServiceError::new(
+                            "bad_request",
+                            "payload is not valid JSON",
+                        ));
                     }
                     Some(other) => {
                         return Err(ServiceError::new(
@@ -149,9 +149,7 @@ impl Service for GenerateService {
             .generate
             .points()
             .iter()
-            .map(|p| {
-                json!({"name": p.name, "quality": p.quality, "evaluations": p.evaluations()})
-            })
+            .map(|p| json!({"name": p.name, "quality": p.quality, "evaluations": p.evaluations()}))
             .collect();
         let s = self.generate.settings();
         json!({
