@@ -256,3 +256,52 @@ fn profile_measures_every_point_and_writes_the_cache_and_the_front() {
         assert_eq!(p["on_front"], !dominated, "{p}");
     }
 }
+
+#[test]
+fn generate_writes_the_reference_png_and_refuses_bad_prompts() {
+    // The first parity case of tests/fixtures/generate (drawn by ONNX Runtime in the export).
+    let cases: Value =
+        serde_json::from_slice(&std::fs::read(fixture("generate/cases.json")).unwrap()).unwrap();
+    let case = &cases[0];
+    let dir = std::env::temp_dir().join(format!("edgerun-cli-generate-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let out = dir.join("out.png");
+    let seed = case["seed"].to_string();
+    let (code, lines, stderr) = edgerun(&[
+        "generate",
+        case["prompt"].as_str().unwrap(),
+        "-o",
+        out.to_str().unwrap(),
+        "--point",
+        case["point"].as_str().unwrap(),
+        "--seed",
+        &seed,
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines[0]["point"], case["point"]);
+    let got = common::load(&out);
+    let expected = common::load(&fixture(&format!(
+        "generate/{}",
+        case["file"].as_str().unwrap()
+    )));
+    let worst = got
+        .as_raw()
+        .iter()
+        .zip(expected.as_raw())
+        .map(|(a, b)| a.abs_diff(*b))
+        .max()
+        .unwrap();
+    assert!(worst <= 1, "largest difference {worst} grey levels");
+    // --steps picks the distilled generator with that many evaluations
+    let (code, lines, stderr) =
+        edgerun(&["generate", "K", "-o", out.to_str().unwrap(), "--steps", "2"]);
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(lines[0]["evaluations"], 2);
+    let (code, _, stderr) = edgerun(&["generate", "0", "-o", out.to_str().unwrap()]);
+    assert_eq!(code, 2);
+    assert!(
+        stderr.contains("has characters this model cannot draw: \"0\""),
+        "{stderr}"
+    );
+    std::fs::remove_dir_all(&dir).unwrap();
+}

