@@ -1,6 +1,6 @@
 //! Conformance of the two engines: every model in `models/` gives the same outputs on tract
 //! and on ONNX Runtime for real inputs (OCR scenes, legal questions through every encoder
-//! point), and OCR reads the same strings on both.
+//! point, prompts through every generate point), and OCR reads the same strings on both.
 //!
 //! Needs the cargo feature `ort` and `ORT_DYLIB_PATH` pointing at libonnxruntime 1.31 or newer
 //! (`.ci/run` takes it from the `onnxruntime==1.32.0` wheel).
@@ -19,6 +19,7 @@ use edgerun::engine::{
     OrtEngine, Placement, Provider, TractEngine,
 };
 use edgerun::models::{self, ModelDir};
+use edgerun::services::generate::Generate;
 use edgerun::services::legal::{Legal, default_corpus};
 use edgerun::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 use ndarray::ArrayD;
@@ -189,6 +190,13 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
             legal.embed(&point.name, question).unwrap();
         }
     }
+    // Two prompts through every generate point: the text encoder, both students, the teacher.
+    let generate = Generate::load(&models::default_root(), &recorder).unwrap();
+    for point in generate.points() {
+        for prompt in ["E", "7"] {
+            generate.generate(prompt, Some(&point.name), 1).unwrap();
+        }
+    }
     let recorded = recorded.lock().unwrap();
 
     let mut checked = Vec::new();
@@ -223,12 +231,17 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
         );
         checked.push(name);
     }
-    // Three OCR models and 18 legal blocks (2 embeddings, 9 layers, 6 stitches, pooling).
-    assert_eq!(checked.len(), 21, "{checked:?}");
+    // Three OCR models, 18 legal blocks (2 embeddings, 9 layers, 6 stitches, pooling), and
+    // the generate text encoder, two students and the teacher.
+    assert_eq!(checked.len(), 25, "{checked:?}");
     for name in [
         "ocr/det_tiny.onnx",
         "ocr/rec_small.onnx",
         "ocr/rec_tiny.onnx",
+        "generate/text_encoder.onnx",
+        "generate/sid1.onnx",
+        "generate/sid4.onnx",
+        "generate/teacher.onnx",
     ] {
         assert!(checked.iter().any(|c| c == name), "{name} not checked");
     }
