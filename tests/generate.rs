@@ -132,6 +132,29 @@ fn bad_prompts_get_clear_errors() {
 }
 
 #[test]
+fn every_step_count_is_an_operating_point_for_the_controller() {
+    // Qualities are the export's OCR accuracies (export/generate_report.json).
+    let service = GenerateService::new(generate().clone());
+    let points: Vec<(String, f64)> = service
+        .points()
+        .into_iter()
+        .map(|p| (p.name, (p.quality * 1e4).round() / 1e4))
+        .collect();
+    assert_eq!(
+        points,
+        [
+            ("teacher:50".to_string(), 0.5156),
+            ("sid1:1".to_string(), 0.7305),
+            ("sid:1".to_string(), 0.6836),
+            ("sid:2".to_string(), 0.7305),
+            ("sid:3".to_string(), 0.7305),
+            ("sid:4".to_string(), 0.7148),
+        ]
+    );
+    assert_eq!(service.describe()["default_point"], "sid1:1");
+}
+
+#[test]
 fn the_service_answers_png_or_json() {
     let service = GenerateService::new(generate().clone());
     let out = service

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Every step of the generate export, in order, as run for the shipped models (2-core x86
-# CPU, about 40 minutes in all; add --device cuda to train_teacher.py on a GPU machine).
+# CPU, about 45 minutes in all; add --device cuda to train_teacher.py on a GPU machine).
 set -euo pipefail
 cd "$(dirname "$0")"
 python train_teacher.py --steps 6000 --batch 64
