@@ -101,6 +101,43 @@ impl ServiceError {
     }
 }
 
+/// The text of a raw `text/plain` request (or one without a content type): checks the
+/// media type, the size (`what` names the text in the message: "the query") and UTF-8.
+pub fn plain_text<'a>(
+    content_type: Option<&str>,
+    bytes: &'a [u8],
+    max_bytes: usize,
+    what: &str,
+) -> Result<&'a str, ServiceError> {
+    let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
+    match media {
+        None | Some("text/plain") => {}
+        Some("application/json") => {
+            return Err(ServiceError::new(
+                "bad_request",
+                "payload is not valid JSON",
+            ));
+        }
+        Some(other) => {
+            return Err(ServiceError::new(
+                "unsupported_media",
+                format!("content type {other:?}: send text/plain or JSON"),
+            ));
+        }
+    }
+    if bytes.len() > max_bytes {
+        return Err(ServiceError::new(
+            "too_large",
+            format!(
+                "{what} is {} bytes; at most {max_bytes} are accepted",
+                bytes.len()
+            ),
+        ));
+    }
+    std::str::from_utf8(bytes)
+        .map_err(|e| ServiceError::new("bad_request", format!("{what} is not UTF-8: {e}")))
+}
+
 /// A service a device can serve to remote clients.
 pub trait Service: Send + Sync {
     /// The name in topics and configs (`ocr`).

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Generate, GenerateError};
 use crate::policy::PointSpec;
-use crate::services::{Output, Payload, Service, ServiceError};
+use crate::services::{Output, Payload, Service, ServiceError, plain_text};
 
 /// A prompt payload longer than this (bytes) is refused before it is read: prompts are a
 /// few characters.
@@ -52,34 +52,7 @@ impl GenerateService {
             Payload::Json(value) => JsonRequest::deserialize(value)
                 .map_err(|e| ServiceError::new("bad_request", format!("bad JSON request: {e}"))),
             Payload::Raw(bytes) => {
-                let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
-                match media {
-                    None | Some("text/plain") => {}
-                    Some("application/json") => {
-                        return Err(ServiceError::new(
-                            "bad_request",
-                            "payload is not valid JSON",
-                        ));
-                    }
-                    Some(other) => {
-                        return Err(ServiceError::new(
-                            "unsupported_media",
-                            format!("content type {other:?}: send text/plain or JSON"),
-                        ));
-                    }
-                }
-                if bytes.len() > MAX_PROMPT_BYTES {
-                    return Err(ServiceError::new(
-                        "too_large",
-                        format!(
-                            "the prompt is {} bytes; at most {MAX_PROMPT_BYTES} are accepted",
-                            bytes.len()
-                        ),
-                    ));
-                }
-                let prompt = std::str::from_utf8(bytes).map_err(|e| {
-                    ServiceError::new("bad_request", format!("the prompt is not UTF-8: {e}"))
-                })?;
+                let prompt = plain_text(content_type, bytes, MAX_PROMPT_BYTES, "the prompt")?;
                 Ok(JsonRequest {
                     prompt: prompt.to_string(),
                     seed: 0,

@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Legal, LegalError, MAX_QUERY_BYTES};
 use crate::policy::PointSpec;
-use crate::services::{Payload, Service, ServiceError};
+use crate::services::{Payload, Service, ServiceError, plain_text};
 
 /// Articles returned when a request does not say.
 pub const DEFAULT_K: usize = 5;
@@ -57,28 +57,7 @@ impl Service for LegalService {
                 (request.query, request.k.unwrap_or(DEFAULT_K))
             }
             Payload::Raw(bytes) => {
-                let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
-                match media {
-                    None | Some("text/plain") => {}
-                    Some("application/json") => {
-                        return Err(ServiceError::new(
-                            "bad_request",
-                            "payload is not valid JSON",
-                        ));
-                    }
-                    Some(other) => {
-                        return Err(ServiceError::new(
-                            "unsupported_media",
-                            format!("content type {other:?}: send text/plain or JSON"),
-                        ));
-                    }
-                }
-                if bytes.len() > MAX_QUERY_BYTES {
-                    return Err(service_error(LegalError::TooLarge(bytes.len())));
-                }
-                let text = std::str::from_utf8(bytes).map_err(|e| {
-                    ServiceError::new("bad_request", format!("the query is not UTF-8: {e}"))
-                })?;
+                let text = plain_text(content_type, bytes, MAX_QUERY_BYTES, "the query")?;
                 (text.to_string(), DEFAULT_K)
             }
         };
