@@ -305,3 +305,25 @@ fn generate_writes_the_reference_png_and_refuses_bad_prompts() {
     );
     std::fs::remove_dir_all(&dir).unwrap();
 }
+
+#[test]
+fn legal_prints_the_ranked_articles_and_answers_bad_queries_with_an_error_object() {
+    let (code, lines, stderr) = edgerun(&[
+        "legal",
+        "Is a manifestation of intention induced by fraud voidable?",
+        "-k",
+        "2",
+        "--point",
+        "l6",
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let answer = &lines[0];
+    assert_eq!(answer["point"], "l6");
+    assert_eq!(answer["hits"].as_array().unwrap().len(), 2, "{answer}");
+    assert_eq!(answer["hits"][0]["article"], "96");
+    assert_eq!(answer["hits"][0]["heading"], "Fraud or Duress");
+    let (code, lines, _) = edgerun(&["legal", "   "]);
+    assert_eq!(code, 1);
+    assert_eq!(lines[0]["error"]["code"], "bad_request");
+    assert_eq!(lines[0]["error"]["message"], "the query is empty");
+}
