@@ -68,8 +68,9 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Echo, OCR and image generation always; legal retrieval too where its default corpus is present (it is the
-/// service's document collection, not a model, so it does not ship in `models/`).
+/// Echo, OCR and image generation always; legal retrieval too where its default corpus is
+/// present (it is the service's document collection, not a model, so it does not ship in
+/// `models/`).
 fn default_services() -> BTreeMap<String, ServiceConfig> {
     let mut services = BTreeMap::from([
         ("echo".to_string(), ServiceConfig::default()),
