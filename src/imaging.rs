@@ -77,48 +77,98 @@ pub fn decode(bytes: &[u8], max_pixels: u64) -> Result<RgbImage, ImageError> {
     Ok(image.into_rgb8())
 }
 
-/// Resizes like OpenCV's `cv::resize(..., INTER_LINEAR)`: half-pixel centres, clamped edges,
-/// no antialiasing. OpenCV uses 11-bit fixed-point weights on 8-bit images; these float
-/// weights agree with it to within one grey level.
+/// Resizes like OpenCV's `cv::resize(..., INTER_LINEAR)` on 8-bit images, bit for bit:
+/// half-pixel centres, clamped edges, no antialiasing, and OpenCV's 11-bit fixed-point
+/// weights and rounding (so the recognizer sees the pixels PP-OCR's Python pipeline sees).
 pub fn resize_bilinear(src: &RgbImage, width: u32, height: u32) -> RgbImage {
     assert!(width > 0 && height > 0, "resize to zero size");
     if src.dimensions() == (width, height) {
         return src.clone();
     }
-    let xs = taps(src.width(), width);
-    let ys = taps(src.height(), height);
-    let (src_w, raw) = (src.width() as usize, src.as_raw());
-    let mut out = RgbImage::new(width, height);
-    for (y, &(y0, y1, fy)) in ys.iter().enumerate() {
-        let (row0, row1) = (y0 * src_w * 3, y1 * src_w * 3);
-        for (x, &(x0, x1, fx)) in xs.iter().enumerate() {
-            let px = out.get_pixel_mut(x as u32, y as u32);
-            for c in 0..3 {
-                let at = |row: usize, col: usize| raw[row + col * 3 + c] as f32;
-                let top = at(row0, x0) * (1.0 - fx) + at(row0, x1) * fx;
-                let bottom = at(row1, x0) * (1.0 - fx) + at(row1, x1) * fx;
-                px.0[c] = (top * (1.0 - fy) + bottom * fy).round().clamp(0.0, 255.0) as u8;
+    let xs = fixed_taps(src.width(), width, Edge::ClampWeights);
+    let ys = fixed_taps(src.height(), height, Edge::ClampRows);
+    let row_len = width as usize * 3;
+    let src_row_len = src.width() as usize * 3;
+    let source_row = |y: usize| &src.as_raw()[y * src_row_len..][..src_row_len];
+    // Horizontally resized source rows (weights scaled by 2^11): `rows[0]` holds source
+    // row `held[0]`, the top of the current pair; moving down, the old bottom becomes the
+    // new top, so each source row is resized about once.
+    let mut rows = [vec![0i32; row_len], vec![0i32; row_len]];
+    let mut held = [usize::MAX; 2];
+    let mut out = vec![0u8; row_len * height as usize];
+    for (dst_row, tap) in out.chunks_exact_mut(row_len).zip(&ys) {
+        if held[0] != tap.first {
+            if held[1] == tap.first {
+                rows.swap(0, 1);
+                held.swap(0, 1);
+            } else {
+                horizontal_pass(source_row(tap.first), &xs, &mut rows[0]);
+                held[0] = tap.first;
             }
         }
+        if held[1] != tap.second {
+            horizontal_pass(source_row(tap.second), &xs, &mut rows[1]);
+            held[1] = tap.second;
+        }
+        let (b0, b1) = (tap.weights[0] as i32, tap.weights[1] as i32);
+        for ((out, &top), &bottom) in dst_row.iter_mut().zip(&rows[0]).zip(&rows[1]) {
+            // OpenCV's rounding of two 11-bit passes back to 8 bits.
+            let v = (((b0 * (top >> 4)) >> 16) + ((b1 * (bottom >> 4)) >> 16) + 2) >> 2;
+            *out = v.clamp(0, 255) as u8;
+        }
     }
-    out
+    RgbImage::from_raw(width, height, out).expect("buffer sized to the image")
 }
 
-/// For each destination index: the two source indices and the weight of the second.
-fn taps(src: u32, dst: u32) -> Vec<(usize, usize, f32)> {
+fn horizontal_pass(line: &[u8], xs: &[FixedTap], out: &mut [i32]) {
+    for (px, tap) in out.chunks_exact_mut(3).zip(xs) {
+        let (a, b) = (&line[tap.first * 3..][..3], &line[tap.second * 3..][..3]);
+        let (w0, w1) = (tap.weights[0] as i32, tap.weights[1] as i32);
+        for c in 0..3 {
+            px[c] = a[c] as i32 * w0 + b[c] as i32 * w1;
+        }
+    }
+}
+
+/// One destination index's two source indices and their weights, scaled by 2^11.
+struct FixedTap {
+    first: usize,
+    second: usize,
+    weights: [i16; 2],
+}
+
+/// How taps past the first or last source pixel are handled. OpenCV treats the axes
+/// differently: columns move the tap onto the edge pixel with full weight, rows keep the
+/// fractional weights and read the edge row twice (the fixed-point results differ).
+#[derive(Clone, Copy, PartialEq)]
+enum Edge {
+    ClampWeights,
+    ClampRows,
+}
+
+/// OpenCV's linear taps: the position is computed in `f32` from an `f64` scale and the
+/// weights round (half to even, as `cvRound`) to 11 bits.
+fn fixed_taps(src: u32, dst: u32, edge: Edge) -> Vec<FixedTap> {
+    const SCALE: f32 = 2048.0;
     let scale = src as f64 / dst as f64;
-    let last = src as usize - 1;
+    let last = src as i64 - 1;
     (0..dst)
         .map(|d| {
-            let pos = (d as f64 + 0.5) * scale - 0.5;
+            let pos = ((d as f64 + 0.5) * scale - 0.5) as f32;
             let base = pos.floor();
-            let frac = pos - base;
-            if base < 0.0 {
-                (0, 0, 0.0)
-            } else if base as usize >= last {
-                (last, last, 0.0)
-            } else {
-                (base as usize, base as usize + 1, frac as f32)
+            let mut frac = pos - base;
+            let mut first = base as i64;
+            if edge == Edge::ClampWeights && (first < 0 || first >= last) {
+                first = first.clamp(0, last);
+                frac = 0.0;
+            }
+            FixedTap {
+                first: first.clamp(0, last) as usize,
+                second: (first + 1).clamp(0, last) as usize,
+                weights: [
+                    ((1.0 - frac) * SCALE).round_ties_even() as i16,
+                    (frac * SCALE).round_ties_even() as i16,
+                ],
             }
         })
         .collect()
@@ -181,14 +231,22 @@ pub fn write_bgr_normalized(
     std: [f32; 3],
 ) {
     let (h, w) = (out.shape()[1], out.shape()[2]);
-    assert!(
-        img.height() as usize <= h && img.width() as usize <= w,
-        "image larger than its tensor"
-    );
-    for (x, y, px) in img.enumerate_pixels() {
-        for (channel, rgb) in [2usize, 1, 0].into_iter().enumerate() {
-            out[[channel, y as usize, x as usize]] =
-                (px.0[rgb] as f32 / 255.0 - mean[channel]) / std[channel];
+    let (img_w, img_h) = (img.width() as usize, img.height() as usize);
+    assert!(img_h <= h && img_w <= w, "image larger than its tensor");
+    for (channel, mut plane) in out.outer_iter_mut().enumerate() {
+        // 8-bit input has 256 possible values: look them up rather than divide per pixel.
+        let table: Vec<f32> = (0..=255u8)
+            .map(|v| (v as f32 / 255.0 - mean[channel]) / std[channel])
+            .collect();
+        let rgb = 2 - channel;
+        for (row, mut target) in img
+            .as_raw()
+            .chunks_exact(img_w * 3)
+            .zip(plane.outer_iter_mut())
+        {
+            for (px, value) in row.chunks_exact(3).zip(target.iter_mut()) {
+                *value = table[px[rgb] as usize];
+            }
         }
     }
 }
@@ -291,6 +349,40 @@ mod tests {
         let out = resize_bilinear(&src, 4, 1);
         let row: Vec<u8> = (0..4).map(|x| out.get_pixel(x, 0).0[0]).collect();
         assert_eq!(row, vec![0, 50, 150, 200]);
+    }
+
+    #[test]
+    fn bilinear_is_bit_exact_with_opencv() {
+        // tests/fixtures/resize holds cv2.resize results (export/resize_fixture.py).
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resize");
+        let mut compared = 0;
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().into_string().unwrap();
+            let Some(sizes) = name
+                .strip_prefix("cv2_")
+                .and_then(|n| n.strip_suffix(".png"))
+            else {
+                continue;
+            };
+            let (source, target) = sizes.split_once("_to_").unwrap();
+            let src = image::open(dir.join(format!("src_{source}.png")))
+                .unwrap()
+                .into_rgb8();
+            let want = image::open(dir.join(&name)).unwrap().into_rgb8();
+            let got = resize_bilinear(&src, want.width(), want.height());
+            assert_eq!(format!("{}x{}", got.width(), got.height()), target);
+            let differing = got
+                .pixels()
+                .zip(want.pixels())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(
+                differing, 0,
+                "{name}: {differing} pixels differ from OpenCV"
+            );
+            compared += 1;
+        }
+        assert_eq!(compared, 8);
     }
 
     #[test]

@@ -60,7 +60,8 @@ impl OrtEngine {
 
     fn builder(&self) -> ort::Result<SessionBuilder> {
         Ok(Session::builder(&self.environment)?
-            .with_optimization_level(GraphOptimizationLevel::Level3)?
+            // `All` is ONNX Runtime's own default; ort's `Level3` stops at layout rewrites.
+            .with_optimization_level(GraphOptimizationLevel::All)?
             .with_intra_threads(self.config.threads)?
             .with_inter_threads(1)?
             // Spinning worker threads burn a small board's cores and power between requests.
@@ -82,7 +83,10 @@ impl OrtEngine {
                     .build()
             }
             Provider::Cuda => ep::CUDA::default().build(),
-            Provider::Cpu => ep::CPU::default().build(),
+            // ort's CPU provider turns ONNX Runtime's memory arena off unless asked; without
+            // it every run maps fresh pages for its activations (measured: the 544x960
+            // detector 80 ms instead of 60 ms at one thread).
+            Provider::Cpu => ep::CPU::default().with_arena_allocator(true).build(),
         }
         .error_on_failure()
     }
