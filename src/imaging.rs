@@ -174,51 +174,115 @@ fn fixed_taps(src: u32, dst: u32, edge: Edge) -> Vec<FixedTap> {
         .collect()
 }
 
-/// Warps like OpenCV's `warpPerspective(..., INTER_CUBIC, BORDER_REPLICATE)`: output pixel
-/// `(x, y)` samples `src` at `to_source(x, y)` with OpenCV's cubic kernel (a = -0.75),
-/// source positions quantised to 1/32 pixel as OpenCV does.
-pub fn warp_cubic(
+/// A 3x3 homography, row-major: `(x, y)` maps to `((m0 x + m1 y + m2) / w, (m3 x + m4 y +
+/// m5) / w)` with `w = m6 x + m7 y + m8`.
+pub type Homography = [f64; 9];
+
+/// The homography taking the four points `from` onto `to`, as OpenCV's
+/// `getPerspectiveTransform` solves it (an 8x8 linear system); `None` when the points are
+/// degenerate (three on a line).
+pub fn perspective_transform(from: [[f64; 2]; 4], to: [[f64; 2]; 4]) -> Option<Homography> {
+    let mut a = [[0f64; 9]; 8];
+    for i in 0..4 {
+        let ([x, y], [u, v]) = (from[i], to[i]);
+        a[i] = [x, y, 1.0, 0.0, 0.0, 0.0, -x * u, -y * u, u];
+        a[i + 4] = [0.0, 0.0, 0.0, x, y, 1.0, -x * v, -y * v, v];
+    }
+    // Gaussian elimination with partial pivoting on the augmented matrix.
+    for col in 0..8 {
+        let pivot = (col..8).max_by(|&p, &q| a[p][col].abs().total_cmp(&a[q][col].abs()))?;
+        if a[pivot][col].abs() < f64::EPSILON {
+            return None;
+        }
+        a.swap(col, pivot);
+        let pivot_row = a[col];
+        for row in a.iter_mut().skip(col + 1) {
+            let factor = row[col] / pivot_row[col];
+            for (value, above) in row.iter_mut().zip(pivot_row).skip(col) {
+                *value -= factor * above;
+            }
+        }
+    }
+    let mut m = [0f64; 9];
+    for row in (0..8).rev() {
+        let known: f64 = (row + 1..8).map(|k| a[row][k] * m[k]).sum();
+        m[row] = (a[row][8] - known) / a[row][row];
+    }
+    m[8] = 1.0;
+    Some(m)
+}
+
+/// The inverse homography (closed form, as OpenCV inverts 3x3 matrices); `None` when
+/// singular.
+pub fn invert_homography(m: &Homography) -> Option<Homography> {
+    let det = m[0] * (m[4] * m[8] - m[5] * m[7]) - m[1] * (m[3] * m[8] - m[5] * m[6])
+        + m[2] * (m[3] * m[7] - m[4] * m[6]);
+    if det == 0.0 || !det.is_finite() {
+        return None;
+    }
+    let d = 1.0 / det;
+    Some([
+        (m[4] * m[8] - m[5] * m[7]) * d,
+        (m[2] * m[7] - m[1] * m[8]) * d,
+        (m[1] * m[5] - m[2] * m[4]) * d,
+        (m[5] * m[6] - m[3] * m[8]) * d,
+        (m[0] * m[8] - m[2] * m[6]) * d,
+        (m[2] * m[3] - m[0] * m[5]) * d,
+        (m[3] * m[7] - m[4] * m[6]) * d,
+        (m[1] * m[6] - m[0] * m[7]) * d,
+        (m[0] * m[4] - m[1] * m[3]) * d,
+    ])
+}
+
+/// Warps like OpenCV's `warpPerspective(src, M, size, INTER_CUBIC, BORDER_REPLICATE)`, bit
+/// for bit with OpenCV 5 (the pinned `opencv-python-headless`): `to_source` (the inverse of
+/// `M`) maps output pixels into `src`, and OpenCV 5 evaluates it and the 4x4 cubic kernel
+/// (a = -0.75) in single precision at the exact position (OpenCV 4 rounded positions to
+/// 1/32 pixel and used fixed-point weights; the two differ by one grey level here and there).
+pub fn warp_perspective_cubic(
     src: &RgbImage,
     width: u32,
     height: u32,
-    to_source: impl Fn(f32, f32) -> (f32, f32),
+    to_source: &Homography,
 ) -> RgbImage {
+    let m = to_source.map(|v| v as f32);
     let (src_w, src_h) = (src.width() as i64, src.height() as i64);
     let raw = src.as_raw();
     let mut out = RgbImage::new(width, height);
     for (x, y, px) in out.enumerate_pixels_mut() {
-        let (sx, sy) = to_source(x as f32, y as f32);
-        let (ix, wx) = cubic_taps(sx);
-        let (iy, wy) = cubic_taps(sy);
-        let mut acc = [0f32; 3];
-        for (dy, wy) in wy.iter().enumerate() {
-            let row = (iy + dy as i64 - 1).clamp(0, src_h - 1) as usize * src_w as usize;
-            for (dx, wx) in wx.iter().enumerate() {
-                let col = (ix + dx as i64 - 1).clamp(0, src_w - 1) as usize;
-                let at = (row + col) * 3;
-                for c in 0..3 {
-                    acc[c] += raw[at + c] as f32 * wx * wy;
+        let (x, y) = (x as f32, y as f32);
+        let w = m[6] * x + m[7] * y + m[8];
+        // A degenerate transform sends pixels to infinity: they read the border.
+        let position = |v: f32| if v.is_nan() { 0.0 } else { v.clamp(-1e6, 1e6) };
+        let sx = position((m[0] * x + m[1] * y + m[2]) / w);
+        let sy = position((m[3] * x + m[4] * y + m[5]) / w);
+        let (ix, iy) = (sx.floor(), sy.floor());
+        let (wx, wy) = (cubic_weights(sx - ix), cubic_weights(sy - iy));
+        let (ix, iy) = (ix as i64 - 1, iy as i64 - 1);
+        let mut sum = [0f32; 3];
+        for (r, wy) in wy.iter().enumerate() {
+            let line = (iy + r as i64).clamp(0, src_h - 1) * src_w;
+            for (c, wx) in wx.iter().enumerate() {
+                let at = ((line + (ix + c as i64).clamp(0, src_w - 1)) * 3) as usize;
+                let weight = wy * wx;
+                for k in 0..3 {
+                    sum[k] += raw[at + k] as f32 * weight;
                 }
             }
         }
-        px.0 = acc.map(|v| v.round().clamp(0.0, 255.0) as u8);
+        px.0 = sum.map(|v| v.round_ties_even().clamp(0.0, 255.0) as u8);
     }
     out
 }
 
-/// The integer part of a source coordinate and the four cubic weights around it.
-fn cubic_taps(position: f32) -> (i64, [f32; 4]) {
+/// OpenCV's cubic convolution weights (a = -0.75) for the four pixels around a position
+/// `t` in [0, 1) past the second of them.
+fn cubic_weights(t: f32) -> [f32; 4] {
     const A: f32 = -0.75;
-    // Coordinates far outside the image (a degenerate warp) only ever hit the border.
-    let quantised = (position.clamp(-1e6, 1e6) * 32.0).round() as i64;
-    let (base, t) = (
-        quantised.div_euclid(32),
-        quantised.rem_euclid(32) as f32 / 32.0,
-    );
     let w0 = ((A * (t + 1.0) - 5.0 * A) * (t + 1.0) + 8.0 * A) * (t + 1.0) - 4.0 * A;
     let w1 = ((A + 2.0) * t - (A + 3.0)) * t * t + 1.0;
     let w2 = ((A + 2.0) * (1.0 - t) - (A + 3.0)) * (1.0 - t) * (1.0 - t) + 1.0;
-    (base, [w0, w1, w2, 1.0 - w0 - w1 - w2])
+    [w0, w1, w2, 1.0 - w0 - w1 - w2]
 }
 
 /// Writes `img` into a `[3, h, w]` tensor in BGR channel order as `(x / 255 - mean) / std`,
@@ -311,13 +375,9 @@ mod tests {
     #[test]
     fn cubic_weights_match_opencv() {
         // OpenCV's interpolateCubic at t = 0.5 (a = -0.75): -0.09375, 0.59375, 0.59375, -0.09375.
-        let (base, w) = cubic_taps(2.5);
-        assert_eq!(base, 2);
-        for (got, want) in w.iter().zip([-0.09375, 0.59375, 0.59375, -0.09375]) {
-            assert!((got - want).abs() < 1e-6, "{w:?}");
-        }
+        assert_eq!(cubic_weights(0.5), [-0.09375, 0.59375, 0.59375, -0.09375]);
         // Integer positions sample exactly one pixel.
-        assert_eq!(cubic_taps(-3.0), (-3, [0.0, 1.0, 0.0, 0.0]));
+        assert_eq!(cubic_weights(0.0), [0.0, 1.0, 0.0, 0.0]);
     }
 
     #[test]
@@ -326,10 +386,35 @@ mod tests {
         for (x, y, p) in src.enumerate_pixels_mut() {
             *p = Rgb([(x * 40 + y) as u8, 7, 200]);
         }
-        assert_eq!(warp_cubic(&src, 4, 3, |x, y| (x, y)), src);
-        let shifted = warp_cubic(&src, 2, 1, |x, y| (x - 5.0, y + 10.0));
+        let identity = [1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0];
+        assert_eq!(warp_perspective_cubic(&src, 4, 3, &identity), src);
+        let shift = [1.0, 0.0, -5.0, 0.0, 1.0, 10.0, 0.0, 0.0, 1.0];
+        let shifted = warp_perspective_cubic(&src, 2, 1, &shift);
         assert_eq!(shifted.get_pixel(0, 0), src.get_pixel(0, 2));
         assert_eq!(shifted.get_pixel(1, 0), src.get_pixel(0, 2));
+    }
+
+    #[test]
+    fn perspective_transform_maps_the_corners_and_inverts() {
+        let from = [[3.0, 4.0], [50.0, 9.0], [47.0, 30.0], [1.0, 26.0]];
+        let to = [[0.0, 0.0], [46.0, 0.0], [46.0, 22.0], [0.0, 22.0]];
+        let m = perspective_transform(from, to).unwrap();
+        let inverse = invert_homography(&m).unwrap();
+        let apply = |m: &Homography, [x, y]: [f64; 2]| {
+            let w = m[6] * x + m[7] * y + m[8];
+            [
+                (m[0] * x + m[1] * y + m[2]) / w,
+                (m[3] * x + m[4] * y + m[5]) / w,
+            ]
+        };
+        for (a, b) in from.iter().zip(&to) {
+            let (there, back) = (apply(&m, *a), apply(&inverse, *b));
+            for k in 0..2 {
+                assert!((there[k] - b[k]).abs() < 1e-9 && (back[k] - a[k]).abs() < 1e-9);
+            }
+        }
+        let collinear = [[0.0, 0.0], [1.0, 1.0], [2.0, 2.0], [3.0, 3.0]];
+        assert!(perspective_transform(collinear, to).is_none());
     }
 
     #[test]
@@ -353,8 +438,8 @@ mod tests {
 
     #[test]
     fn bilinear_is_bit_exact_with_opencv() {
-        // tests/fixtures/resize holds cv2.resize results (export/resize_fixture.py).
-        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/resize");
+        // cv2.resize results, written by export/opencv_fixtures.py.
+        let dir = opencv_fixtures();
         let mut compared = 0;
         for entry in std::fs::read_dir(&dir).unwrap() {
             let name = entry.unwrap().file_name().into_string().unwrap();
@@ -383,6 +468,41 @@ mod tests {
             compared += 1;
         }
         assert_eq!(compared, 8);
+    }
+
+    fn opencv_fixtures() -> std::path::PathBuf {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/opencv")
+    }
+
+    #[test]
+    fn perspective_crops_are_bit_exact_with_opencv() {
+        // cv2.getPerspectiveTransform + cv2.warpPerspective(INTER_CUBIC, BORDER_REPLICATE)
+        // crops of quadrilaterals, written by export/opencv_fixtures.py.
+        let dir = opencv_fixtures();
+        let src = image::open(dir.join("warp_src.png")).unwrap().into_rgb8();
+        let quads: Vec<[[f64; 2]; 4]> =
+            serde_json::from_str(&std::fs::read_to_string(dir.join("warp_quads.json")).unwrap())
+                .unwrap();
+        assert_eq!(quads.len(), 6);
+        for (i, quad) in quads.iter().enumerate() {
+            let want = image::open(dir.join(format!("warp_{i}.png")))
+                .unwrap()
+                .into_rgb8();
+            let (w, h) = (want.width() as f64, want.height() as f64);
+            let to_crop =
+                perspective_transform(*quad, [[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]]).unwrap();
+            let to_source = invert_homography(&to_crop).unwrap();
+            let got = warp_perspective_cubic(&src, want.width(), want.height(), &to_source);
+            let differing = got
+                .pixels()
+                .zip(want.pixels())
+                .filter(|(a, b)| a != b)
+                .count();
+            assert_eq!(
+                differing, 0,
+                "crop {i}: {differing} pixels differ from OpenCV"
+            );
+        }
     }
 
     #[test]
