@@ -9,14 +9,14 @@
 
 mod common;
 
-use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::OnceLock;
 
 use common::{load, ocr};
 use edgerun::data;
+use edgerun::engine::record::{OwnedInput, Recorder};
 use edgerun::engine::{
-    Backend, Backends, ElementType, Engine, EngineConfig, EngineError, Input, Model, OrtConfig,
-    OrtEngine, Placement, Provider, TractEngine,
+    Backend, Backends, ElementType, EngineConfig, Input, OrtConfig, OrtEngine, Provider,
+    TractEngine,
 };
 use edgerun::models::{self, ModelDir};
 use edgerun::services::generate::Generate;
@@ -60,75 +60,6 @@ fn ort_ocr() -> &'static OcrPipeline {
     })
 }
 
-/// One input tensor, kept for replay.
-#[derive(Clone)]
-enum OwnedInput {
-    F32(ArrayD<f32>),
-    I64(ArrayD<i64>),
-}
-
-impl OwnedInput {
-    fn view(&self) -> Input<'_> {
-        match self {
-            OwnedInput::F32(a) => Input::F32(a.view()),
-            OwnedInput::I64(a) => Input::I64(a.view()),
-        }
-    }
-}
-
-/// Every run's inputs, by model name.
-type Recorded = Arc<Mutex<BTreeMap<String, Vec<Vec<OwnedInput>>>>>;
-
-/// tract, remembering the inputs of every run so they can be replayed on ort.
-struct Recorder {
-    tract: TractEngine,
-    recorded: Recorded,
-}
-
-struct RecordedModel {
-    name: String,
-    model: Arc<dyn Model>,
-    recorded: Recorded,
-}
-
-impl Engine for Recorder {
-    fn name(&self) -> &'static str {
-        "recorder"
-    }
-
-    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
-        Ok(Arc::new(RecordedModel {
-            name: name.to_string(),
-            model: self.tract.load(name, onnx)?,
-            recorded: self.recorded.clone(),
-        }))
-    }
-}
-
-impl Model for RecordedModel {
-    fn run(&self, inputs: &[Input<'_>]) -> Result<Vec<ArrayD<f32>>, EngineError> {
-        let owned = inputs
-            .iter()
-            .map(|input| match input {
-                Input::F32(a) => OwnedInput::F32(a.to_owned()),
-                Input::I64(a) => OwnedInput::I64(a.to_owned()),
-            })
-            .collect();
-        let mut recorded = self.recorded.lock().unwrap();
-        recorded.entry(self.name.clone()).or_default().push(owned);
-        drop(recorded);
-        self.model.run(inputs)
-    }
-
-    fn warm_up(&self, inputs: &[(ElementType, &[usize])]) -> Result<(), EngineError> {
-        self.model.warm_up(inputs)
-    }
-
-    fn placement(&self) -> Placement {
-        self.model.placement()
-    }
-}
-
 fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
     a.iter()
@@ -162,11 +93,7 @@ fn all_models() -> Vec<(ModelDir, String)> {
 fn every_model_gives_the_same_outputs_on_both_engines() {
     // Record real inputs by running the real OCR pipeline on tract: two street scenes (the
     // detector at two sizes, every crop through both recognizers) and a few word crops.
-    let recorded = Recorded::default();
-    let recorder = Recorder {
-        tract: TractEngine::new(EngineConfig::default()),
-        recorded: recorded.clone(),
-    };
+    let recorder = Recorder::new(TractEngine::new(EngineConfig::default()));
     let dir = ModelDir::open(&models::default_root(), "ocr").unwrap();
     let pipeline = OcrPipeline::load(&recorder, &dir).unwrap();
     // A smaller detector input than the default keeps this affordable under emulation.
@@ -197,7 +124,7 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
             generate.generate(prompt, Some(&point.name), 1).unwrap();
         }
     }
-    let recorded = recorded.lock().unwrap();
+    let recorded = recorder.runs();
 
     let mut checked = Vec::new();
     for (dir, file) in all_models() {

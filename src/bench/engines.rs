@@ -1,5 +1,6 @@
 //! `edgerun bench engines`: every model in `models/` on tract and on ONNX Runtime (CPU), at 1
-//! and 2 intra-op threads, on the input shapes of a typical request. Runs of the two engines
+//! and 2 intra-op threads, on the inputs of a typical request (recorded while the services
+//! serve one: an ICDAR 2015 scene, a legal question, a prompt). Runs of the two engines
 //! alternate, so background load on the machine hits both alike; the ratio is tract's median
 //! over ort's.
 
@@ -7,13 +8,16 @@ use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 use anyhow::{Context, Result, bail};
-use ndarray::{ArrayD, IxDyn};
 use serde::Serialize;
 
 use super::{Machine, Table, peak_rss_mib, percentile, write_json};
-use crate::engine::{Backend, Backends, EngineConfig, Input, Model, Provider};
+use crate::data;
+use crate::engine::record::{OwnedInput, Recorder};
+use crate::engine::{Backend, Backends, EngineConfig, Input, Model, Provider, TractEngine};
 use crate::models::ModelDir;
-use crate::services;
+use crate::services::generate::Generate;
+use crate::services::legal::{Legal, default_corpus};
+use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 
 pub struct EngineBenchSettings {
     pub models_root: PathBuf,
@@ -48,6 +52,8 @@ pub struct EngineRow {
 pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
     let machine = Machine::current();
     eprintln!("machine: {machine}");
+    eprintln!("recording the model inputs of a typical request per service...");
+    let typical = typical_inputs(&settings.models_root)?;
     let mut rows = Vec::new();
     let mut ort_library = None;
     for &threads in &settings.thread_counts {
@@ -65,12 +71,16 @@ pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
         };
         let (tract, ort) = (engines(Backend::Tract)?, engines(Backend::Ort)?);
         ort_library = ort.ort_library().map(str::to_string);
-        for (dir, file, shape) in typical_inputs(&settings.models_root)? {
+        for (dir, file, inputs) in &typical {
             let name = format!("{}/{file}", dir.manifest().service);
+            let shape = inputs
+                .first()
+                .map(|i| i.shape().to_vec())
+                .unwrap_or_default();
             eprintln!("{name} {shape:?}, {threads} thread(s)...");
-            let tract = dir.load(&tract, &file)?;
-            let ort = dir.load(&ort, &file)?;
-            let (tract_ms, ort_ms) = alternate(tract.as_ref(), ort.as_ref(), &shape, settings)
+            let tract = dir.load(&tract, file)?;
+            let ort = dir.load(&ort, file)?;
+            let (tract_ms, ort_ms) = alternate(tract.as_ref(), ort.as_ref(), inputs, settings)
                 .with_context(|| name.clone())?;
             rows.push(EngineRow {
                 model: name,
@@ -95,8 +105,31 @@ pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
     Ok(report)
 }
 
-/// Every model of every service in `root` with the input shape of a typical request.
-fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<usize>)>> {
+/// Every model of every service in `root` with the inputs of its first run in a typical
+/// request, recorded while the services run on tract: ICDAR 2015 scenes read by both
+/// recognizers, one question through every legal encoder point, one prompt through every
+/// generate point.
+fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<OwnedInput>)>> {
+    let recorder = Recorder::new(TractEngine::new(EngineConfig::default()));
+    let ocr = OcrPipeline::load(&recorder, &ModelDir::open(root, "ocr")?)?;
+    let both_recognizers = OcrOptions {
+        recognizer: RecognizerChoice::Cascade { threshold: 1.01 },
+        ..OcrOptions::default()
+    };
+    // The first scene has no legible text; the second does.
+    for scene in data::ic15_e2e(2)? {
+        ocr.read_image(&super::ocr::load(&scene.path)?, &both_recognizers)?;
+    }
+    let legal = Legal::load(root, &recorder, &default_corpus())?;
+    for point in legal.points().iter().filter(|p| p.space.is_some()) {
+        legal.embed(&point.name, "Is a contract made under duress voidable?")?;
+    }
+    let generate = Generate::load(root, &recorder)?;
+    for point in generate.points() {
+        generate.generate("E", Some(&point.name), 1)?;
+    }
+    let runs = recorder.runs();
+
     let mut found = Vec::new();
     let mut services: Vec<PathBuf> = std::fs::read_dir(root)
         .with_context(|| format!("reading {}", root.display()))?
@@ -110,20 +143,17 @@ fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<usize>)>> {
             .and_then(|s| s.to_str())
             .unwrap_or_default();
         let dir = ModelDir::open(root, service)?;
-        let shapes = services::typical_input_shapes(service);
         for entry in dir
             .manifest()
             .files
             .iter()
             .filter(|f| f.file.ends_with(".onnx"))
         {
-            let Some((_, shape)) = shapes.iter().find(|(file, _)| *file == entry.file) else {
-                bail!(
-                    "{service}/{}: no typical input shape is declared",
-                    entry.file
-                );
+            let name = format!("{service}/{}", entry.file);
+            let Some(first) = runs.get(&name).and_then(|r| r.first()) else {
+                bail!("{name} does not run in a typical request of its service");
             };
-            found.push((dir.clone(), entry.file.clone(), shape.to_vec()));
+            found.push((dir.clone(), entry.file.clone(), first.clone()));
         }
     }
     Ok(found)
@@ -133,18 +163,10 @@ fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<usize>)>> {
 fn alternate(
     tract: &dyn Model,
     ort: &dyn Model,
-    shape: &[usize],
+    inputs: &[OwnedInput],
     settings: &EngineBenchSettings,
 ) -> Result<(f64, f64)> {
-    // Values in [-1, 1) like normalised pixels; fixed, so every run sees the same input.
-    let mut state = 0x2545_f491_u32;
-    let input = ArrayD::from_shape_simple_fn(IxDyn(shape), || {
-        state ^= state << 13;
-        state ^= state >> 17;
-        state ^= state << 5;
-        (state as f32 / u32::MAX as f32) * 2.0 - 1.0
-    });
-    let inputs = [Input::F32(input.view())];
+    let inputs: Vec<Input<'_>> = inputs.iter().map(OwnedInput::view).collect();
     let models: [&dyn Model; 2] = [tract, ort];
     let mut times = [Vec::new(), Vec::new()];
     for model in models {

@@ -158,7 +158,8 @@ pub fn run(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<OcrBen
     Ok(report)
 }
 
-fn load(path: &std::path::Path) -> Result<RgbImage> {
+/// Reads and decodes an image file, naming the file in errors.
+pub(super) fn load(path: &std::path::Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     imaging::decode(&bytes, imaging::DEFAULT_MAX_PIXELS)
         .with_context(|| format!("decoding {}", path.display()))

@@ -13,6 +13,7 @@
 
 #[cfg(feature = "ort")]
 mod ort;
+pub mod record;
 mod select;
 mod tract;
 

@@ -12,15 +12,6 @@ use serde_json::Value;
 
 use crate::policy::PointSpec;
 
-/// The input shape each model of `service` sees in a typical request, by file name: what
-/// benchmarks and `auto` measure on.
-pub fn typical_input_shapes(service: &str) -> &'static [(&'static str, &'static [usize])] {
-    match service {
-        "ocr" => ocr::TYPICAL_INPUT_SHAPES,
-        _ => &[],
-    }
-}
-
 /// A request's payload, independent of the transport that carried it.
 #[derive(Debug, Clone)]
 pub enum Payload {
