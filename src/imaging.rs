@@ -456,15 +456,7 @@ mod tests {
             let want = image::open(dir.join(&name)).unwrap().into_rgb8();
             let got = resize_bilinear(&src, want.width(), want.height());
             assert_eq!(format!("{}x{}", got.width(), got.height()), target);
-            let differing = got
-                .pixels()
-                .zip(want.pixels())
-                .filter(|(a, b)| a != b)
-                .count();
-            assert_eq!(
-                differing, 0,
-                "{name}: {differing} pixels differ from OpenCV"
-            );
+            assert_same_pixels(&got, &want, &name);
             compared += 1;
         }
         assert_eq!(compared, 8);
@@ -472,6 +464,19 @@ mod tests {
 
     fn opencv_fixtures() -> std::path::PathBuf {
         std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/opencv")
+    }
+
+    fn assert_same_pixels(got: &RgbImage, want: &RgbImage, what: &str) {
+        assert_eq!(got.dimensions(), want.dimensions(), "{what}");
+        let differing = got
+            .pixels()
+            .zip(want.pixels())
+            .filter(|(a, b)| a != b)
+            .count();
+        assert_eq!(
+            differing, 0,
+            "{what}: {differing} pixels differ from OpenCV"
+        );
     }
 
     #[test]
@@ -493,15 +498,7 @@ mod tests {
                 perspective_transform(*quad, [[0.0, 0.0], [w, 0.0], [w, h], [0.0, h]]).unwrap();
             let to_source = invert_homography(&to_crop).unwrap();
             let got = warp_perspective_cubic(&src, want.width(), want.height(), &to_source);
-            let differing = got
-                .pixels()
-                .zip(want.pixels())
-                .filter(|(a, b)| a != b)
-                .count();
-            assert_eq!(
-                differing, 0,
-                "crop {i}: {differing} pixels differ from OpenCV"
-            );
+            assert_same_pixels(&got, &want, &format!("crop {i}"));
         }
     }
 
