@@ -68,27 +68,6 @@ fn max_abs_diff(a: &ArrayD<f32>, b: &ArrayD<f32>) -> f32 {
         .fold(0.0, f32::max)
 }
 
-/// Every `.onnx` file named by a manifest under `models/`, as `service/file`.
-fn all_models() -> Vec<(ModelDir, String)> {
-    let root = models::default_root();
-    let mut found = Vec::new();
-    for entry in std::fs::read_dir(&root).unwrap() {
-        let path = entry.unwrap().path();
-        if !path.join("manifest.toml").is_file() {
-            continue;
-        }
-        let service = path.file_name().unwrap().to_str().unwrap().to_string();
-        let dir = ModelDir::open(&root, &service).unwrap();
-        for file in &dir.manifest().files {
-            if file.file.ends_with(".onnx") {
-                found.push((dir.clone(), file.file.clone()));
-            }
-        }
-    }
-    found.sort_by(|a, b| a.1.cmp(&b.1));
-    found
-}
-
 #[test]
 fn every_model_gives_the_same_outputs_on_both_engines() {
     // Record real inputs by running the real OCR pipeline on tract: two street scenes (the
@@ -127,7 +106,7 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
     let recorded = recorder.runs();
 
     let mut checked = Vec::new();
-    for (dir, file) in all_models() {
+    for (dir, file) in models::all_onnx_files(&models::default_root()).unwrap() {
         let name = format!("{}/{file}", dir.manifest().service);
         let inputs = recorded
             .get(&name)

@@ -14,7 +14,7 @@ use super::{Machine, Table, peak_rss_mib, percentile, write_json};
 use crate::data;
 use crate::engine::record::{OwnedInput, Recorder};
 use crate::engine::{Backend, Backends, EngineConfig, Input, Model, Provider, TractEngine};
-use crate::models::ModelDir;
+use crate::models::{self, ModelDir};
 use crate::services::generate::Generate;
 use crate::services::legal::{Legal, default_corpus};
 use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
@@ -131,30 +131,12 @@ fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<OwnedInput>)
     let runs = recorder.runs();
 
     let mut found = Vec::new();
-    let mut services: Vec<PathBuf> = std::fs::read_dir(root)
-        .with_context(|| format!("reading {}", root.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| p.join("manifest.toml").is_file())
-        .collect();
-    services.sort();
-    for path in services {
-        let service = path
-            .file_name()
-            .and_then(|s| s.to_str())
-            .unwrap_or_default();
-        let dir = ModelDir::open(root, service)?;
-        for entry in dir
-            .manifest()
-            .files
-            .iter()
-            .filter(|f| f.file.ends_with(".onnx"))
-        {
-            let name = format!("{service}/{}", entry.file);
-            let Some(first) = runs.get(&name).and_then(|r| r.first()) else {
-                bail!("{name} does not run in a typical request of its service");
-            };
-            found.push((dir.clone(), entry.file.clone(), first.clone()));
-        }
+    for (dir, file) in models::all_onnx_files(root)? {
+        let name = format!("{}/{file}", dir.manifest().service);
+        let Some(first) = runs.get(&name).and_then(|r| r.first()) else {
+            bail!("{name} does not run in a typical request of its service");
+        };
+        found.push((dir, file, first.clone()));
     }
     Ok(found)
 }

@@ -209,6 +209,26 @@ pub struct OcrBenchArgs {
     pub out: PathBuf,
 }
 
+/// What `load` builds from a runtime whose models run on each of `thread_counts` threads,
+/// paired with the count.
+fn per_thread_count<T>(
+    global: &GlobalArgs,
+    thread_counts: &[usize],
+    load: impl Fn(&Runtime) -> Result<T>,
+) -> Result<Vec<(usize, T)>> {
+    thread_counts
+        .iter()
+        .map(|&threads| {
+            anyhow::ensure!(threads >= 1, "thread counts must be at least 1");
+            let runtime = Runtime::from_args(&GlobalArgs {
+                threads: Some(threads),
+                ..global.clone()
+            })?;
+            Ok((threads, load(&runtime)?))
+        })
+        .collect()
+}
+
 pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
     match &args.which {
         Benchmark::Burn(a) => {
@@ -217,15 +237,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
         }
         Benchmark::Adapt(a) => return adapt(global, a),
         Benchmark::Generate(a) => {
-            let mut generators = Vec::new();
-            for &threads in &a.thread_counts {
-                anyhow::ensure!(threads >= 1, "thread counts must be at least 1");
-                let global = GlobalArgs {
-                    threads: Some(threads),
-                    ..global.clone()
-                };
-                generators.push((threads, Runtime::from_args(&global)?.generate(Warm::Up)?));
-            }
+            let generators = per_thread_count(global, &a.thread_counts, |r| r.generate(Warm::Up))?;
             crate::bench::generate::run(&crate::bench::generate::GenerateBenchSettings {
                 generators,
                 images: a.images,
@@ -234,16 +246,9 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Benchmark::Legal(a) => {
-            let mut retrievers = Vec::new();
-            for &threads in &a.thread_counts {
-                anyhow::ensure!(threads >= 1, "thread counts must be at least 1");
-                let global = GlobalArgs {
-                    threads: Some(threads),
-                    ..global.clone()
-                };
-                let runtime = Runtime::from_args(&global)?;
-                retrievers.push((threads, runtime.legal(a.corpus.as_deref(), Warm::Up)?));
-            }
+            let retrievers = per_thread_count(global, &a.thread_counts, |r| {
+                r.legal(a.corpus.as_deref(), Warm::Up)
+            })?;
             crate::bench::legal::run(&crate::bench::legal::LegalBenchSettings {
                 retrievers,
                 tune_years: if a.tune_years.is_empty() {

@@ -17,6 +17,11 @@ use crate::engine::{Engine, EngineError, Model};
 /// Why a model file could not be used.
 #[derive(Debug, thiserror::Error)]
 pub enum ModelError {
+    #[error("models folder {path} cannot be read: {source}")]
+    RootIo {
+        path: PathBuf,
+        source: std::io::Error,
+    },
     #[error("model manifest {path} cannot be read: {source}")]
     ManifestIo {
         path: PathBuf,
@@ -177,6 +182,31 @@ impl ModelDir {
             path: self.dir.join(file),
         })
     }
+}
+
+/// Every ONNX file named by a service manifest under `root`, with its folder: services in
+/// name order, files in manifest order.
+pub fn all_onnx_files(root: &Path) -> Result<Vec<(ModelDir, String)>, ModelError> {
+    let entries = std::fs::read_dir(root).map_err(|source| ModelError::RootIo {
+        path: root.to_path_buf(),
+        source,
+    })?;
+    let mut services: Vec<String> = entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().join("manifest.toml").is_file())
+        .filter_map(|e| e.file_name().into_string().ok())
+        .collect();
+    services.sort();
+    let mut found = Vec::new();
+    for service in services {
+        let dir = ModelDir::open(root, &service)?;
+        for entry in &dir.manifest().files {
+            if entry.file.ends_with(".onnx") {
+                found.push((dir.clone(), entry.file.clone()));
+            }
+        }
+    }
+    Ok(found)
 }
 
 /// The models folder to use: `EDGERUN_MODELS` if set, else `./models` if it exists, else
