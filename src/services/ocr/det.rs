@@ -265,12 +265,9 @@ fn round_offset(polygon: &[[i64; 2]], delta: f64) -> Vec<Point<i32>> {
     if area < 0.0 {
         path.reverse();
     }
-    let y = if ARC_TOLERANCE > delta.abs() * ARC_TOLERANCE {
-        delta.abs() * ARC_TOLERANCE
-    } else {
-        ARC_TOLERANCE
-    };
-    let steps = (std::f64::consts::PI / (1.0 - y / delta.abs()).acos())
+    // Below one pixel of offset Clipper tightens the tolerance in proportion.
+    let tolerance = ARC_TOLERANCE * delta.abs().min(1.0);
+    let steps = (std::f64::consts::PI / (1.0 - tolerance / delta.abs()).acos())
         .min(delta.abs() * std::f64::consts::PI);
     let step = std::f64::consts::TAU / steps;
     let (step_sin, step_cos) = (step.sin() * delta.signum(), step.cos());
@@ -545,6 +542,37 @@ mod tests {
             grown.corners
         );
         assert!(tl[1] < bl[1] && tr[1] < br[1], "{:?}", grown.corners);
+    }
+
+    #[test]
+    fn round_offset_gives_pyclippers_outline() {
+        // pyclipper 1.4: PyclipperOffset().AddPath(10x5 rectangle, JT_ROUND,
+        // ET_CLOSEDPOLYGON).Execute(2.0) gives these 8 points (in another order); its final
+        // union also drops the collinear (10, 7), (0, -2), (-2, 5) and (12, 0) kept here.
+        let rect = [[0, 0], [10, 0], [10, 5], [0, 5]];
+        let mut got: Vec<(i32, i32)> = round_offset(&rect, 2.0)
+            .iter()
+            .map(|p| (p.x, p.y))
+            .collect();
+        got.sort();
+        let mut want = vec![
+            (12, -1),
+            (12, 5),
+            (11, 7),
+            (0, 7),
+            (-2, 6),
+            (-2, 0),
+            (-1, -2),
+            (10, -2),
+            (10, 7),
+            (0, -2),
+            (-2, 5),
+            (12, 0),
+        ];
+        want.sort();
+        assert_eq!(got, want);
+        // Fewer than three distinct corners: Clipper gives nothing.
+        assert!(round_offset(&[[1, 1], [1, 1], [4, 1], [1, 1]], 2.0).is_empty());
     }
 
     #[test]
