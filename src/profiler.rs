@@ -13,7 +13,7 @@ use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::latency::LatencyStats;
 use crate::policy::{ProfiledPoint, pareto_front};
-use crate::services::{Payload, Service};
+use crate::services::{Payload, Service, Serving};
 
 /// A request to measure with.
 #[derive(Debug, Clone)]
@@ -67,7 +67,11 @@ pub fn profile_service(
         for (i, sample) in samples.iter().enumerate() {
             let started = Instant::now();
             service
-                .handle(sample.content_type.as_deref(), &sample.payload, Some(point))
+                .handle(
+                    sample.content_type.as_deref(),
+                    &sample.payload,
+                    Serving::at(point),
+                )
                 .with_context(|| format!("{point}, sample {i}"))?;
             latencies.push(started.elapsed().as_secs_f64() * 1e3);
             progress.inc(1);

@@ -12,7 +12,7 @@ use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::models;
 use edgerun::services::generate::{Generate, GenerateService};
 use edgerun::services::ocr::OcrOptions;
-use edgerun::services::{Output, Payload, Service};
+use edgerun::services::{Output, Payload, Service, Serving};
 use image::RgbImage;
 use serde_json::{Value, json};
 
@@ -161,7 +161,7 @@ fn the_service_answers_png_or_json() {
         .handle_output(
             None,
             &Payload::Json(json!({"prompt": "R", "seed": 3})),
-            None,
+            Serving::default(),
         )
         .unwrap();
     let Output::Media {
@@ -181,7 +181,7 @@ fn the_service_answers_png_or_json() {
         .handle(
             None,
             &Payload::Json(json!({"prompt": "R", "seed": 3, "format": "json"})),
-            Some("sid:2"),
+            Serving::at("sid:2"),
         )
         .unwrap();
     assert_eq!(answer["point"], "sid:2");
@@ -210,7 +210,9 @@ fn the_service_answers_png_or_json() {
         ),
         (Payload::Raw(vec![b'A'; 300].into()), None, "too_large"),
     ] {
-        let err = service.handle(content_type, &payload, None).unwrap_err();
+        let err = service
+            .handle(content_type, &payload, Serving::default())
+            .unwrap_err();
         assert_eq!(err.code, code, "{payload:?}: {err}");
     }
 }

@@ -9,7 +9,7 @@ use common::mqtt::{Client, Mosquitto, config, exclusive};
 use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::models;
 use edgerun::services::legal::{Legal, LegalService, default_corpus};
-use edgerun::services::{Payload, Service};
+use edgerun::services::{Payload, Service, Serving};
 use serde_json::{Value, json};
 
 fn legal() -> &'static Arc<Legal> {
@@ -102,7 +102,9 @@ fn known_training_queries_return_their_gold_article_first() {
 fn bad_queries_get_clear_errors() {
     let service = LegalService::new(legal().clone());
     let ask = |content_type: Option<&str>, payload: Payload| {
-        service.handle(content_type, &payload, None).unwrap_err()
+        service
+            .handle(content_type, &payload, Serving::default())
+            .unwrap_err()
     };
     let empty = ask(None, Payload::Json(json!({"query": "   "})));
     assert_eq!(
@@ -139,7 +141,11 @@ fn bad_queries_get_clear_errors() {
         unknown.message
     );
     let point = service
-        .handle(None, &Payload::Json(json!({"query": "lease"})), Some("l12"))
+        .handle(
+            None,
+            &Payload::Json(json!({"query": "lease"})),
+            Serving::at("l12"),
+        )
         .unwrap_err();
     assert_eq!(point.code, "bad_request");
     assert!(

@@ -217,7 +217,7 @@ impl edgerun::services::Service for Gate {
         &self,
         _: Option<&str>,
         _: &edgerun::services::Payload,
-        _: Option<&str>,
+        _: edgerun::services::Serving<'_>,
     ) -> Result<Value, edgerun::services::ServiceError> {
         let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(30));
         Ok(json!({"passed": true}))
@@ -598,7 +598,7 @@ async fn when_a_fleet_member_is_killed_mid_stream_every_request_is_still_answere
 /// publishes the device and the controller's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_chooses_points_and_telemetry_shows_them() {
-    use edgerun::policy::{Controller, PolicyConfig, ProfiledPoint};
+    use edgerun::policy::{Controller, Planning, PolicyConfig, ProfiledPoint};
     use edgerun::serve::PointChoice;
     let _serial = exclusive().await;
     let mosquitto = Mosquitto::start();
@@ -613,7 +613,8 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
         slo_ms: 60_000.0,
         ..PolicyConfig::default()
     };
-    let controller = Controller::new(policy, points, std::time::Instant::now()).unwrap();
+    let controller =
+        Controller::new(policy, points, Planning::Median, std::time::Instant::now()).unwrap();
     let choices = [(
         "ocr".to_string(),
         PointChoice::Adaptive(Box::new(controller)),

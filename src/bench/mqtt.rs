@@ -19,7 +19,7 @@ use crate::mqtt::client::RequestClient;
 use crate::serve::{self, ServeConfig, ServiceConfig};
 use crate::services::echo::EchoService;
 use crate::services::ocr::{OcrOptions, OcrPipeline, OcrService, RecognizerChoice};
-use crate::services::{Payload, Service};
+use crate::services::{Payload, Service, Serving};
 
 #[derive(Debug, Clone)]
 pub struct MqttBenchSettings {
@@ -178,7 +178,11 @@ fn in_process_echo(payload: &[u8], n: usize) -> Result<LatencyStats> {
         let started = Instant::now();
         // What the server does per request besides MQTT: parse the JSON, run the service.
         let value = serde_json::from_slice(payload)?;
-        let answer = EchoService.handle(Some("application/json"), &Payload::Json(value), None)?;
+        let answer = EchoService.handle(
+            Some("application/json"),
+            &Payload::Json(value),
+            Serving::default(),
+        )?;
         std::hint::black_box(serde_json::to_vec(&answer)?);
         samples.push(started.elapsed().as_secs_f64() * 1e3);
     }
@@ -192,7 +196,7 @@ fn in_process_ocr(service: &dyn Service, crops: &[Vec<u8>]) -> Result<f64> {
     let run = || -> Result<()> {
         for crop in crops {
             let payload = Payload::Json(serde_json::from_slice(crop)?);
-            service.handle(Some("application/json"), &payload, None)?;
+            service.handle(Some("application/json"), &payload, Serving::default())?;
         }
         Ok(())
     };

@@ -13,7 +13,7 @@ use crate::bench::Machine;
 use crate::engine::{Backends, Engine, EngineConfig, Placement};
 use crate::models::{self, ModelDir};
 use crate::policy::profile;
-use crate::policy::{Controller, PolicyConfig, ProfileCache, ProfileKey};
+use crate::policy::{Controller, Planning, PolicyConfig, ProfileCache, ProfileKey};
 use crate::serve::{PointChoice, ServeConfig};
 use crate::services::Service;
 use crate::services::generate::Generate;
@@ -185,22 +185,24 @@ pub fn point_choices(
             None => PointChoice::Fixed {
                 why: format!("no [policy.{name}] latency target configured"),
             },
-            Some(policy) => match controller_for(runtime, &profile_path, &key, name, policy) {
-                Ok(controller) => {
-                    tracing::info!(
-                        "{name}: adaptive over {:?}, starting at {}",
-                        controller.state().candidates,
-                        controller.current()
-                    );
-                    PointChoice::Adaptive(Box::new(controller))
-                }
-                Err(why) => {
-                    tracing::warn!("{name}: serving its default point: {why:#}");
-                    PointChoice::Fixed {
-                        why: format!("{why:#}"),
+            Some(policy) => {
+                match controller_for(runtime, &profile_path, &key, service.as_ref(), policy) {
+                    Ok(controller) => {
+                        tracing::info!(
+                            "{name}: adaptive over {:?}, starting at {}",
+                            controller.state().candidates,
+                            controller.current()
+                        );
+                        PointChoice::Adaptive(Box::new(controller))
+                    }
+                    Err(why) => {
+                        tracing::warn!("{name}: serving its default point: {why:#}");
+                        PointChoice::Fixed {
+                            why: format!("{why:#}"),
+                        }
                     }
                 }
-            },
+            }
         };
         choices.insert(name.to_string(), choice);
     }
@@ -211,15 +213,16 @@ fn controller_for(
     runtime: &Runtime,
     profile_path: &std::path::Path,
     key: &ProfileKey,
-    service: &str,
+    service: &dyn Service,
     policy: &PolicyConfig,
 ) -> Result<Controller> {
-    let dir = ModelDir::open(&runtime.models_root, service)?;
+    let dir = ModelDir::open(&runtime.models_root, service.name())?;
     let cache = ProfileCache::load(profile_path)?;
-    let profile = cache.valid_for(profile_path, key, service, dir.manifest_sha256())?;
+    let profile = cache.valid_for(profile_path, key, service.name(), dir.manifest_sha256())?;
     Ok(Controller::new(
         policy.clone(),
         profile.points.clone(),
+        Planning::for_service(service.meets_deadlines()),
         std::time::Instant::now(),
     )?)
 }
@@ -228,7 +231,7 @@ fn controller_for(
 mod tests {
     use super::*;
     use crate::policy::{ProfiledPoint, ServiceProfile};
-    use crate::services::{Payload, ServiceError};
+    use crate::services::{Payload, ServiceError, Serving};
 
     /// Stands in for the OCR service: only its name matters here.
     struct Named;
@@ -241,7 +244,7 @@ mod tests {
             &self,
             _: Option<&str>,
             _: &Payload,
-            _: Option<&str>,
+            _: Serving<'_>,
         ) -> Result<serde_json::Value, ServiceError> {
             Ok(serde_json::Value::Null)
         }

@@ -3,10 +3,13 @@
 //! The latency of point *i* is predicted as
 //!
 //! ```text
-//! predicted_i = profiled_p95_i x conditions x slowdown
+//! predicted_i = profiled_i x conditions x slowdown
 //! ```
 //!
-//! where `conditions` is what telemetry says about the device now compared with when it was
+//! where `profiled_i` is the point's p95 on this device, or its median for a service that
+//! steps down mid-request when one runs long (see [`Planning`]),
+//!
+//! `conditions` is what telemetry says about the device now compared with when it was
 //! profiled (CPU contention from other processes, a thermally capped clock) and `slowdown` is
 //! an EWMA of observed / expected service times (expected: the profiled mean under the
 //! current conditions), which learns whatever telemetry misses.
@@ -25,6 +28,35 @@ use serde::{Deserialize, Serialize};
 use super::pareto_front;
 use super::profile::ProfiledPoint;
 use crate::telemetry::Snapshot;
+
+/// Which profiled latency the controller plans a point with.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Planning {
+    /// The p95: the point itself must meet the target, slow requests included.
+    Tail,
+    /// The median: the service meets the deadline of a request that runs long by stepping
+    /// down mid-request ([`crate::services::Service::meets_deadlines`]), so planning for
+    /// the tail would give away quality on every typical request.
+    Median,
+}
+
+impl Planning {
+    pub fn for_service(meets_deadlines: bool) -> Planning {
+        if meets_deadlines {
+            Planning::Median
+        } else {
+            Planning::Tail
+        }
+    }
+
+    fn latency_ms(self, point: &ProfiledPoint) -> f64 {
+        match self {
+            Planning::Tail => point.p95_ms,
+            Planning::Median => point.p50_ms,
+        }
+    }
+}
 
 /// A service's latency target and how eagerly the controller moves.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -222,6 +254,7 @@ pub struct Switch {
 pub struct PolicyState {
     pub point: String,
     pub slo_ms: f64,
+    pub planning: Planning,
     pub predicted_ms: f64,
     pub slowdown: f64,
     pub conditions: Conditions,
@@ -239,6 +272,7 @@ const SLOWDOWN_RANGE: (f64, f64) = (0.2, 50.0);
 #[derive(Debug, Clone)]
 pub struct Controller {
     config: PolicyConfig,
+    planning: Planning,
     /// Every profiled point (pins may name any of them).
     profiled: Vec<ProfiledPoint>,
     /// Indices into `profiled`: the front above min_quality, cheapest (and worst) first.
@@ -255,18 +289,22 @@ pub struct Controller {
 }
 
 impl Controller {
-    /// A controller over `profiled` points; it starts on the best one that fits the SLO
-    /// as profiled.
+    /// A controller over `profiled` points, planned with `planning`'s latencies; it starts
+    /// on the best one that fits the SLO as profiled.
     pub fn new(
         config: PolicyConfig,
         profiled: Vec<ProfiledPoint>,
+        planning: Planning,
         now: Instant,
     ) -> Result<Controller, PolicyError> {
         config.validate()?;
         if profiled.is_empty() {
             return Err(PolicyError::NoPoints);
         }
-        let costs: Vec<(f64, f64)> = profiled.iter().map(|p| (p.p95_ms, p.quality)).collect();
+        let costs: Vec<(f64, f64)> = profiled
+            .iter()
+            .map(|p| (planning.latency_ms(p), p.quality))
+            .collect();
         let min_quality = config.min_quality.unwrap_or(f64::NEG_INFINITY);
         let candidates: Vec<usize> = pareto_front(&costs)
             .into_iter()
@@ -278,6 +316,7 @@ impl Controller {
         }
         let mut controller = Controller {
             config,
+            planning,
             profiled,
             candidates,
             current: 0,
@@ -317,7 +356,7 @@ impl Controller {
     }
 
     fn predict(&self, point: &ProfiledPoint) -> f64 {
-        point.p95_ms * self.conditions.factor() * self.slowdown
+        self.planning.latency_ms(point) * self.conditions.factor() * self.slowdown
     }
 
     /// The best candidate predicted within `budget_ms`.
@@ -449,6 +488,7 @@ impl Controller {
         PolicyState {
             point: self.current().to_string(),
             slo_ms: self.config.slo_ms,
+            planning: self.planning,
             predicted_ms: self.predict(self.candidate(self.current)),
             slowdown: self.slowdown,
             conditions: self.conditions,
@@ -518,18 +558,18 @@ mod tests {
     #[test]
     fn starts_on_the_best_point_that_fits_and_skips_dominated_ones() {
         let t0 = Instant::now();
-        let c = Controller::new(config(250.0), points(), t0).unwrap();
+        let c = Controller::new(config(250.0), points(), Planning::Tail, t0).unwrap();
         assert_eq!(c.current(), "best");
         assert_eq!(c.state().candidates, ["fast", "mid", "best"]);
-        let c = Controller::new(config(150.0), points(), t0).unwrap();
+        let c = Controller::new(config(150.0), points(), Planning::Tail, t0).unwrap();
         assert_eq!(c.current(), "mid");
-        let tight = Controller::new(config(1.0), points(), t0).unwrap();
+        let tight = Controller::new(config(1.0), points(), Planning::Tail, t0).unwrap();
         assert_eq!(tight.current(), "fast", "nothing fits: the cheapest");
         let picky = PolicyConfig {
             min_quality: Some(0.5),
             ..config(1.0)
         };
-        let c = Controller::new(picky, points(), t0).unwrap();
+        let c = Controller::new(picky, points(), Planning::Tail, t0).unwrap();
         assert_eq!(c.state().candidates, ["mid", "best"]);
         assert_eq!(c.current(), "mid", "min_quality beats the SLO");
         let impossible = PolicyConfig {
@@ -537,11 +577,11 @@ mod tests {
             ..config(250.0)
         };
         assert!(matches!(
-            Controller::new(impossible, points(), t0),
+            Controller::new(impossible, points(), Planning::Tail, t0),
             Err(PolicyError::NothingGoodEnough { .. })
         ));
         assert_eq!(
-            Controller::new(config(250.0), vec![], t0).unwrap_err(),
+            Controller::new(config(250.0), vec![], Planning::Tail, t0).unwrap_err(),
             PolicyError::NoPoints
         );
     }
@@ -550,7 +590,7 @@ mod tests {
     fn steps_down_at_once_on_overload_and_back_up_only_after_the_window() {
         let t0 = Instant::now();
         let step = Duration::from_millis(250);
-        let mut c = Controller::new(config(300.0), points(), t0).unwrap();
+        let mut c = Controller::new(config(300.0), points(), Planning::Tail, t0).unwrap();
         // As profiled: stays on best (p95 200 ms).
         let (served, now) = serve(&mut c, t0, 20, step, |p, _| p50(p));
         assert!(served.iter().all(|p| p == "best"), "{served:?}");
@@ -582,7 +622,7 @@ mod tests {
     #[test]
     fn conditions_from_telemetry_step_down_before_any_slow_request() {
         let t0 = Instant::now();
-        let mut c = Controller::new(config(250.0), points(), t0).unwrap();
+        let mut c = Controller::new(config(250.0), points(), Planning::Tail, t0).unwrap();
         assert_eq!(c.current(), "best");
         // Two other cores' worth of load on a 2-core device, our demand 2 cores: each of our
         // threads gets half a core.
@@ -618,7 +658,7 @@ mod tests {
         let t0 = Instant::now();
         let step = Duration::from_millis(100);
         // SLO between mid and best with room: best fits as profiled (200 <= 250).
-        let mut c = Controller::new(config(250.0), points(), t0).unwrap();
+        let mut c = Controller::new(config(250.0), points(), Planning::Tail, t0).unwrap();
         // +-15% deterministic noise around the profiled median, 2 minutes.
         let noise =
             |p: &str, i: usize| p50(p) * (1.0 + 0.15 * ((i * 7919 % 13) as f64 / 6.0 - 1.0));
@@ -627,7 +667,7 @@ mod tests {
         assert_eq!(c.state().switches, 0);
         // The same noise on a lower point close to its limit: mid predicted 100 ms against an
         // SLO of 120 ms, best out of reach.
-        let mut c = Controller::new(config(120.0), points(), t0).unwrap();
+        let mut c = Controller::new(config(120.0), points(), Planning::Tail, t0).unwrap();
         assert_eq!(c.current(), "mid");
         let (served, _) = serve(&mut c, t0, 1200, step, noise);
         let changes = served.windows(2).filter(|w| w[0] != w[1]).count();
@@ -637,7 +677,7 @@ mod tests {
     #[test]
     fn pins_and_deadlines_decide_one_request_without_moving_the_point() {
         let t0 = Instant::now();
-        let mut c = Controller::new(config(250.0), points(), t0).unwrap();
+        let mut c = Controller::new(config(250.0), points(), Planning::Tail, t0).unwrap();
         let pinned = c
             .decide(
                 &RequestPolicy {

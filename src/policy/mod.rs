@@ -17,7 +17,8 @@ pub mod profile;
 use serde::{Deserialize, Serialize};
 
 pub use self::controller::{
-    Conditions, Controller, Decision, PolicyConfig, PolicyError, PolicyState, Reason, RequestPolicy,
+    Conditions, Controller, Decision, Planning, PolicyConfig, PolicyError, PolicyState, Reason,
+    RequestPolicy,
 };
 pub use self::pareto::pareto_front;
 pub use self::profile::{ProfileCache, ProfileKey, ProfiledPoint, ServiceProfile};

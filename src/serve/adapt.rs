@@ -70,6 +70,17 @@ impl LanePolicy {
             .map_err(|e| ServiceError::new("bad_request", e))
     }
 
+    /// In how many milliseconds from its arrival a request is due: its own deadline, else
+    /// the controller's SLO; `None` for a service without a controller and a request
+    /// without a deadline.
+    pub fn due_in_ms(&self, steering: &Steering) -> Option<f64> {
+        steering.deadline_ms.or_else(|| {
+            self.controller
+                .as_ref()
+                .map(|c| c.lock().expect("controller lock poisoned").config().slo_ms)
+        })
+    }
+
     /// Teaches the controller how long `point` took in the service.
     pub fn observe(&self, point: &str, service_ms: f64) {
         if let Some(controller) = &self.controller {

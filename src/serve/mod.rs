@@ -33,7 +33,7 @@ pub use self::config::{ServeConfig, ServiceConfig};
 use self::stats::ServiceStats;
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{EmbeddedBroker, Topics};
-use crate::services::{Output, Service, ServiceError};
+use crate::services::{Output, Service, ServiceError, Serving};
 use crate::telemetry::{Monitor, Sampler};
 
 /// How often the device is sampled for the controllers (telemetry publishes less often).
@@ -627,7 +627,9 @@ fn work(
 }
 
 /// Serves one request at the point its controller (or its pin) chooses, and teaches the
-/// controller how long it took. The answer says which point served it and why.
+/// controller how long it took. The answer says which point served it and why. Unless
+/// pinned, the request is due at its deadline or the SLO (counted from its arrival), and a
+/// service that can step down mid-request to meet it does.
 fn serve_one(
     service: &dyn Service,
     policy: &LanePolicy,
@@ -643,9 +645,17 @@ fn serve_one(
         .as_ref()
         .map(|d| d.point.as_str())
         .or(steering.point.as_deref());
+    let deadline = match steering.point {
+        Some(_) => None,
+        None => policy
+            .due_in_ms(steering)
+            .and_then(|ms| Duration::try_from_secs_f64(ms.max(0.0) / 1e3).ok())
+            .and_then(|due| request.received_at.checked_add(due)),
+    };
     let started = Instant::now();
     let mut output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        service.handle_output(request.content_type.as_deref(), &request.body, point)
+        let serving = Serving { point, deadline };
+        service.handle_output(request.content_type.as_deref(), &request.body, serving)
     }))
     .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")))?;
     let json = output.json_mut();
@@ -655,7 +665,10 @@ fn serve_one(
     }
     if let Some(decision) = decision {
         // A request that overrode the point's knobs ran something else: nothing to learn.
-        if json.get("point").and_then(Value::as_str) == Some(decision.point.as_str()) {
+        // One that stepped down to meet its deadline ran the decided point's detection and
+        // as much of the rest as fitted: it counts for the decided point.
+        let ran = |field: &str| json.get(field).and_then(Value::as_str);
+        if [ran("point"), ran("stepped_down_from")].contains(&Some(decision.point.as_str())) {
             policy.observe(&decision.point, started.elapsed().as_secs_f64() * 1e3);
         }
         json["policy"] = json!({

@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Payload, Service, ServiceError};
+use super::{Payload, Service, ServiceError, Serving};
 
 pub struct EchoService;
 
@@ -17,9 +17,9 @@ impl Service for EchoService {
         &self,
         content_type: Option<&str>,
         payload: &Payload,
-        point: Option<&str>,
+        serving: Serving<'_>,
     ) -> Result<Value, ServiceError> {
-        if let Some(point) = point {
+        if let Some(point) = serving.point {
             return Err(ServiceError::unknown_point(point, &[]));
         }
         Ok(match payload {
@@ -40,13 +40,17 @@ mod tests {
     #[test]
     fn echoes_json_and_sizes_raw_payloads() {
         let answer = EchoService
-            .handle(None, &Payload::Json(json!({"a": 1})), None)
+            .handle(None, &Payload::Json(json!({"a": 1})), Serving::default())
             .unwrap();
         assert_eq!(answer, json!({"echo": {"a": 1}}));
         let raw = Payload::Raw(bytes::Bytes::from_static(b"abc"));
-        let answer = EchoService.handle(Some("x/y"), &raw, None).unwrap();
+        let answer = EchoService
+            .handle(Some("x/y"), &raw, Serving::default())
+            .unwrap();
         assert_eq!(answer, json!({"bytes": 3, "content_type": "x/y"}));
-        let err = EchoService.handle(None, &raw, Some("fast")).unwrap_err();
+        let err = EchoService
+            .handle(None, &raw, Serving::at("fast"))
+            .unwrap_err();
         assert_eq!(err.code, "bad_request");
     }
 }

@@ -6,6 +6,8 @@ pub mod generate;
 pub mod legal;
 pub mod ocr;
 
+use std::time::Instant;
+
 use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::Value;
@@ -129,19 +131,40 @@ pub fn plain_text<'a>(
         .map_err(|e| ServiceError::new("bad_request", format!("{what} is not UTF-8: {e}")))
 }
 
+/// How the runtime asks for one request to be served.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Serving<'a> {
+    /// The operating point; the service's default if `None`.
+    pub point: Option<&'a str>,
+    /// When the answer is due. A service that can cut optional work short (see
+    /// [`Service::meets_deadlines`]) does so to answer by then; the others ignore it.
+    pub deadline: Option<Instant>,
+}
+
+impl<'a> Serving<'a> {
+    /// At `point`, with no deadline: exactly that point's work.
+    pub fn at(point: &'a str) -> Serving<'a> {
+        Serving {
+            point: Some(point),
+            deadline: None,
+        }
+    }
+}
+
 /// A service a device can serve to remote clients.
 pub trait Service: Send + Sync {
     /// The name in topics and configs (`ocr`).
     fn name(&self) -> &'static str;
 
-    /// Answers one request at operating point `point` (the service's default if `None`);
-    /// an unknown point is a `bad_request`. Runs on a worker thread; may take as long as
-    /// inference takes. The answer names the point it was computed at (`"point"`).
+    /// Answers one request as `serving` asks; an unknown point is a `bad_request`. Runs on
+    /// a worker thread; may take as long as inference takes. The answer names the point it
+    /// was computed at (`"point"`) and, when it stepped down from the requested point to
+    /// meet the deadline, the requested one (`"stepped_down_from"`).
     fn handle(
         &self,
         content_type: Option<&str>,
         payload: &Payload,
-        point: Option<&str>,
+        serving: Serving<'_>,
     ) -> Result<Value, ServiceError>;
 
     /// Like [`Service::handle`], for a transport that can carry media: a service that
@@ -150,9 +173,17 @@ pub trait Service: Send + Sync {
         &self,
         content_type: Option<&str>,
         payload: &Payload,
-        point: Option<&str>,
+        serving: Serving<'_>,
     ) -> Result<Output, ServiceError> {
-        self.handle(content_type, payload, point).map(Output::Json)
+        self.handle(content_type, payload, serving)
+            .map(Output::Json)
+    }
+
+    /// Whether the service finishes requests by their deadline by stepping down to a
+    /// cheaper declared point mid-request. Its controller can then plan on typical
+    /// (median) latencies and leave the slow tail to the service.
+    fn meets_deadlines(&self) -> bool {
+        false
     }
 
     /// The operating points the controller may choose among, with their offline quality.

@@ -14,7 +14,7 @@ use serde_json::{Value, json};
 
 use super::{Generate, GenerateError};
 use crate::policy::PointSpec;
-use crate::services::{Output, Payload, Service, ServiceError, plain_text};
+use crate::services::{Output, Payload, Service, ServiceError, Serving, plain_text};
 
 /// A prompt payload longer than this (bytes) is refused before it is read: prompts are a
 /// few characters.
@@ -76,9 +76,9 @@ impl Service for GenerateService {
         &self,
         content_type: Option<&str>,
         payload: &Payload,
-        point: Option<&str>,
+        serving: Serving<'_>,
     ) -> Result<Value, ServiceError> {
-        self.handle_output(content_type, payload, point)
+        self.handle_output(content_type, payload, serving)
             .map(Output::into_json)
     }
 
@@ -86,12 +86,12 @@ impl Service for GenerateService {
         &self,
         content_type: Option<&str>,
         payload: &Payload,
-        point: Option<&str>,
+        serving: Serving<'_>,
     ) -> Result<Output, ServiceError> {
         let request = Self::request(content_type, payload)?;
         let generated = self
             .generate
-            .generate(&request.prompt, point, request.seed)
+            .generate(&request.prompt, serving.point, request.seed)
             .map_err(service_error)?;
         let meta = json!({
             "prompt": generated.prompt,

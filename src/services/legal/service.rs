@@ -12,7 +12,7 @@ use serde_json::{Value, json};
 
 use super::{Legal, LegalError, MAX_QUERY_BYTES};
 use crate::policy::PointSpec;
-use crate::services::{Payload, Service, ServiceError, plain_text};
+use crate::services::{Payload, Service, ServiceError, Serving, plain_text};
 
 /// Articles returned when a request does not say.
 pub const DEFAULT_K: usize = 5;
@@ -47,7 +47,7 @@ impl Service for LegalService {
         &self,
         content_type: Option<&str>,
         payload: &Payload,
-        point: Option<&str>,
+        serving: Serving<'_>,
     ) -> Result<Value, ServiceError> {
         let (query, k) = match payload {
             Payload::Json(value) => {
@@ -61,7 +61,10 @@ impl Service for LegalService {
                 (text.to_string(), DEFAULT_K)
             }
         };
-        let answer = self.legal.search(&query, k, point).map_err(service_error)?;
+        let answer = self
+            .legal
+            .search(&query, k, serving.point)
+            .map_err(service_error)?;
         Ok(serde_json::to_value(answer).expect("answers serialise"))
     }
 

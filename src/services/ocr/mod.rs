@@ -9,6 +9,7 @@
 //! This module takes decoded images and returns results; it does not parse requests,
 //! decode files or choose operating points.
 
+pub mod budget;
 pub mod det;
 pub mod points;
 pub mod rec;
@@ -194,6 +195,8 @@ struct Recognizer {
     kind: RecognizerKind,
     model: Arc<dyn Model>,
     charset: Charset,
+    /// Milliseconds per input column (batch x width) lately.
+    cost: budget::Meter,
 }
 
 impl Recognizer {
@@ -210,6 +213,7 @@ impl Recognizer {
             kind,
             model,
             charset,
+            cost: budget::Meter::default(),
         })
     }
 
@@ -226,7 +230,11 @@ impl Recognizer {
         for chunk in order.chunks(batch_size.max(1)) {
             let batch: Vec<&RgbImage> = chunk.iter().map(|&i| crops[i]).collect();
             let input = rec::preprocess(&batch);
+            let started = Instant::now();
             let output = self.model.run(&[Input::F32(input.view().into_dyn())])?;
+            self.cost.record(
+                started.elapsed().as_secs_f64() * 1e3 / (batch.len() * input.shape()[3]) as f64,
+            );
             let probs = output.into_iter().next().unwrap_or_default();
             if probs.ndim() != 3
                 || probs.shape()[0] != batch.len()
@@ -274,6 +282,20 @@ pub struct OcrPipeline {
     small: Recognizer,
     /// The operating points the manifest declares.
     points: Vec<OcrPoint>,
+    /// What the stages have cost lately, for meeting deadlines ([`budget`]).
+    meters: Meters,
+}
+
+/// The pipeline's running averages besides the recognizers' own cost per column.
+#[derive(Debug, Default)]
+struct Meters {
+    /// Detector milliseconds per input pixel.
+    det_ms_per_pixel: budget::Meter,
+    /// Recognizer input columns (crop widths at height 48) per image.
+    columns_per_image: budget::Meter,
+    /// Per declared point (same order): the share of crops its recognizer sends to the
+    /// small model, learnt from the tiny recognizer's confidences.
+    small_share: Vec<budget::Meter>,
 }
 
 impl OcrPipeline {
@@ -296,10 +318,17 @@ impl OcrPipeline {
                 "dict_small.txt",
             )?,
             points: points::from_manifest(&dir.manifest().points)?,
-        })
+            meters: Meters::default(),
+        }
+        .with_meters())
     }
 
     /// The operating points declared in the manifest, in its order.
+    fn with_meters(mut self) -> OcrPipeline {
+        self.meters.small_share = self.points.iter().map(|_| Default::default()).collect();
+        self
+    }
+
     pub fn points(&self) -> &[OcrPoint] {
         &self.points
     }
@@ -340,33 +369,58 @@ impl OcrPipeline {
                 height: crop.height(),
             });
         }
-        let read = |r: &Recognizer, crops: &[&RgbImage]| {
-            r.read(crops, options.ascii_only, options.batch_size)
-        };
         match options.recognizer {
-            RecognizerChoice::Tiny => read(&self.tiny, crops),
-            RecognizerChoice::Small => read(&self.small, crops),
-            RecognizerChoice::Cascade { threshold } => {
-                let mut results = read(&self.tiny, crops)?;
-                let unsure: Vec<usize> = (0..results.len())
-                    .filter(|&i| results[i].confidence < threshold)
-                    .collect();
-                if !unsure.is_empty() {
-                    let again: Vec<&RgbImage> = unsure.iter().map(|&i| crops[i]).collect();
-                    for (i, better) in unsure.into_iter().zip(read(&self.small, &again)?) {
-                        results[i] = better;
-                    }
-                }
+            RecognizerChoice::Tiny => self
+                .tiny
+                .read(crops, options.ascii_only, options.batch_size),
+            RecognizerChoice::Small => {
+                self.small
+                    .read(crops, options.ascii_only, options.batch_size)
+            }
+            cascade @ RecognizerChoice::Cascade { .. } => {
+                let mut results = self
+                    .tiny
+                    .read(crops, options.ascii_only, options.batch_size)?;
+                let confidences: Vec<f32> = results.iter().map(|r| r.confidence).collect();
+                self.learn_small_shares(&confidences);
+                let unsure = budget::small_reads(cascade, &confidences);
+                self.reread_with_small(&mut results, crops, &unsure, options)?;
                 Ok(results)
             }
         }
+    }
+
+    /// Replaces the readings of `crops[i]` for every `i` in `indices` with the small
+    /// recognizer's.
+    fn reread_with_small(
+        &self,
+        results: &mut [Recognition],
+        crops: &[&RgbImage],
+        indices: &[usize],
+        options: &OcrOptions,
+    ) -> Result<(), OcrError> {
+        if indices.is_empty() {
+            return Ok(());
+        }
+        let again: Vec<&RgbImage> = indices.iter().map(|&i| crops[i]).collect();
+        let better = self
+            .small
+            .read(&again, options.ascii_only, options.batch_size)?;
+        for (&i, reading) in indices.iter().zip(better) {
+            results[i] = reading;
+        }
+        Ok(())
     }
 
     /// Finds the text regions of `image`.
     pub fn detect(&self, image: &RgbImage, options: &OcrOptions) -> Result<Vec<TextBox>, OcrError> {
         options.validate()?;
         let input = det::preprocess(image, options.det_limit);
+        let started = Instant::now();
         let output = self.detector.run(&[Input::F32(input.view().into_dyn())])?;
+        self.meters
+            .det_ms_per_pixel
+            .record(started.elapsed().as_secs_f64() * 1e3 / (input.len() / 3) as f64);
         let prob = output.into_iter().next().unwrap_or_default();
         let (h, w) = (input.shape()[2], input.shape()[3]);
         if prob.shape() != [1, 1, h, w] {
@@ -394,22 +448,197 @@ impl OcrPipeline {
         image: &RgbImage,
         options: &OcrOptions,
     ) -> Result<ImageResult, OcrError> {
+        let scene = Scene::detect(self, image, options)?;
+        let recognitions = self.recognize(&scene.crop_refs(), options)?;
+        Ok(scene.finish(recognitions, options))
+    }
+
+    /// Reads `image` at the declared `point` (its knobs over `base`), answering by
+    /// `deadline` where that is possible (see [`budget`]): before detection, the request
+    /// steps down to the best declared point no better than `point` whose predicted cost
+    /// fits the time left; after it, to the best point of that detector size whose
+    /// small-recognizer reads fit. Returns the result and the point it was served at
+    /// (without a deadline, `point`).
+    pub fn read_image_at<'p>(
+        &'p self,
+        image: &RgbImage,
+        point: &'p OcrPoint,
+        base: &OcrOptions,
+        deadline: Option<Instant>,
+    ) -> Result<(ImageResult, &'p OcrPoint), OcrError> {
+        let Some(deadline) = deadline else {
+            return Ok((self.read_image(image, &point.apply(base))?, point));
+        };
+        let time_left_ms = || {
+            deadline
+                .saturating_duration_since(Instant::now())
+                .as_secs_f64()
+                * 1e3
+        };
+        let planned = self.plan(image.dimensions(), point, time_left_ms());
+        let options = planned.apply(base);
+        if planned.recognizer == RecognizerChoice::Tiny {
+            return Ok((self.read_image(image, &options)?, planned));
+        }
+        let scene = Scene::detect(self, image, &options)?;
+        let crops = scene.crop_refs();
+        let widths: Vec<usize> = crops.iter().map(|c| rec::input_width(c)).collect();
+        let small_cost = self.small.cost.average();
+        if planned.recognizer == RecognizerChoice::Small {
+            let unread = vec![0.0; crops.len()];
+            let all = [RecognizerChoice::Small];
+            if budget::first_fitting(&all, &unread, &widths, small_cost, time_left_ms()).is_some() {
+                // The whole point fits: no tiny pass first.
+                let recognitions = self.recognize(&crops, &options)?;
+                return Ok((scene.finish(recognitions, &options), planned));
+            }
+        }
+        let mut results = self
+            .tiny
+            .read(&crops, options.ascii_only, options.batch_size)?;
+        let confidences: Vec<f32> = results.iter().map(|r| r.confidence).collect();
+        self.learn_small_shares(&confidences);
+        let ladder = self.ladder(planned, Some(planned.det_limit));
+        let choices: Vec<RecognizerChoice> = ladder.iter().map(|p| p.recognizer).collect();
+        let rung = budget::first_fitting(
+            &choices,
+            &confidences,
+            &widths,
+            self.small.cost.average(),
+            time_left_ms(),
+        )
+        // Nothing fits: the cheapest rung, served in full, late.
+        .unwrap_or(choices.len() - 1);
+        let rereads = budget::small_reads(choices[rung], &confidences);
+        self.reread_with_small(&mut results, &crops, &rereads, &options)?;
+        Ok((scene.finish(results, &options), ladder[rung]))
+    }
+
+    /// The best point of `point`'s ladder predicted to fit `time_left_ms` on an image of
+    /// `size`, from the meters (an unmeasured stage counts as free: there is nothing to
+    /// plan with yet); the cheapest when none fits.
+    fn plan<'p>(
+        &'p self,
+        size: (u32, u32),
+        point: &'p OcrPoint,
+        time_left_ms: f64,
+    ) -> &'p OcrPoint {
+        let columns = self.meters.columns_per_image.average().unwrap_or(0.0);
+        let pass_ms = |r: &Recognizer| r.cost.average().unwrap_or(0.0) * columns;
+        let det_ms_per_pixel = self.meters.det_ms_per_pixel.average().unwrap_or(0.0);
+        let ladder = self.ladder(point, None);
+        let fitting = ladder.iter().copied().find(|p| {
+            let (w, h) = det::input_size(size.0, size.1, p.det_limit);
+            let costs = budget::StageCosts {
+                det_ms: det_ms_per_pixel * f64::from(w) * f64::from(h),
+                tiny_ms: pass_ms(&self.tiny),
+                small_ms: pass_ms(&self.small),
+            };
+            budget::fits(
+                costs.total_ms(p.recognizer, self.small_share(p)),
+                time_left_ms,
+            )
+        });
+        fitting.unwrap_or(ladder[ladder.len() - 1])
+    }
+
+    /// The share of crops `point`'s recognizer sends to the small model, as learnt; a
+    /// cascade not yet seen counts as re-reading everything.
+    fn small_share(&self, point: &OcrPoint) -> f64 {
+        match point.recognizer {
+            RecognizerChoice::Tiny => 0.0,
+            RecognizerChoice::Small => 1.0,
+            RecognizerChoice::Cascade { .. } => self
+                .points
+                .iter()
+                .position(|p| std::ptr::eq(p, point))
+                .and_then(|i| self.meters.small_share[i].average())
+                .unwrap_or(1.0),
+        }
+    }
+
+    /// Teaches every cascade point's meter what share of these crops (read by the tiny
+    /// recognizer with `confidences`) it would send to the small model.
+    fn learn_small_shares(&self, confidences: &[f32]) {
+        if confidences.is_empty() {
+            return;
+        }
+        for (point, meter) in self.points.iter().zip(&self.meters.small_share) {
+            if let RecognizerChoice::Cascade { .. } = point.recognizer {
+                let reads = budget::small_reads(point.recognizer, confidences).len();
+                meter.record(reads as f64 / confidences.len() as f64);
+            }
+        }
+    }
+
+    /// The points a request at `point` may step down to, best first and starting with
+    /// `point`: the declared points with a measured quality no better than its own (and,
+    /// if given, detector size `det_limit`).
+    fn ladder<'p>(&'p self, point: &'p OcrPoint, det_limit: Option<u32>) -> Vec<&'p OcrPoint> {
+        let mut below: Vec<&OcrPoint> = match point.quality {
+            Some(quality) => self
+                .points
+                .iter()
+                .filter(|p| p.name != point.name)
+                .filter(|p| det_limit.is_none_or(|limit| p.det_limit == limit))
+                .filter(|p| p.quality.is_some_and(|q| q <= quality))
+                .collect(),
+            None => Vec::new(),
+        };
+        let quality = |p: &OcrPoint| p.quality.unwrap_or(f64::NEG_INFINITY);
+        below.sort_by(|a, b| quality(b).total_cmp(&quality(a)));
+        std::iter::once(point).chain(below).collect()
+    }
+}
+
+/// An image after detection and cropping: what recognition works on.
+struct Scene {
+    boxes: Vec<TextBox>,
+    crops: Vec<RgbImage>,
+    start: Instant,
+    det_done: Instant,
+    crops_done: Instant,
+}
+
+impl Scene {
+    fn detect(
+        pipeline: &OcrPipeline,
+        image: &RgbImage,
+        options: &OcrOptions,
+    ) -> Result<Scene, OcrError> {
         let start = Instant::now();
-        let boxes = self.detect(image, options)?;
+        let boxes = pipeline.detect(image, options)?;
         let det_done = Instant::now();
         let (boxes, crops): (Vec<TextBox>, Vec<RgbImage>) = boxes
             .into_iter()
             .filter_map(|b| det::crop(image, &b).map(|c| (b, c)))
             .unzip();
-        let crops_done = Instant::now();
-        let crop_refs: Vec<&RgbImage> = crops.iter().collect();
-        let recognitions = self.recognize(&crop_refs, options)?;
+        let columns: usize = crops.iter().map(rec::input_width).sum();
+        pipeline.meters.columns_per_image.record(columns as f64);
+        Ok(Scene {
+            boxes,
+            crops,
+            start,
+            det_done,
+            crops_done: Instant::now(),
+        })
+    }
+
+    fn crop_refs(&self) -> Vec<&RgbImage> {
+        self.crops.iter().collect()
+    }
+
+    /// The result, given one recognition per crop. Empty readings and readings below
+    /// `min_confidence` are dropped.
+    fn finish(self, recognitions: Vec<Recognition>, options: &OcrOptions) -> ImageResult {
         let end = Instant::now();
         let heavy_calls = recognitions
             .iter()
             .filter(|r| r.recognizer == RecognizerKind::Small)
             .count();
-        let items = boxes
+        let crops = self.crops.len();
+        let items = self
+            .boxes
             .into_iter()
             .zip(recognitions)
             .filter(|(_, r)| !r.text.is_empty() && r.confidence >= options.min_confidence)
@@ -420,16 +649,16 @@ impl OcrPipeline {
             })
             .collect();
         let ms = |a: Instant, b: Instant| (b - a).as_secs_f64() * 1e3;
-        Ok(ImageResult {
+        ImageResult {
             items,
-            crops: crops.len(),
+            crops,
             heavy_calls,
             timings: Timings {
-                det_ms: ms(start, det_done),
-                crop_ms: ms(det_done, crops_done),
-                rec_ms: ms(crops_done, end),
-                total_ms: ms(start, end),
+                det_ms: ms(self.start, self.det_done),
+                crop_ms: ms(self.det_done, self.crops_done),
+                rec_ms: ms(self.crops_done, end),
+                total_ms: ms(self.start, end),
             },
-        })
+        }
     }
 }

@@ -117,14 +117,19 @@ pub fn padded_width(needed: usize) -> usize {
     width.min(MAX_WIDTH as usize)
 }
 
+/// The input width `crop` needs on its own (a batch takes the widest of its crops).
+pub fn input_width(crop: &RgbImage) -> usize {
+    padded_width((HEIGHT as f32 * aspect(crop)) as usize)
+}
+
 /// The `[N, 3, 48, W]` input for a batch of crops: each resized to height 48 keeping its
 /// aspect, normalised to [-1, 1], right-padded with 0. W is [`padded_width`] of the widest.
 pub fn preprocess(crops: &[&RgbImage]) -> Array4<f32> {
-    let max_ratio = crops
+    let width = crops
         .iter()
-        .map(|c| aspect(c))
-        .fold(MIN_WIDTH as f32 / HEIGHT as f32, f32::max);
-    let width = padded_width((HEIGHT as f32 * max_ratio) as usize);
+        .map(|c| input_width(c))
+        .max()
+        .unwrap_or(MIN_WIDTH as usize);
     let mut batch = Array4::<f32>::zeros((crops.len(), 3, HEIGHT as usize, width));
     for (i, crop) in crops.iter().enumerate() {
         let resized_w = ((HEIGHT as f32 * aspect(crop)).ceil() as usize).clamp(1, width);

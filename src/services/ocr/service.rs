@@ -19,7 +19,7 @@ use serde_json::{Value, json};
 use super::{OcrOptions, OcrPipeline, OcrPoint, RecognizerChoice};
 use crate::imaging;
 use crate::policy::PointSpec;
-use crate::services::{Payload, Service, ServiceError};
+use crate::services::{Payload, Service, ServiceError, Serving};
 
 /// The name of a configuration that is none of the declared points.
 pub const CUSTOM_POINT: &str = "custom";
@@ -61,10 +61,11 @@ impl OcrService {
         }
     }
 
-    /// The options and the point's name for `point` (the default when `None`).
-    fn at_point(&self, point: Option<&str>) -> Result<(OcrOptions, String), ServiceError> {
-        let Some(name) = point else {
-            return Ok((self.defaults.clone(), self.default_point.clone()));
+    /// The declared point `name` (the default point when `None`); `None` when the
+    /// defaults match no declared point.
+    fn at_point(&self, name: Option<&str>) -> Result<Option<&OcrPoint>, ServiceError> {
+        let Some(name) = name else {
+            return Ok(self.point(&self.default_point));
         };
         let point = self.point(name).ok_or_else(|| {
             let known: Vec<String> = self
@@ -75,7 +76,7 @@ impl OcrService {
                 .collect();
             ServiceError::unknown_point(name, &known)
         })?;
-        Ok((point.apply(&self.defaults), point.name.clone()))
+        Ok(Some(point))
     }
 
     fn point(&self, name: &str) -> Option<&OcrPoint> {
@@ -135,10 +136,11 @@ impl Service for OcrService {
         &self,
         content_type: Option<&str>,
         payload: &Payload,
-        point: Option<&str>,
+        serving: Serving<'_>,
     ) -> Result<Value, ServiceError> {
         let started = Instant::now();
-        let (base, mut point) = self.at_point(point)?;
+        let mut point = self.at_point(serving.point)?;
+        let base = point.map_or_else(|| self.defaults.clone(), |p| p.apply(&self.defaults));
         let (bytes, options, crops) = match payload {
             Payload::Raw(bytes) => {
                 let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
@@ -172,7 +174,7 @@ impl Service for OcrService {
                 })?;
                 let (options, customised) = self.options_for(base, &request)?;
                 if customised {
-                    point = CUSTOM_POINT.to_string();
+                    point = None;
                 }
                 let bytes = base64::engine::general_purpose::STANDARD
                     .decode(request.image_b64.trim())
@@ -194,24 +196,47 @@ impl Service for OcrService {
                 .map_err(failed)?
                 .remove(0);
             return Ok(json!({
-                "point": point,
+                "point": point.map_or(CUSTOM_POINT, |p| &p.name),
                 "text": reading.text,
                 "confidence": reading.confidence,
                 "recognizer": reading.recognizer,
                 "timings": {"decode_ms": decode_ms, "total_ms": started.elapsed().as_secs_f64() * 1e3},
             }));
         }
-        let result = self.pipeline.read_image(&image, &options).map_err(failed)?;
+        let (result, served) = match point {
+            // Still a declared point (no knob overridden): it may step down to meet the deadline.
+            Some(point) => {
+                let (result, served) = self
+                    .pipeline
+                    .read_image_at(&image, point, &options, serving.deadline)
+                    .map_err(failed)?;
+                (result, Some((served, point)))
+            }
+            None => (
+                self.pipeline.read_image(&image, &options).map_err(failed)?,
+                None,
+            ),
+        };
         let mut timings = json!(result.timings);
         timings["decode_ms"] = json!(decode_ms);
-        Ok(json!({
-            "point": point,
+        let mut answer = json!({
+            "point": served.map_or(CUSTOM_POINT, |(served, _)| &served.name),
             "width": image.width(),
             "height": image.height(),
             "items": result.items,
             "heavy_calls": result.heavy_calls,
             "timings": timings,
-        }))
+        });
+        if let Some((served, requested)) = served
+            && served.name != requested.name
+        {
+            answer["stepped_down_from"] = json!(requested.name);
+        }
+        Ok(answer)
+    }
+
+    fn meets_deadlines(&self) -> bool {
+        true
     }
 
     fn points(&self) -> Vec<PointSpec> {
