@@ -443,3 +443,61 @@ fn invalid_options_are_rejected() {
     };
     assert!(ocr().read_image(&image, &tiny_limit).is_err());
 }
+
+#[test]
+fn a_request_steps_down_to_meet_its_deadline() {
+    use edgerun::services::ocr::{ImageResult, OcrService};
+    use edgerun::services::{Payload, Service, Serving};
+    use std::time::{Duration, Instant};
+
+    // A pipeline of its own: what it has learnt about its stages' costs decides.
+    let dir = ModelDir::open(&edgerun::models::default_root(), "ocr").unwrap();
+    let engine = TractEngine::new(EngineConfig::default());
+    let pipeline = Arc::new(OcrPipeline::load(&engine, &dir).unwrap());
+    let path = data::root().join("ocr/ic15-e2e/Imgs/img_5.jpg");
+    let image = load(&path);
+    let point = |name: &str| {
+        let found = pipeline.points().iter().find(|p| p.name == name);
+        found.unwrap().clone()
+    };
+    let (best, cheapest) = (point("small@1280"), point("tiny@640"));
+    let base = OcrOptions::default();
+    let texts = |r: &ImageResult| -> Vec<String> {
+        r.items.iter().map(|i| i.recognition.text.clone()).collect()
+    };
+    let full = texts(&pipeline.read_image(&image, &best.apply(&base)).unwrap());
+    let cheap = texts(&pipeline.read_image(&image, &cheapest.apply(&base)).unwrap());
+    assert_eq!(&full[..4], ["Speed", "Regulating", "Strips", "Ahead"]);
+    assert_ne!(full, cheap, "the two points read this scene differently");
+
+    let at = |deadline: Option<Instant>| {
+        let (result, served) = pipeline
+            .read_image_at(&image, &best, &base, deadline)
+            .unwrap();
+        (texts(&result), served.name.clone())
+    };
+    // A deadline already passed leaves time for nothing: the cheapest point, whose answer
+    // is exactly that point's.
+    assert_eq!(at(Some(Instant::now())), (cheap.clone(), "tiny@640".into()));
+    // An hour is time enough, and no deadline means exactly the point asked for.
+    let relaxed = Some(Instant::now() + Duration::from_secs(3600));
+    assert_eq!(at(relaxed), (full.clone(), "small@1280".into()));
+    assert_eq!(at(None), (full, "small@1280".into()));
+
+    // The service names both points in its answer.
+    let service = OcrService::new(pipeline.clone(), OcrOptions::default(), 1 << 26);
+    let payload = Payload::Raw(std::fs::read(&path).unwrap().into());
+    let serving = Serving {
+        point: Some("small@1280"),
+        deadline: Some(Instant::now()),
+    };
+    let answer = service.handle(None, &payload, serving).unwrap();
+    assert_eq!(answer["point"], "tiny@640");
+    assert_eq!(answer["stepped_down_from"], "small@1280");
+    let pinned = service
+        .handle(None, &payload, Serving::at("small@1280"))
+        .unwrap();
+    assert_eq!(pinned["point"], "small@1280");
+    assert!(pinned.get("stepped_down_from").is_none());
+    assert!(service.meets_deadlines());
+}

@@ -54,6 +54,52 @@ impl Meter {
     }
 }
 
+/// Weight of the newest detector run in its size's average: there is one run per request,
+/// and a detector size that has become slow must be seen as slow by the next request.
+const DET_EWMA_ALPHA: f64 = 0.5;
+
+/// The detector's milliseconds per input pixel at each size it runs at. Under load the
+/// cost per pixel does not scale alike at every size (large inputs slowed down 3x where
+/// small ones slowed down 2x on a 2-core x86 under a CPU hog), so each size keeps its own
+/// average; a run at one size also moves the others by the change it saw, so that a size
+/// not run lately still follows the load.
+#[derive(Debug, Default)]
+pub struct DetMeter {
+    /// (detector size limit, milliseconds per input pixel).
+    rates: Mutex<Vec<(u32, f64)>>,
+}
+
+impl DetMeter {
+    pub fn record(&self, limit: u32, ms_per_pixel: f64) {
+        if !ms_per_pixel.is_finite() || ms_per_pixel < 0.0 {
+            return;
+        }
+        let mut rates = self.rates.lock().expect("meter lock poisoned");
+        let Some(i) = rates.iter().position(|&(l, _)| l == limit) else {
+            rates.push((limit, ms_per_pixel));
+            return;
+        };
+        let old = rates[i].1;
+        let new = (1.0 - DET_EWMA_ALPHA) * old + DET_EWMA_ALPHA * ms_per_pixel;
+        if old > 0.0 {
+            for (_, rate) in rates.iter_mut() {
+                *rate *= new / old;
+            }
+        }
+        rates[i].1 = new;
+    }
+
+    /// The average at `limit`; a size never run takes the latest size's.
+    pub fn ms_per_pixel(&self, limit: u32) -> Option<f64> {
+        let rates = self.rates.lock().expect("meter lock poisoned");
+        rates
+            .iter()
+            .find(|&&(l, _)| l == limit)
+            .or(rates.last())
+            .map(|&(_, rate)| rate)
+    }
+}
+
 /// What the stages of one image are predicted to cost, from the meters.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct StageCosts {
@@ -137,6 +183,27 @@ mod tests {
         meter.record(f64::NAN);
         meter.record(-1.0);
         assert!((meter.average().unwrap() - 0.12).abs() < 1e-12);
+    }
+
+    #[test]
+    fn each_detector_size_keeps_its_rate_and_follows_the_others() {
+        let meter = DetMeter::default();
+        assert_eq!(meter.ms_per_pixel(960), None);
+        meter.record(960, 1.0);
+        assert_eq!(
+            meter.ms_per_pixel(1280),
+            Some(1.0),
+            "unseen: the latest size's"
+        );
+        meter.record(1280, 2.0);
+        assert_eq!(meter.ms_per_pixel(960), Some(1.0));
+        assert_eq!(meter.ms_per_pixel(1280), Some(2.0));
+        // 960 slows down: its average goes 1 -> 1.5, and 1280's moves by the same 1.5x.
+        meter.record(960, 2.0);
+        assert_eq!(meter.ms_per_pixel(960), Some(1.5));
+        assert_eq!(meter.ms_per_pixel(1280), Some(3.0));
+        meter.record(1280, f64::NAN);
+        assert_eq!(meter.ms_per_pixel(1280), Some(3.0));
     }
 
     #[test]

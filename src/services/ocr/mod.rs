@@ -289,8 +289,8 @@ pub struct OcrPipeline {
 /// The pipeline's running averages besides the recognizers' own cost per column.
 #[derive(Debug, Default)]
 struct Meters {
-    /// Detector milliseconds per input pixel.
-    det_ms_per_pixel: budget::Meter,
+    /// Detector milliseconds per input pixel, per size.
+    det_ms_per_pixel: budget::DetMeter,
     /// Recognizer input columns (crop widths at height 48) per image.
     columns_per_image: budget::Meter,
     /// Per declared point (same order): the share of crops its recognizer sends to the
@@ -418,9 +418,10 @@ impl OcrPipeline {
         let input = det::preprocess(image, options.det_limit);
         let started = Instant::now();
         let output = self.detector.run(&[Input::F32(input.view().into_dyn())])?;
-        self.meters
-            .det_ms_per_pixel
-            .record(started.elapsed().as_secs_f64() * 1e3 / (input.len() / 3) as f64);
+        self.meters.det_ms_per_pixel.record(
+            options.det_limit,
+            started.elapsed().as_secs_f64() * 1e3 / (input.len() / 3) as f64,
+        );
         let prob = output.into_iter().next().unwrap_or_default();
         let (h, w) = (input.shape()[2], input.shape()[3]);
         if prob.shape() != [1, 1, h, w] {
@@ -525,12 +526,17 @@ impl OcrPipeline {
     ) -> &'p OcrPoint {
         let columns = self.meters.columns_per_image.average().unwrap_or(0.0);
         let pass_ms = |r: &Recognizer| r.cost.average().unwrap_or(0.0) * columns;
-        let det_ms_per_pixel = self.meters.det_ms_per_pixel.average().unwrap_or(0.0);
         let ladder = self.ladder(point, None);
         let fitting = ladder.iter().copied().find(|p| {
             let (w, h) = det::input_size(size.0, size.1, p.det_limit);
             let costs = budget::StageCosts {
-                det_ms: det_ms_per_pixel * f64::from(w) * f64::from(h),
+                det_ms: self
+                    .meters
+                    .det_ms_per_pixel
+                    .ms_per_pixel(p.det_limit)
+                    .unwrap_or(0.0)
+                    * f64::from(w)
+                    * f64::from(h),
                 tiny_ms: pass_ms(&self.tiny),
                 small_ms: pass_ms(&self.small),
             };
