@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 
 use crate::latency::LatencyStats;
-use crate::policy::{ProfiledPoint, pareto_front};
+use crate::policy::{Planning, ProfiledPoint, pareto_front};
 use crate::services::{Payload, Service, Serving};
 
 /// A request to measure with.
@@ -42,7 +42,7 @@ pub struct ProfileSettings {
 }
 
 /// Measures every declared point of `service` on `samples`; marks the Pareto front (by
-/// p95 latency and quality).
+/// quality and the latency its controller plans with: see [`Planning`]).
 pub fn profile_service(
     service: &dyn Service,
     samples: &[Sample],
@@ -108,7 +108,11 @@ pub fn profile_service(
             }
         })
         .collect();
-    let costs: Vec<(f64, f64)> = profiled.iter().map(|p| (p.p95_ms, p.quality)).collect();
+    let planning = Planning::for_service(service.meets_deadlines());
+    let costs: Vec<(f64, f64)> = profiled
+        .iter()
+        .map(|p| (planning.latency_ms(p), p.quality))
+        .collect();
     for i in pareto_front(&costs) {
         profiled[i].on_front = true;
     }

@@ -50,7 +50,7 @@ impl Planning {
         }
     }
 
-    fn latency_ms(self, point: &ProfiledPoint) -> f64 {
+    pub fn latency_ms(self, point: &ProfiledPoint) -> f64 {
         match self {
             Planning::Tail => point.p95_ms,
             Planning::Median => point.p50_ms,
