@@ -237,7 +237,8 @@ fn run_one(
             let stepped_down_from = (served_at != point).then(|| point.clone());
             if let Strategy::Adaptive = strategy {
                 let observing = Instant::now();
-                controller.observe(&point, latency_ms);
+                // A request that stepped down did the served point's work.
+                controller.observe(&served_at, latency_ms);
                 decision_us.push((choosing + observing.elapsed()).as_secs_f64() * 1e6);
             }
             records.push(RequestRecord {

@@ -665,11 +665,14 @@ fn serve_one(
     }
     if let Some(decision) = decision {
         // A request that overrode the point's knobs ran something else: nothing to learn.
-        // One that stepped down to meet its deadline ran the decided point's detection and
-        // as much of the rest as fitted: it counts for the decided point.
+        // One that stepped down to meet its deadline did exactly the work of the point it
+        // names, so it teaches the controller about that point: counted against the
+        // decided point, its shorter run would read as the device getting faster.
         let ran = |field: &str| json.get(field).and_then(Value::as_str);
-        if [ran("point"), ran("stepped_down_from")].contains(&Some(decision.point.as_str())) {
-            policy.observe(&decision.point, started.elapsed().as_secs_f64() * 1e3);
+        if [ran("point"), ran("stepped_down_from")].contains(&Some(decision.point.as_str()))
+            && let Some(served) = ran("point")
+        {
+            policy.observe(served, started.elapsed().as_secs_f64() * 1e3);
         }
         json["policy"] = json!({
             "reason": decision.reason,

@@ -578,15 +578,19 @@ impl OcrPipeline {
     }
 
     /// The points a request at `point` may step down to, best first and starting with
-    /// `point`: the declared points with a measured quality no better than its own (and,
-    /// if given, detector size `det_limit`).
+    /// `point`: the declared points with a measured quality no better than its own and a
+    /// detector size no larger (exactly `det_limit`, if given). A larger detector is never
+    /// a step down, even with a lighter recognizer.
     fn ladder<'p>(&'p self, point: &'p OcrPoint, det_limit: Option<u32>) -> Vec<&'p OcrPoint> {
         let mut below: Vec<&OcrPoint> = match point.quality {
             Some(quality) => self
                 .points
                 .iter()
                 .filter(|p| p.name != point.name)
-                .filter(|p| det_limit.is_none_or(|limit| p.det_limit == limit))
+                .filter(|p| match det_limit {
+                    Some(limit) => p.det_limit == limit,
+                    None => p.det_limit <= point.det_limit,
+                })
                 .filter(|p| p.quality.is_some_and(|q| q <= quality))
                 .collect(),
             None => Vec::new(),
