@@ -244,14 +244,15 @@ fn profile_measures_every_point_and_writes_the_cache_and_the_front() {
             d.name
         );
         // On the front exactly when no other point is at least as fast and as good, and
-        // better in one.
+        // better in one. OCR meets deadlines by stepping down, so its controller plans
+        // (and its front is drawn) on median latencies.
         let dominated = points.iter().any(|q| {
-            let (q95, qq) = (
-                q["p95_ms"].as_f64().unwrap(),
+            let (q50, qq) = (
+                q["p50_ms"].as_f64().unwrap(),
                 q["quality"].as_f64().unwrap(),
             );
             let pq = p["quality"].as_f64().unwrap();
-            q95 <= p95 && qq >= pq && (q95 < p95 || qq > pq)
+            q50 <= p50 && qq >= pq && (q50 < p50 || qq > pq)
         });
         assert_eq!(p["on_front"], !dominated, "{p}");
     }

@@ -100,6 +100,13 @@ pub struct RequestRecord {
     pub slowdown: Option<f64>,
 }
 
+impl RequestRecord {
+    /// The point the controller decided on.
+    fn decided(&self) -> &str {
+        self.stepped_down_from.as_deref().unwrap_or(&self.point)
+    }
+}
+
 #[derive(Debug, Clone, Serialize)]
 pub struct AdaptReport {
     pub machine: Machine,
@@ -268,10 +275,9 @@ fn run_one(
         let within = chosen.iter().filter(|r| r.latency_ms <= slo).count();
         within as f64 / chosen.len().max(1) as f64
     };
-    let decided = |r: &RequestRecord| r.stepped_down_from.clone().unwrap_or(r.point.clone());
     let switches = records
         .windows(2)
-        .filter(|w| decided(&w[0]) != decided(&w[1]))
+        .filter(|w| w[0].decided() != w[1].decided())
         .count();
     let stepped_down = records
         .iter()

@@ -89,7 +89,8 @@ impl DetMeter {
         rates[i].1 = new;
     }
 
-    /// The average at `limit`; a size never run takes the latest size's.
+    /// The average at `limit`; a size never run borrows the rate of the size most recently
+    /// run for the first time (a guess, until it runs itself).
     pub fn ms_per_pixel(&self, limit: u32) -> Option<f64> {
         let rates = self.rates.lock().expect("meter lock poisoned");
         rates
@@ -193,7 +194,7 @@ mod tests {
         assert_eq!(
             meter.ms_per_pixel(1280),
             Some(1.0),
-            "unseen: the latest size's"
+            "unseen: another size's"
         );
         meter.record(1280, 2.0);
         assert_eq!(meter.ms_per_pixel(960), Some(1.0));

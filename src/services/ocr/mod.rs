@@ -301,6 +301,11 @@ struct Meters {
 impl OcrPipeline {
     /// Loads `models/ocr` (verifying every file) with `engine`.
     pub fn load(engine: &dyn Engine, dir: &ModelDir) -> Result<OcrPipeline, OcrError> {
+        let points = points::from_manifest(&dir.manifest().points)?;
+        let meters = Meters {
+            small_share: points.iter().map(|_| Default::default()).collect(),
+            ..Meters::default()
+        };
         Ok(OcrPipeline {
             detector: dir.load(engine, "det_tiny.onnx")?,
             tiny: Recognizer::load(
@@ -317,18 +322,12 @@ impl OcrPipeline {
                 "rec_small.onnx",
                 "dict_small.txt",
             )?,
-            points: points::from_manifest(&dir.manifest().points)?,
-            meters: Meters::default(),
-        }
-        .with_meters())
+            points,
+            meters,
+        })
     }
 
     /// The operating points declared in the manifest, in its order.
-    fn with_meters(mut self) -> OcrPipeline {
-        self.meters.small_share = self.points.iter().map(|_| Default::default()).collect();
-        self
-    }
-
     pub fn points(&self) -> &[OcrPoint] {
         &self.points
     }
@@ -485,14 +484,13 @@ impl OcrPipeline {
         let crops = scene.crop_refs();
         let widths: Vec<usize> = crops.iter().map(|c| rec::input_width(c)).collect();
         let small_cost = self.small.cost.average();
-        if planned.recognizer == RecognizerChoice::Small {
-            let unread = vec![0.0; crops.len()];
-            let all = [RecognizerChoice::Small];
-            if budget::first_fitting(&all, &unread, &widths, small_cost, time_left_ms()).is_some() {
-                // The whole point fits: no tiny pass first.
-                let recognitions = self.recognize(&crops, &options)?;
-                return Ok((scene.finish(recognitions, &options), planned));
-            }
+        let all_columns: usize = widths.iter().sum();
+        if planned.recognizer == RecognizerChoice::Small
+            && small_cost.is_none_or(|c| budget::fits(all_columns as f64 * c, time_left_ms()))
+        {
+            // The whole point fits: no tiny pass first.
+            let recognitions = self.recognize(&crops, &options)?;
+            return Ok((scene.finish(recognitions, &options), planned));
         }
         let mut results = self
             .tiny
@@ -501,15 +499,10 @@ impl OcrPipeline {
         self.learn_small_shares(&confidences);
         let ladder = self.ladder(planned, Some(planned.det_limit));
         let choices: Vec<RecognizerChoice> = ladder.iter().map(|p| p.recognizer).collect();
-        let rung = budget::first_fitting(
-            &choices,
-            &confidences,
-            &widths,
-            self.small.cost.average(),
-            time_left_ms(),
-        )
-        // Nothing fits: the cheapest rung, served in full, late.
-        .unwrap_or(choices.len() - 1);
+        let rung =
+            budget::first_fitting(&choices, &confidences, &widths, small_cost, time_left_ms())
+                // Nothing fits: the cheapest rung, served in full, late.
+                .unwrap_or(choices.len() - 1);
         let rereads = budget::small_reads(choices[rung], &confidences);
         self.reread_with_small(&mut results, &crops, &rereads, &options)?;
         Ok((scene.finish(results, &options), ladder[rung]))
@@ -557,7 +550,7 @@ impl OcrPipeline {
             RecognizerChoice::Cascade { .. } => self
                 .points
                 .iter()
-                .position(|p| std::ptr::eq(p, point))
+                .position(|p| p.name == point.name)
                 .and_then(|i| self.meters.small_share[i].average())
                 .unwrap_or(1.0),
         }
