@@ -24,10 +24,11 @@ fn generate() -> &'static Arc<Generate> {
     })
 }
 
-/// Prompts whose one-step image (seed 0) the OCR service must read back exactly. Not every
-/// character is readable: over all 32 and 8 seeds the one-step generator scores 0.73
-/// (`export/generate_report.json`); at seed 0, 24 of 32 are read back, these among them.
-const READ_BACK: &[&str] = &["E", "R", "7", "M", "3", "A", "S"];
+/// Prompts whose one-step image (seed 0, the best one-step point `sid:1`) the OCR service
+/// must read back exactly. Not every character is readable: over all 32 and 4 x 32 seeds
+/// that point scores 0.77 (`export/generate_report.json`); at seed 0, 21 of 32 are read
+/// back exactly, these among them.
+const READ_BACK: &[&str] = &["E", "R", "7", "3", "A", "S", "G", "N", "Q", "X"];
 
 #[test]
 fn rust_images_equal_the_onnx_runtime_reference() {
@@ -143,15 +144,16 @@ fn every_step_count_is_an_operating_point_for_the_controller() {
     assert_eq!(
         points,
         [
-            ("teacher:50".to_string(), 0.5156),
-            ("sid1:1".to_string(), 0.7305),
-            ("sid:1".to_string(), 0.6836),
-            ("sid:2".to_string(), 0.7305),
-            ("sid:3".to_string(), 0.7305),
-            ("sid:4".to_string(), 0.7148),
+            ("teacher:50".to_string(), 0.5193),
+            ("sid1:1".to_string(), 0.7178),
+            ("sid:1".to_string(), 0.7676),
+            ("sid:2".to_string(), 0.7849),
+            ("sid:3".to_string(), 0.7886),
+            ("sid:4".to_string(), 0.7891),
         ]
     );
-    assert_eq!(service.describe()["default_point"], "sid1:1");
+    // the fewest steps within 0.02 of the best quality
+    assert_eq!(service.describe()["default_point"], "sid:2");
 }
 
 #[test]

@@ -6,6 +6,7 @@ same text encoding, preconditioning and sampling schedule the Rust runtime reads
 from `models/generate/manifest.toml`.
 """
 import math
+import os
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +16,9 @@ import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFilter, ImageFont
 
 ROOT = Path(__file__).resolve().parents[2]
-WORK = Path.home() / ".cache" / "edgerun-export" / "generate"
+# Checkpoints and the rendered training set; EDGERUN_GENERATE_WORK moves them (a GPU
+# machine reads the teacher from a folder that travels with the checkout).
+WORK = Path(os.environ.get("EDGERUN_GENERATE_WORK", Path.home() / ".cache" / "edgerun-export" / "generate"))
 
 # --- prompts -----------------------------------------------------------------
 # A prompt is ONE character. Words (2..4 characters at 32x96) were tried first: after
@@ -203,10 +206,10 @@ class CrossAttention(nn.Module):
         return x + self.out(y)
 
 
-def coordinate_channels(b, h, w):
+def coordinate_channels(b, h, w, device=None):
     """Fixed position channels so attention can tell the first letter's place from the last's."""
-    xs = torch.linspace(-1, 1, w).view(1, 1, 1, w).expand(b, 1, h, w)
-    ys = torch.linspace(-1, 1, h).view(1, 1, h, 1).expand(b, 1, h, w)
+    xs = torch.linspace(-1, 1, w, device=device).view(1, 1, 1, w).expand(b, 1, h, w)
+    ys = torch.linspace(-1, 1, h, device=device).view(1, 1, h, 1).expand(b, 1, h, w)
     return torch.cat([xs, ys, torch.sin(math.pi * xs), torch.cos(math.pi * xs)], dim=1)
 
 
@@ -245,7 +248,7 @@ class UNet(nn.Module):
         b, _, h, w = x.shape
         f = c_noise.view(-1, 1) * self.freqs.view(1, -1)
         emb = self.emb(torch.cat([torch.cos(f), torch.sin(f)], dim=1)) + self.text_pool(tokens.mean(dim=1))
-        h1 = self.d1(self.inp(torch.cat([x, coordinate_channels(b, h, w)], dim=1)), emb)
+        h1 = self.d1(self.inp(torch.cat([x, coordinate_channels(b, h, w, x.device)], dim=1)), emb)
         h2 = self.a2(self.d2(self.down1(h1), emb), tokens)
         m = self.m2(self.am(self.m1(self.down2(h2), emb), tokens), emb)
         u2 = self.au(self.u2(torch.cat([self.up2(m), h2], dim=1), emb), tokens)
@@ -278,7 +281,7 @@ class Denoiser(nn.Module):
 
 def edm_loss(model, x0, ids, p_mean=-1.2, p_std=1.2):
     """EDM denoising score matching with the EDM weighting (per-sample mean)."""
-    sigma = torch.exp(torch.randn(x0.shape[0]) * p_std + p_mean)
+    sigma = torch.exp(torch.randn(x0.shape[0], device=x0.device) * p_std + p_mean)
     noisy = x0 + sigma.view(-1, 1, 1, 1) * torch.randn_like(x0)
     weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
     err = (model(noisy, sigma, ids) - x0) ** 2

@@ -19,10 +19,14 @@ Guidance (kappa = CFG scale, f_u / f_c = unconditional / conditional output):
   zero  teacher conditional (no CFG); fake trained and evaluated without text
   anti  teacher conditional; fake f_u + kappa (f_c - f_u) with kappa = --anti < 0
 Few-step (--k 4): each iteration draws k ~ U{1..K}, runs k generator steps,
-re-noising with fresh noise to the next sigma of `FEW_STEP_SIGMAS`, gradient only
-through the last step.
+re-noising with fresh noise to the next sigma of `FEW_STEP_SIGMAS` (or `--sigmas`),
+gradient only through the last step. `--fake-per-step` (our change, not the papers'):
+one fake score per step count, so each k-step output is matched to the data on its own.
 
-Writes $WORK/<name>.pt (EMA generator UNet) and $WORK/<name>_samples.png.
+Runs on the CPU (the shipped CPU runs: 1000-1500 iterations, batch 32) or, much faster,
+with `--device cuda`; `--seconds` bounds a run by wall clock (a GPU lease is short).
+Writes $WORK/<name>.pt (EMA generator UNet, also every `--save-every` iterations),
+$WORK/<name>.json (arguments, schedule, loss log) and $WORK/<name>_samples_<k>.png.
 """
 import argparse
 import copy
@@ -40,14 +44,14 @@ SIGMA_INIT = 2.5
 FEW_STEP_SIGMAS = [2.5, 1.2, 0.55, 0.25]
 
 
-def sample_sigma_uniform(n, lo=0.002, hi=SIGMA_INIT, rho=7.0):
+def sample_sigma_uniform(n, device, lo=0.002, hi=SIGMA_INIT, rho=7.0):
     """Noise levels for the generator loss: uniform in sigma^(1/rho) between lo and hi."""
-    u = torch.rand(n)
+    u = torch.rand(n, device=device)
     return (hi ** (1 / rho) + u * (lo ** (1 / rho) - hi ** (1 / rho))) ** rho
 
 
-def sample_sigma_lognormal(n, mean=-1.2, std=1.2):
-    return torch.exp(torch.randn(n) * std + mean)
+def sample_sigma_lognormal(n, device, mean=-1.2, std=1.2):
+    return torch.exp(torch.randn(n, device=device) * std + mean)
 
 
 def guided(net, x, sigma, tokens, empty, scale):
@@ -61,13 +65,13 @@ def guided(net, x, sigma, tokens, empty, scale):
 
 def generate(gen, tokens, k_steps, sigmas, grad_last=True):
     """Run k generator steps; only the last carries gradient."""
-    n = tokens.shape[0]
+    n, device = tokens.shape[0], tokens.device
     x = None
     for j in range(k_steps):
         sigma = sigmas[j]
-        z = torch.randn(n, 3, HEIGHT, WIDTH)
+        z = torch.randn(n, 3, HEIGHT, WIDTH, device=device)
         x_t = sigma * z if x is None else x + sigma * z
-        s = torch.full((n,), sigma)
+        s = torch.full((n,), sigma, device=device)
         if j == k_steps - 1 and grad_last:
             x = gen.denoise(x_t, s, tokens)
         else:
@@ -91,48 +95,71 @@ def main():
     ap.add_argument("--fake-prompt-dropout", type=float, default=0.1)
     ap.add_argument("--ema", type=float, default=0.99)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--seconds", type=float, default=None, help="stop after this much wall clock")
+    ap.add_argument("--save-every", type=int, default=1000)
+    ap.add_argument("--sigmas", default=None,
+                    help="comma-separated noise level of each generator step (default FEW_STEP_SIGMAS)")
+    ap.add_argument("--fake-per-step", action="store_true", help="a fake score per step count (not in the papers)")
     args = ap.parse_args()
     torch.manual_seed(args.seed)
     rng = np.random.default_rng(args.seed)
+    dev = torch.device(args.device)
 
     teacher = Denoiser()
     teacher.load_state_dict(torch.load(WORK / "teacher.pt"))
+    teacher.to(dev)
     teacher.eval().requires_grad_(False)
+    schedule = [float(v) for v in args.sigmas.split(",")] if args.sigmas else FEW_STEP_SIGMAS
+    sigmas = schedule[:args.k] if args.k > 1 else [SIGMA_INIT]
     gen = copy.deepcopy(teacher).train()
-    fake = copy.deepcopy(teacher).train()
+    # One fake score follows the mixture of the k-step outputs (the papers); with
+    # --fake-per-step each step count k has its own, so each k-step output must match the
+    # data on its own rather than only their mixture.
+    fakes = [copy.deepcopy(teacher).train() for _ in range(len(sigmas) if args.fake_per_step else 1)]
     # The text encoder stays the teacher's: the runtime ships one encoder for all generators.
-    gen.text.requires_grad_(False)
-    fake.text.requires_grad_(False)
-    gen.unet.requires_grad_(True)
-    fake.unet.requires_grad_(True)
+    for net in [gen] + fakes:
+        net.text.requires_grad_(False)
+        net.unet.requires_grad_(True)
     ema = copy.deepcopy(gen).eval().requires_grad_(False)
     opt_g = torch.optim.Adam(gen.unet.parameters(), lr=args.lr, betas=(0.0, 0.999))
-    opt_f = torch.optim.Adam(fake.unet.parameters(), lr=args.lr, betas=(0.0, 0.999))
-    sigmas = FEW_STEP_SIGMAS[:args.k] if args.k > 1 else [SIGMA_INIT]
+    opts_f = [torch.optim.Adam(f.unet.parameters(), lr=args.lr, betas=(0.0, 0.999)) for f in fakes]
     teacher_scale = args.cfg if args.guidance == "cfg" else 1.0
     fake_scale = {"cfg": 1.0, "zero": 0.0, "anti": args.anti}[args.guidance]
 
     with torch.no_grad():
-        empty_tokens = teacher.text(torch.zeros(1, MAX_LEN, dtype=torch.long))
+        empty_tokens = teacher.text(torch.zeros(1, MAX_LEN, dtype=torch.long, device=dev))
     t0 = time.time()
     log = []
+
+    def save(iters_done):
+        torch.save({k: v.cpu() for k, v in ema.unet.state_dict().items()}, WORK / f"{args.name}.pt")
+        (WORK / f"{args.name}.json").write_text(json.dumps(
+            {"args": vars(args), "sigmas": sigmas, "iters_done": iters_done, "log": log,
+             "seconds": time.time() - t0}, indent=1))
+
+    it = -1
     for it in range(args.iters):
+        if args.seconds is not None and time.time() - t0 > args.seconds:
+            it -= 1
+            break
         prompts = [random_prompt(rng) for _ in range(args.batch)]
-        ids = torch.from_numpy(np.stack([encode_prompt(p) for p in prompts]))
+        ids = torch.from_numpy(np.stack([encode_prompt(p) for p in prompts])).to(dev)
         with torch.no_grad():
             tokens = teacher.text(ids)
         empty = empty_tokens.expand(args.batch, -1, -1)
         k = int(rng.integers(1, len(sigmas) + 1))
+        fake, opt_f = (fakes[k - 1], opts_f[k - 1]) if args.fake_per_step else (fakes[0], opts_f[0])
 
         # 1. fake score: denoising score matching on the generator's current samples
         with torch.no_grad():
             x_g = generate(gen, tokens, k, sigmas, grad_last=False)
-        sigma = sample_sigma_lognormal(args.batch)
+        sigma = sample_sigma_lognormal(args.batch, dev)
         x_t = x_g + sigma.view(-1, 1, 1, 1) * torch.randn_like(x_g)
         if args.guidance == "zero":
             cond = empty
         else:  # prompt dropout keeps an unconditional fake score for Anti-CFG
-            drop = (torch.rand(args.batch) < args.fake_prompt_dropout).view(-1, 1, 1)
+            drop = (torch.rand(args.batch, device=dev) < args.fake_prompt_dropout).view(-1, 1, 1)
             cond = torch.where(drop, empty, tokens)
         weight = (sigma ** 2 + SIGMA_DATA ** 2) / (sigma * SIGMA_DATA) ** 2
         loss_f = (weight.view(-1, 1, 1, 1) * (fake.denoise(x_t, sigma, cond) - x_g) ** 2).mean()
@@ -142,7 +169,7 @@ def main():
 
         # 2. generator
         x_g = generate(gen, tokens, k, sigmas, grad_last=True)
-        sigma = sample_sigma_uniform(args.batch)
+        sigma = sample_sigma_uniform(args.batch, dev)
         x_t = x_g.detach() + sigma.view(-1, 1, 1, 1) * torch.randn_like(x_g)
         with torch.no_grad():
             f_phi = guided(teacher, x_t, sigma, tokens, empty, teacher_scale)
@@ -162,16 +189,17 @@ def main():
             decay = min(args.ema, (1 + it) / (10 + it))
             for pe, pg in zip(ema.unet.parameters(), gen.unet.parameters()):
                 pe.lerp_(pg, 1 - decay)
-        if it % 200 == 199:  # a look at the samples while it trains
+        if it % 200 == 199 and dev.type == "cpu":  # a look at the samples while it trains
             save_grid(student_sample(ema, ema.text, SAMPLE_PROMPTS, sigmas[:1], seed=1),
                       WORK / f"{args.name}_progress.png", cols=8)
         if it % 50 == 0 or it == args.iters - 1:
             log.append({"iter": it, "loss_fake": loss_f.item(), "loss_gen": loss_g.item(), "s": time.time() - t0})
             print(f"iter {it:5d} fake {loss_f.item():.4f} gen {loss_g.item():+.5f} {time.time() - t0:5.0f} s", flush=True)
+        if it % args.save_every == args.save_every - 1:
+            save(it + 1)
 
-    torch.save(ema.unet.state_dict(), WORK / f"{args.name}.pt")
-    (WORK / f"{args.name}.json").write_text(json.dumps({"args": vars(args), "sigmas": sigmas, "log": log,
-                                                        "seconds": time.time() - t0}, indent=1))
+    save(it + 1)
+    ema.cpu()
     for steps in sorted({1, len(sigmas)}):
         x = student_sample(ema, ema.text, SAMPLE_PROMPTS, sigmas[:steps], seed=1)
         save_grid(x, WORK / f"{args.name}_samples_{steps}.png", cols=8)

@@ -10,7 +10,11 @@
   diversity  mean pairwise feature distance between the seeds of one prompt
              (real renders give the reference), and the per-pixel std across seeds
 
-  python export/generate/evaluate.py [--seeds 8] [--out export/generate_report.json]
+  python export/generate/evaluate.py [--seeds 32] [--repeats 4] [--out export/generate_report.json]
+
+Every row is measured on `--repeats` disjoint seed sets (each against its own fresh
+renders) and reports the mean and the standard deviation across them: differences between
+rows smaller than that spread are noise.
 
 Every sample is drawn from fixed seeds, so the table is reproducible.
 """
@@ -93,70 +97,98 @@ def load_student(name):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--seeds", type=int, default=8)
+    ap.add_argument("--seeds", type=int, default=32, help="seeds per prompt in one set")
+    ap.add_argument("--repeats", type=int, default=4,
+                    help="disjoint seed sets (and real render sets); rows give mean and sd over them")
     ap.add_argument("--cfg", type=float, default=2.0)
-    ap.add_argument("--students", default="sid1,sid4,sid1_zero,sid1_anti,vsd1")
+    ap.add_argument("--students", default="sid1,sid4,sid1_zero,sid1_anti,vsd1",
+                    help="checkpoints in $WORK; NAME@S1/S2/.. measures NAME with that sampler schedule "
+                         "(one row) instead of its trained one (one row per step count)")
     ap.add_argument("--out", default=str(ROOT / "export" / "generate_report.json"))
+    ap.add_argument("--update", action="store_true", help="keep --out's rows and measure only the missing ones")
     args = ap.parse_args()
+    previous = json.loads(Path(args.out).read_text()) if args.update else {"rows": [], "students": {}}
     torch.set_grad_enabled(False)
     judge = Judge()
     # prompt-major order: seeds of one prompt are adjacent (for diversity)
     prompts = [p for p in EVAL_PROMPTS for _ in range(args.seeds)]
     truth = [normalise(p) for p in prompts]
-    real, _ = make_dataset(len(prompts), seed=12345, prompts=prompts)
-    real_texts, real_feats = judge(real)
+    # Set r draws seeds 1000 + r * seeds ... (no training step used them; the few-step
+    # schedule was chosen on seeds 5000..5031) and compares with its own fresh renders.
+    bases = [1000 + r * args.seeds for r in range(args.repeats)]
+    real_images = [make_dataset(len(prompts), seed=12345 + r, prompts=prompts)[0] for r in range(args.repeats)]
+    reals = [judge(images)[1] for images in real_images]
+    metrics = ("ocr_accuracy", "frechet", "diversity", "pixel_std")
+    rows = list(previous["rows"])
+    done = {(r["name"], r["steps"]) for r in rows}
 
-    rows = []
-
-    def record(name, family, steps, nfe, images, seconds):
-        texts, feats = judge(images)
-        acc = float(np.mean([normalise(t) == g for t, g in zip(texts, truth)]))
-        div, px = diversity(feats, images, args.seeds)
-        row = {"name": name, "family": family, "steps": steps, "nfe": nfe, "ocr_accuracy": acc,
-               "frechet": frechet(feats, real_feats), "diversity": div, "pixel_std": px,
-               "seconds_per_image": seconds / len(images)}
+    def record(name, family, steps, nfe, draw, **extra):
+        """draw(base) -> uint8 images of every prompt x seeds base.. base + seeds - 1."""
+        if (name, steps) in done:
+            return
+        per, t = [], time.time()
+        for r, base in enumerate(bases):
+            images = draw(base)
+            texts, feats = judge(images)
+            acc = float(np.mean([normalise(t) == g for t, g in zip(texts, truth)]))
+            div, px = diversity(feats, images, args.seeds)
+            per.append((acc, frechet(feats, reals[r]), div, px))
+        per = np.array(per)
+        row = {"name": name, "family": family, "steps": steps, "nfe": nfe, **extra,
+               "seconds_per_image": (time.time() - t) / (len(prompts) * len(bases))}
+        for i, m in enumerate(metrics):
+            row[m], row[m + "_sd"] = float(per[:, i].mean()), float(per[:, i].std(ddof=1)) if len(bases) > 1 else 0.0
         rows.append(row)
-        print(f"{name:24s} steps {steps:2d} nfe {nfe:3d} ocr {acc:.3f} fd {row['frechet']:8.2f} "
-              f"div {div:6.3f} px {px:5.1f}  {1e3 * row['seconds_per_image']:6.1f} ms/img", flush=True)
+        print(f"{name:24s} steps {steps:2d} nfe {nfe:3d} ocr {row['ocr_accuracy']:.3f}±{row['ocr_accuracy_sd']:.3f} "
+              f"fd {row['frechet']:7.2f}±{row['frechet_sd']:5.2f} div {row['diversity']:6.3f} "
+              f"px {row['pixel_std']:5.1f}  {1e3 * row['seconds_per_image']:6.1f} ms/img", flush=True)
 
-    real_acc = float(np.mean([normalise(t) == g for t, g in zip(real_texts, truth)]))
-    real_div, real_px = diversity(real_feats, real, args.seeds)
-    rows.append({"name": "real renders", "family": "data", "steps": 0, "nfe": 0, "ocr_accuracy": real_acc,
-                 "frechet": 0.0, "diversity": real_div, "pixel_std": real_px, "seconds_per_image": 0.0})
-    print(f"{'real renders':24s} ocr {real_acc:.3f} div {real_div:6.3f} px {real_px:5.1f}")
+    record("real renders", "data", 0, 0, lambda base: real_images[bases.index(base)])
+    # the floor of the Frechet distance at this sample count: a second, independent set of renders
+    record("real renders, other seed", "data", 0, 0,
+           lambda base: make_dataset(len(prompts), seed=54321 + bases.index(base), prompts=prompts)[0])
 
     teacher = Denoiser()
     teacher.load_state_dict(torch.load(WORK / "teacher.pt"))
     teacher.eval()
-    # one seed per sample index: seed s covers all prompts, so a batch is (prompts x one seed)
-    def by_seed(fn):
+
+    def by_seed(fn, base):
+        """Seed s covers all prompts, so a batch is (prompts x one seed)."""
         out = np.zeros((len(prompts), HEIGHT, WIDTH, 3), np.uint8)
         for s in range(args.seeds):
-            out[s::args.seeds] = to_uint8(fn(EVAL_PROMPTS, 1000 + s))
+            out[s::args.seeds] = to_uint8(fn(EVAL_PROMPTS, base + s))
         return out
 
     for guidance in (args.cfg, 1.0):
         for steps in ((1, 4, 16, 50) if guidance != 1.0 else (50,)):
-            t = time.time()
-            imgs = by_seed(lambda ps, seed: teacher_sample(teacher, ps, steps, guidance, seed))
             nfe = steps * (2 if guidance != 1.0 else 1)
             tag = f"teacher cfg {guidance:g}" if guidance != 1.0 else "teacher no cfg"
-            record(tag, "teacher", steps, nfe, imgs, time.time() - t)
+            record(tag, "teacher", steps, nfe,
+                   lambda base: by_seed(lambda ps, seed: teacher_sample(teacher, ps, steps, guidance, seed), base))
 
-    for name in [s for s in args.students.split(",") if s]:
+    students = dict(previous["students"])
+    for spec in [s for s in args.students.split(",") if s]:
+        name, _, schedule = spec.partition("@")
         if not (WORK / f"{name}.pt").exists():
             print(f"skip {name}: not trained")
             continue
         meta = json.loads((WORK / f"{name}.json").read_text())
+        students[name] = meta["args"] | {"sigmas": meta["sigmas"], "iters_done": meta.get("iters_done")}
         gen = load_student(name)
-        sigmas = meta["sigmas"]
-        for steps in range(1, len(sigmas) + 1):
-            t = time.time()
-            imgs = by_seed(lambda ps, seed: student_sample(gen, gen.text, ps, sigmas[:steps], seed))
-            record(name, meta["args"]["method"] + "/" + meta["args"]["guidance"], steps, steps, imgs, time.time() - t)
+        family = meta["args"]["method"] + "/" + meta["args"]["guidance"]
+        if schedule:
+            sigmas = [float(v) for v in schedule.split("/")]
+            runs = [(spec, sigmas)]
+        else:
+            runs = [(name, meta["sigmas"][:k]) for k in range(1, len(meta["sigmas"]) + 1)]
+        for row_name, sigmas in runs:
+            record(row_name, family, len(sigmas), len(sigmas),
+                   lambda base: by_seed(lambda ps, seed: student_sample(gen, gen.text, ps, sigmas, seed), base),
+                   sigmas=sigmas)
 
-    report = {"prompts": EVAL_PROMPTS, "seeds": args.seeds, "cfg": args.cfg, "rows": rows,
-              "few_step_sigmas": FEW_STEP_SIGMAS, "sigma_init": SIGMA_INIT}
+    report = {"prompts": EVAL_PROMPTS, "seeds": args.seeds, "repeats": args.repeats, "seed_bases": bases,
+              "cfg": args.cfg, "rows": rows, "few_step_sigmas": FEW_STEP_SIGMAS, "sigma_init": SIGMA_INIT,
+              "students": students}
     Path(args.out).write_text(json.dumps(report, indent=1))
     print(f"wrote {args.out}")
 

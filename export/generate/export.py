@@ -29,7 +29,7 @@ from PIL import Image
 
 from common import (ALPHABET, HEIGHT, MAX_LEN, MIN_LEN, NOISE_NAME, ROOT, WIDTH, WORK, Denoiser,
                     encode_prompt, noise)
-from distill import FEW_STEP_SIGMAS, SIGMA_INIT
+from distill import SIGMA_INIT
 from sample import karras_sigmas
 
 OUT = ROOT / "models" / "generate"
@@ -134,6 +134,9 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--few-step", default="sid4")
     ap.add_argument("--one-step", default="")
+    ap.add_argument("--schedule", action="append", default=[], metavar="K=S1/S2/..",
+                    help="the K-step point samples with these sigmas instead of the trained schedule's "
+                         "first K (evaluate.py must have measured FEW_STEP@S1/S2/..)")
     ap.add_argument("--cfg", type=float, default=2.0)
     ap.add_argument("--fixture-prompts", default="E,R,7")
     args = ap.parse_args()
@@ -165,10 +168,16 @@ def main():
                        "sampler": "renoise", "sigmas": [SIGMA_INIT]})
     export_onnx(UNetOnly(load(args.few_step)), (x, sigma, tokens), ["x", "sigma", "tokens"], ["denoised"],
                 OUT / "sid4.onnx")
-    files.append(("sid4.onnx", "generator", f"few-step SiD generator, K = {len(FEW_STEP_SIGMAS)} ({args.few_step})"))
-    for k in range(1, len(FEW_STEP_SIGMAS) + 1):
-        points.append({"name": f"sid:{k}", "quality": quality[(args.few_step, k)], "generator": "sid4.onnx",
-                       "sampler": "renoise", "sigmas": FEW_STEP_SIGMAS[:k]})
+    # the schedule the student was trained with (distill.py --sigmas), not the default
+    few_step_sigmas = json.loads((WORK / f"{args.few_step}.json").read_text())["sigmas"]
+    files.append(("sid4.onnx", "generator", f"few-step SiD generator, K = {len(few_step_sigmas)} ({args.few_step})"))
+    overrides = dict(spec.split("=", 1) for spec in args.schedule)
+    for k in range(1, len(few_step_sigmas) + 1):
+        schedule = overrides.get(str(k))
+        sigmas = [float(v) for v in schedule.split("/")] if schedule else few_step_sigmas[:k]
+        row = f"{args.few_step}@{schedule}" if schedule else args.few_step
+        points.append({"name": f"sid:{k}", "quality": quality[(row, k)], "generator": "sid4.onnx",
+                       "sampler": "renoise", "sigmas": sigmas})
     renoise = [p for p in points if p["sampler"] == "renoise"]
     best = max(p["quality"] for p in renoise)
     default = min((p for p in renoise if p["quality"] >= best - 0.02), key=lambda p: len(p["sigmas"]))
@@ -176,7 +185,8 @@ def main():
     lines = ['# Written by export/generate/export.py; do not edit by hand.',
              'service = "generate"',
              'quality_metric = "OCR accuracy (PP-OCR small, case-insensitive alphanumeric) on all 32 '
-             'characters x 8 evaluation seeds, export/generate/evaluate.py"', '',
+             f'characters x {report["seeds"]} seeds x {report.get("repeats", 1)} seed sets, '
+             'export/generate/evaluate.py"', '',
              '[settings]', f'alphabet = "{ALPHABET}"', f'min_len = {MIN_LEN}', f'max_len = {MAX_LEN}',
              'uppercase = true', f'height = {HEIGHT}', f'width = {WIDTH}', 'output_range = [-1.0, 1.0]',
              f'noise = "{NOISE_NAME}"', f'default_point = "{default["name"]}"', '']
