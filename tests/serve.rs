@@ -593,9 +593,10 @@ async fn when_a_fleet_member_is_killed_mid_stream_every_request_is_still_answere
 }
 
 /// A controller over a hand-made profile: the SLO admits the middle point only, so
-/// ordinary requests are served there; pins and deadlines decide single requests; the
-/// answer names the point and the reason; telemetry (read from a captured Jetson tree)
-/// publishes the device and the controller's state.
+/// ordinary requests are served there; pins and deadlines decide single requests, and a
+/// deadline the planned point cannot meet makes the request step down; the answer names
+/// the point and the reason; telemetry (read from a captured Jetson tree) publishes the
+/// device and the controller's state.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_controller_chooses_points_and_telemetry_shows_them() {
     use edgerun::policy::{Controller, Planning, PolicyConfig, ProfiledPoint};
@@ -623,9 +624,11 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
     let server = edgerun::serve::start(cfg, vec![common::mqtt::ocr_service()], choices).unwrap();
     let mut client = Client::connect(mosquitto.addr(), "adaptive").await;
     let topic = "edgerun/dev-p/ocr/request";
-    let b64 = base64::engine::general_purpose::STANDARD.encode(word_png());
-    let mut ask = async |extra: Value| {
-        let mut request = json!({"image_b64": b64, "crops": true});
+    let word = base64::engine::general_purpose::STANDARD.encode(word_png());
+    let scene = base64::engine::general_purpose::STANDARD.encode(sign_png());
+    // A request for `image` (a word crop, or a whole scene) with `extra` fields.
+    let mut ask = async |image: &str, extra: Value| {
+        let mut request = json!({"image_b64": image, "crops": image == word});
         request
             .as_object_mut()
             .unwrap()
@@ -634,17 +637,32 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
             .ask(topic, serde_json::to_vec(&request).unwrap(), None)
             .await
     };
-    let answer = ask(json!({})).await;
+    // A scene with its own knobs first (tiny@640's, but not a declared point, so the
+    // controller learns nothing from it): the service learns what its stages cost here,
+    // since a request cannot plan with costs never seen. Then the profile, which promises
+    // cascade0.9@960 in 5 ms, has the controller plan a scene at it within a 20 ms
+    // deadline; the service knows better, steps down to what fits (nothing does: the
+    // cheapest), and the answer names both points. It is exactly the smaller point's answer.
+    let custom = ask(&scene, json!({"rec": "tiny", "det_limit": 640})).await;
+    assert_eq!(custom["point"], "custom", "{custom}");
+    assert_eq!(texts(&custom), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+    let stepped = ask(&scene, json!({"deadline_ms": 20})).await;
+    assert_eq!(stepped["point"], "tiny@640", "{stepped}");
+    assert_eq!(stepped["stepped_down_from"], "cascade0.9@960", "{stepped}");
+    assert_eq!(stepped["policy"]["reason"]["kind"], "deadline", "{stepped}");
+    assert_eq!(texts(&stepped), texts(&custom));
+    let answer = ask(&word, json!({})).await;
     assert_eq!(answer["text"], "Station");
     assert_eq!(answer["point"], "cascade0.9@960");
+    assert!(answer.get("stepped_down_from").is_none(), "{answer}");
     assert_eq!(answer["policy"]["reason"]["kind"], "steady");
-    let answer = ask(json!({"point": "tiny@640"})).await;
+    let answer = ask(&word, json!({"point": "tiny@640"})).await;
     assert_eq!(answer["point"], "tiny@640");
     assert_eq!(answer["policy"]["reason"]["kind"], "pinned");
-    let answer = ask(json!({"deadline_ms": 0.5})).await;
+    let answer = ask(&word, json!({"deadline_ms": 0.5})).await;
     assert_eq!(answer["point"], "tiny@640");
     assert_eq!(answer["policy"]["reason"]["kind"], "slo_unreachable");
-    let answer = ask(json!({"point": "huge"})).await;
+    let answer = ask(&word, json!({"point": "huge"})).await;
     assert_eq!(answer["error"]["code"], "bad_request");
     assert!(
         answer["error"]["message"]
@@ -653,7 +671,7 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
             .contains("unknown point \"huge\""),
         "{answer}"
     );
-    let answer = ask(json!({"deadline_ms": "soon"})).await;
+    let answer = ask(&word, json!({"deadline_ms": "soon"})).await;
     assert_eq!(answer["error"]["code"], "bad_request");
 
     let telemetry = wait_retained(mosquitto.addr(), "edgerun/dev-p/telemetry", |_| true).await;
