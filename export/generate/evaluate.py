@@ -114,7 +114,7 @@ def main():
     prompts = [p for p in EVAL_PROMPTS for _ in range(args.seeds)]
     truth = [normalise(p) for p in prompts]
     # Set r draws seeds 1000 + r * seeds ... (no training step used them; the few-step
-    # schedule was chosen on seeds 5000..5031) and compares with its own fresh renders.
+    # schedule was chosen on seeds 5000..5063) and compares with its own fresh renders.
     bases = [1000 + r * args.seeds for r in range(args.repeats)]
     real_images = [make_dataset(len(prompts), seed=12345 + r, prompts=prompts)[0] for r in range(args.repeats)]
     reals = [judge(images)[1] for images in real_images]
