@@ -15,8 +15,8 @@ import argparse
 import numpy as np
 import torch
 
-from common import EVAL_PROMPTS, HEIGHT, WIDTH, make_dataset, to_uint8
-from evaluate import Judge, frechet, load_student, normalise
+from common import EVAL_PROMPTS, make_dataset
+from evaluate import Judge, draw_by_seed, frechet, load_student, normalise
 from sample import student_sample
 
 CANDIDATES = ([2.5], [2.5, 1.8, 1.3], [2.5, 1.8, 1.3, 1.0], [2.5, 1.8, 1.3, 1.15], [2.5, 1.8, 1.3, 1.3],
@@ -38,9 +38,7 @@ def main():
     for sigmas in CANDIDATES:
         accs, fds = [], []
         for r, base in enumerate(bases):
-            out = np.zeros((len(prompts), HEIGHT, WIDTH, 3), np.uint8)
-            for s in range(args.seeds):
-                out[s::args.seeds] = to_uint8(student_sample(gen, gen.text, EVAL_PROMPTS, sigmas, base + s))
+            out = draw_by_seed(lambda ps, seed: student_sample(gen, gen.text, ps, sigmas, seed), args.seeds, base)
             texts, feats = judge(out)
             accs.append(np.mean([normalise(t) == g for t, g in zip(texts, truth)]))
             fds.append(frechet(feats, reals[r]))

@@ -138,10 +138,9 @@ def main():
             {"args": vars(args), "sigmas": sigmas, "iters_done": iters_done, "log": log,
              "seconds": time.time() - t0}, indent=1))
 
-    it = -1
+    done = 0
     for it in range(args.iters):
         if args.seconds is not None and time.time() - t0 > args.seconds:
-            it -= 1
             break
         prompts = [random_prompt(rng) for _ in range(args.batch)]
         ids = torch.from_numpy(np.stack([encode_prompt(p) for p in prompts])).to(dev)
@@ -197,8 +196,9 @@ def main():
             print(f"iter {it:5d} fake {loss_f.item():.4f} gen {loss_g.item():+.5f} {time.time() - t0:5.0f} s", flush=True)
         if it % args.save_every == args.save_every - 1:
             save(it + 1)
+        done = it + 1
 
-    save(it + 1)
+    save(done)
     ema.cpu()
     for steps in sorted({1, len(sigmas)}):
         x = student_sample(ema, ema.text, SAMPLE_PROMPTS, sigmas[:steps], seed=1)

@@ -88,6 +88,15 @@ def diversity(feats, images, seeds):
     return float(pair.mean()), float(px)
 
 
+def draw_by_seed(fn, seeds, base):
+    """Every prompt x seeds base .. base + seeds - 1, prompt-major, as uint8 images.
+    fn(prompts, seed) draws all prompts from one seed, so a batch is (prompts x one seed)."""
+    out = np.zeros((len(EVAL_PROMPTS) * seeds, HEIGHT, WIDTH, 3), np.uint8)
+    for s in range(seeds):
+        out[s::seeds] = to_uint8(fn(EVAL_PROMPTS, base + s))
+    return out
+
+
 def load_student(name):
     teacher = Denoiser()
     teacher.load_state_dict(torch.load(WORK / "teacher.pt"))
@@ -153,11 +162,7 @@ def main():
     teacher.eval()
 
     def by_seed(fn, base):
-        """Seed s covers all prompts, so a batch is (prompts x one seed)."""
-        out = np.zeros((len(prompts), HEIGHT, WIDTH, 3), np.uint8)
-        for s in range(args.seeds):
-            out[s::args.seeds] = to_uint8(fn(EVAL_PROMPTS, base + s))
-        return out
+        return draw_by_seed(fn, args.seeds, base)
 
     for guidance in (args.cfg, 1.0):
         for steps in ((1, 4, 16, 50) if guidance != 1.0 else (50,)):
