@@ -156,6 +156,49 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
 }
 
 #[test]
+fn legal_queries_run_unpadded_on_ort_and_embed_as_on_tract() {
+    // tract pads token sequences to 16-token buckets (it plans per shape); ONNX Runtime runs
+    // the exact length. Masked positions must not matter, so both give the same vector.
+    let corpus = default_corpus();
+    let tract = Legal::load(
+        &models::default_root(),
+        &TractEngine::new(EngineConfig::default()),
+        &corpus,
+    )
+    .unwrap();
+    let recorder =
+        Recorder::new(OrtEngine::new(&ort_config(&[Provider::Cpu])).expect("ONNX Runtime"));
+    let ort = Legal::load(&models::default_root(), &recorder, &corpus).unwrap();
+    let question = "Is a contract made under duress voidable?";
+    let tokens = tract.tokenize(question).unwrap().len();
+    assert_eq!(
+        tokens, 12,
+        "[CLS], 10 word pieces, [SEP]: not a multiple of 16"
+    );
+    for point in ["l6", "sn:l3.2-l6.5"] {
+        let (a, b) = (
+            tract.embed(point, question).unwrap(),
+            ort.embed(point, question).unwrap(),
+        );
+        let worst = a
+            .iter()
+            .zip(&b)
+            .map(|(x, y)| (x - y).abs())
+            .fold(0f32, f32::max);
+        assert!(worst < 1e-5, "{point}: max |tract - ort| = {worst:e}");
+    }
+    let runs = recorder.runs();
+    for model in [
+        "legal/emb_l6.onnx",
+        "legal/l6_layer5.onnx",
+        "legal/pool.onnx",
+    ] {
+        let shape = runs[model].last().unwrap()[0].shape().to_vec();
+        assert_eq!(shape[..2], [1, tokens], "{model}: unpadded on ONNX Runtime");
+    }
+}
+
+#[test]
 fn ocr_reads_identical_strings_on_both_engines() {
     let options = OcrOptions {
         recognizer: RecognizerChoice::Cascade { threshold: 0.9 },

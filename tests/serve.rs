@@ -319,7 +319,7 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
             .as_array()
             .unwrap()
             .len(),
-        10
+        12
     );
     assert_eq!(status["services"]["ocr"]["policy"]["adaptive"], false);
     // Where each model runs is published, so a silent CPU fallback would show here.

@@ -122,6 +122,15 @@ pub struct Placement {
     pub notes: Vec<String>,
 }
 
+impl Placement {
+    /// Whether the model builds a plan per input shape (tract; TensorRT builds engines per
+    /// shape profile), so that callers with variable-length inputs should pad them to a few
+    /// shapes. ONNX Runtime on CPU or CUDA runs any shape at no planning cost.
+    pub fn plans_per_shape(&self) -> bool {
+        self.engine == "tract" || self.providers.contains(&Provider::Tensorrt)
+    }
+}
+
 impl fmt::Display for Placement {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let providers: Vec<&str> = self.providers.iter().map(|p| p.name()).collect();
@@ -291,5 +300,28 @@ impl Default for OrtConfig {
             tensorrt_cache: None,
             tensorrt_fp16: true,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn placement(engine: &'static str, providers: &[Provider]) -> Placement {
+        Placement {
+            model: "m.onnx".into(),
+            engine,
+            providers: providers.to_vec(),
+            threads: 1,
+            notes: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn only_tract_and_tensorrt_plan_per_shape() {
+        assert!(placement("tract", &[Provider::Cpu]).plans_per_shape());
+        assert!(placement("ort", &[Provider::Tensorrt, Provider::Cpu]).plans_per_shape());
+        assert!(!placement("ort", &[Provider::Cpu]).plans_per_shape());
+        assert!(!placement("ort", &[Provider::Cuda, Provider::Cpu]).plans_per_shape());
     }
 }

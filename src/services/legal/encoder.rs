@@ -4,9 +4,10 @@
 //! SN-Net point, a stitch between the two anchors' layers), then the shared pooling block.
 //! Blocks are loaded once and shared by all chains that use them.
 //!
-//! Token sequences are padded to a multiple of [`SEQ_BUCKET`] with a zero mask, so an
-//! engine that plans per shape (tract) keeps a handful of plans instead of one per length;
-//! masked positions change neither attention nor the mean pooling.
+//! For an engine that plans per shape (tract), token sequences are padded to a multiple of
+//! [`SEQ_BUCKET`] with a zero mask, so it keeps a handful of plans instead of one per
+//! length; masked positions change neither attention nor the mean pooling. ONNX Runtime on
+//! CPU runs the exact length: padding would only add work (about 15% at typical lengths).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -18,7 +19,7 @@ use super::LegalError;
 use crate::engine::{ElementType, Engine, Input, Model};
 use crate::models::ModelDir;
 
-/// Sequence lengths are padded up to a multiple of this.
+/// Sequence lengths are padded up to a multiple of this for engines that plan per shape.
 pub const SEQ_BUCKET: usize = 16;
 /// The hidden size of both anchors.
 pub const HIDDEN: usize = 384;
@@ -46,7 +47,7 @@ pub struct Blocks {
     pool: Arc<dyn Model>,
 }
 
-/// Token ids and the real length, padded to the bucket.
+/// Token ids and the real length, padded to the chain's bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokens {
     pub ids: Vec<i64>,
@@ -92,10 +93,21 @@ impl Blocks {
         Ok(encoding.get_ids().to_vec())
     }
 
-    fn padded(&self, text: &str) -> Result<Tokens, LegalError> {
+    /// [`SEQ_BUCKET`] if any block of `chain` (or pooling) plans per shape, else 1. Asked
+    /// per call: an `auto` backend settles on an engine only when it is warmed up.
+    fn bucket(&self, chain: &[String]) -> usize {
+        let plans_per_shape = chain
+            .iter()
+            .map(|file| &self.blocks[file].model)
+            .chain([&self.pool])
+            .any(|model| model.placement().plans_per_shape());
+        if plans_per_shape { SEQ_BUCKET } else { 1 }
+    }
+
+    fn padded(&self, text: &str, bucket: usize) -> Result<Tokens, LegalError> {
         let ids = self.tokenize(text)?;
         let len = ids.len();
-        let padded = len.div_ceil(SEQ_BUCKET) * SEQ_BUCKET;
+        let padded = len.div_ceil(bucket) * bucket;
         let mut ids: Vec<i64> = ids.into_iter().map(i64::from).collect();
         ids.resize(padded, 0);
         Ok(Tokens { ids, len })
@@ -123,7 +135,7 @@ impl Blocks {
 
     /// The unit-length embedding of `text` along `chain` (checked with [`Blocks::check_chain`]).
     pub fn embed(&self, chain: &[String], text: &str) -> Result<Vec<f32>, LegalError> {
-        let tokens = self.padded(text)?;
+        let tokens = self.padded(text, self.bucket(chain))?;
         let seq = tokens.ids.len();
         let ids = Array2::from_shape_vec((1, seq), tokens.ids).expect("shape matches");
         let mut mask = Array2::<f32>::zeros((1, seq));
@@ -153,8 +165,9 @@ impl Blocks {
 
     /// Plans every block of `chain` for the typical query lengths ahead of the first request.
     pub fn warm_up(&self, chain: &[String], lengths: &[usize]) -> Result<(), LegalError> {
+        let bucket = self.bucket(chain);
         for &len in lengths {
-            let seq = len.div_ceil(SEQ_BUCKET) * SEQ_BUCKET;
+            let seq = len.div_ceil(bucket) * bucket;
             let hidden = [1, seq, HIDDEN];
             let mask = [1, seq];
             for file in chain {
