@@ -336,6 +336,8 @@ fn auto_measures_both_engines_and_keeps_one() {
         note.ends_with("(median of 5 at [[1, 3, 48, 320]])"),
         "{note}"
     );
+    // Whether to pad inputs follows the chosen engine.
+    assert_eq!(model.plans_per_shape(), placement.engine == "tract");
 
     // A per-model setting wins over the default.
     let detector = dir.load(&engines, "det_tiny.onnx").unwrap();

@@ -105,6 +105,10 @@ pub trait Model: Send + Sync {
 
     /// Where and how this model runs, for logs and the retained status.
     fn placement(&self) -> Placement;
+
+    /// [`Placement::plans_per_shape`] without building the placement: callers ask it per
+    /// request.
+    fn plans_per_shape(&self) -> bool;
 }
 
 /// Where a loaded model runs: the backend, the execution providers it was given (in order of

@@ -270,4 +270,8 @@ impl Model for OrtModel {
     fn placement(&self) -> Placement {
         self.placement.clone()
     }
+
+    fn plans_per_shape(&self) -> bool {
+        self.placement.plans_per_shape()
+    }
 }

@@ -102,6 +102,10 @@ impl Model for RecordingModel {
     fn placement(&self) -> Placement {
         self.model.placement()
     }
+
+    fn plans_per_shape(&self) -> bool {
+        self.model.plans_per_shape()
+    }
 }
 
 #[cfg(test)]

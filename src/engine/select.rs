@@ -195,6 +195,18 @@ impl Model for AutoModel {
             }
         }
     }
+
+    fn plans_per_shape(&self) -> bool {
+        match self
+            .chosen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some((model, _)) => model.plans_per_shape(),
+            None => self.candidates[0].plans_per_shape(),
+        }
+    }
 }
 
 /// A model with a note for its placement.
@@ -216,6 +228,10 @@ impl Model for Noted {
         let mut placement = self.model.placement();
         placement.notes.push(self.note.clone());
         placement
+    }
+
+    fn plans_per_shape(&self) -> bool {
+        self.model.plans_per_shape()
     }
 }
 

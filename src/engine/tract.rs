@@ -167,6 +167,10 @@ impl Model for TractModel {
         self.plan_for(&key).map(drop)
     }
 
+    fn plans_per_shape(&self) -> bool {
+        true
+    }
+
     fn placement(&self) -> Placement {
         Placement {
             model: self.name.clone(),

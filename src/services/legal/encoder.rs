@@ -100,7 +100,7 @@ impl Blocks {
             .iter()
             .map(|file| &self.blocks[file].model)
             .chain([&self.pool])
-            .any(|model| model.placement().plans_per_shape());
+            .any(|model| model.plans_per_shape());
         if plans_per_shape { SEQ_BUCKET } else { 1 }
     }
 
