@@ -21,6 +21,7 @@ use crate::latency::{LatencyStats, percentile};
 use crate::plot::{Timeline, TimelineRun, TimelineSample, timeline_svg};
 use crate::policy::{Conditions, Controller, Planning, PolicyConfig, ProfiledPoint, RequestPolicy};
 use crate::profiler::Sample;
+use crate::serve::ThreadUse;
 use crate::services::{Service, Serving};
 use crate::telemetry::{Monitor, Sampler};
 
@@ -34,8 +35,10 @@ pub struct AdaptBenchSettings {
     pub hog_threads: usize,
     /// The controller's settings (its SLO is the target every run is judged by).
     pub policy: PolicyConfig,
-    /// Engine threads x workers: the cores the service keeps busy.
-    pub demand_cores: f64,
+    /// The engine's threads, and whether they follow the CPU load as in `serve`.
+    pub threads: ThreadUse,
+    /// Requests the service runs at once.
+    pub workers: usize,
     pub out: PathBuf,
     pub svg: PathBuf,
 }
@@ -98,6 +101,8 @@ pub struct RequestRecord {
     /// Adaptive runs: the telemetry factor and the learned slowdown when it was chosen.
     pub conditions: Option<f64>,
     pub slowdown: Option<f64>,
+    /// Threads the engine ran the request with.
+    pub threads: usize,
 }
 
 impl RequestRecord {
@@ -219,11 +224,16 @@ fn run_one(
             let sample = &samples[next % samples.len()];
             next += 1;
             let chosen = Instant::now();
+            // Every strategy runs on the same runtime, so fixed points follow the load too.
+            let snapshot = monitor.latest();
+            let threads = settings.threads.follow(&snapshot.cpu);
             let point = match strategy {
                 Strategy::Adaptive => {
                     controller.set_conditions(Conditions::from_snapshot(
-                        &monitor.latest(),
-                        settings.demand_cores,
+                        &snapshot,
+                        threads,
+                        settings.threads.configured,
+                        settings.workers,
                     ));
                     controller.decide(&RequestPolicy::default(), chosen)?.point
                 }
@@ -257,6 +267,7 @@ fn run_one(
                 hog: in_hog,
                 conditions: state.as_ref().map(|s| s.conditions.factor()),
                 slowdown: state.as_ref().map(|s| s.slowdown),
+                threads,
             });
         }
         Ok(())

@@ -17,7 +17,7 @@ use crate::models::{self, ModelDir};
 use crate::policy::ProfileCache;
 use crate::policy::profile;
 use crate::profiler::{ProfileSettings, Sample, profile_service};
-use crate::serve::ServeConfig;
+use crate::serve::{ServeConfig, ThreadUse};
 use crate::services::ocr::{OcrOptions, OcrService};
 use std::sync::Arc;
 use std::time::Duration;
@@ -396,7 +396,11 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
             .hog_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         policy,
-        demand_cores: (runtime.threads * workers) as f64,
+        threads: ThreadUse {
+            configured: runtime.threads,
+            adapt: runtime.engine_config.adapt_threads,
+        },
+        workers,
         out: args.out.clone(),
         svg: args.svg.clone(),
     };

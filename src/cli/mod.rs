@@ -43,6 +43,10 @@ pub struct GlobalArgs {
     /// Threads per model run [default: 1, or the config file's].
     #[arg(long, global = true, value_name = "N")]
     pub threads: Option<usize>,
+    /// Keep --threads even while other processes load the cores (by default `serve` and
+    /// `bench adapt` run single-threaded then).
+    #[arg(long, global = true)]
+    pub fixed_threads: bool,
     /// Engine for every model: tract (pure Rust), ort (ONNX Runtime, feature `ort`) or auto
     /// (measure both at start-up, keep the faster) [default: tract].
     #[arg(long, global = true, value_name = "NAME")]
@@ -61,6 +65,10 @@ pub struct GlobalArgs {
     /// Where TensorRT keeps its engine and timing caches.
     #[arg(long, global = true, value_name = "DIR")]
     pub tensorrt_cache: Option<PathBuf>,
+    /// ONNX Runtime: models (service/file or a prefix such as `legal/`) whose MatMuls over
+    /// int8-stored weights run in int8, activations quantized at run time.
+    #[arg(long, global = true, value_delimiter = ',', value_name = "PREFIX,...")]
+    pub ort_int8: Option<Vec<String>>,
     /// Log more (-v info, -vv debug); RUST_LOG overrides.
     #[arg(short, long, global = true, action = clap::ArgAction::Count)]
     pub verbose: u8,

@@ -58,6 +58,9 @@ impl Runtime {
         for (model, choice) in &config.models {
             backend += &format!("; {model}={}", choice.name());
         }
+        if config.uses_ort() && !config.ort.int8_matmul.is_empty() {
+            backend += &format!("; int8 MatMuls: {}", config.ort.int8_matmul.join(","));
+        }
         ProfileKey {
             edgerun_version: env!("CARGO_PKG_VERSION").into(),
             arch: machine.arch.into(),
@@ -120,6 +123,9 @@ pub enum Warm {
 pub fn engine_config(global: &GlobalArgs, mut config: EngineConfig) -> Result<EngineConfig> {
     config.threads = global.threads.unwrap_or(config.threads);
     anyhow::ensure!(config.threads >= 1, "--threads must be at least 1");
+    if global.fixed_threads {
+        config.adapt_threads = false;
+    }
     config.backend = global.backend.unwrap_or(config.backend);
     if let Some(library) = &global.ort_lib {
         config.ort.library = Some(library.clone());
@@ -130,6 +136,9 @@ pub fn engine_config(global: &GlobalArgs, mut config: EngineConfig) -> Result<En
     }
     if let Some(dir) = &global.tensorrt_cache {
         config.ort.tensorrt_cache = Some(dir.clone());
+    }
+    if let Some(models) = &global.ort_int8 {
+        config.ort.int8_matmul = models.clone();
     }
     Ok(config)
 }

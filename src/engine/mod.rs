@@ -12,6 +12,8 @@
 //! or measures both (`auto`) and keeps the faster one.
 
 #[cfg(feature = "ort")]
+mod int8;
+#[cfg(feature = "ort")]
 mod ort;
 pub mod record;
 mod select;
@@ -22,6 +24,7 @@ use std::fmt;
 use std::path::PathBuf;
 use std::str::FromStr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use ndarray::{ArrayD, ArrayViewD};
 use serde::{Deserialize, Serialize};
@@ -30,6 +33,22 @@ use serde::{Deserialize, Serialize};
 pub use self::ort::OrtEngine;
 pub use self::select::Backends;
 pub use self::tract::TractEngine;
+
+/// Whether tract runs go single-threaded for now, whatever `threads` says: the server sets
+/// it while other processes load the cores (see [`crate::policy::threads`]). Process-wide,
+/// like the CPU load it follows. ONNX Runtime sessions keep their configured thread count.
+static SINGLE_THREADED: AtomicBool = AtomicBool::new(false);
+
+/// Makes tract runs that start from now on single-threaded (`true`) or use the configured
+/// threads again (`false`). A run already going keeps its threads.
+pub fn set_single_threaded(single: bool) {
+    SINGLE_THREADED.store(single, Ordering::Relaxed);
+}
+
+/// Whether [`set_single_threaded`] holds runs to one thread now.
+pub fn single_threaded() -> bool {
+    SINGLE_THREADED.load(Ordering::Relaxed)
+}
 
 /// Why an engine could not load or run a model.
 #[derive(Debug, thiserror::Error)]
@@ -252,6 +271,10 @@ pub struct EngineConfig {
     pub models: BTreeMap<String, Backend>,
     /// ONNX Runtime settings, used when some model runs on `ort` or `auto`.
     pub ort: OrtConfig,
+    /// With `threads` > 1, `serve` runs tract models single-threaded while other processes
+    /// keep the cores busy (a parallel run waits for its slowest thread, and a thread
+    /// sharing its core with other load is slow). `false` keeps `threads` always.
+    pub adapt_threads: bool,
 }
 
 impl Default for EngineConfig {
@@ -262,6 +285,7 @@ impl Default for EngineConfig {
             backend: Backend::Tract,
             models: BTreeMap::new(),
             ort: OrtConfig::default(),
+            adapt_threads: true,
         }
     }
 }
@@ -294,6 +318,19 @@ pub struct OrtConfig {
     pub tensorrt_cache: Option<PathBuf>,
     /// Let TensorRT use fp16 kernels (Jetson GPUs are much faster in fp16).
     pub tensorrt_fp16: bool,
+    /// Models (`service/file`, or a prefix such as `legal/`) whose MatMuls over int8-stored
+    /// weights run in int8, their activations quantized per tensor at run time. Faster on
+    /// one CPU core, and slightly different numbers: measure with the service's benchmark.
+    pub int8_matmul: Vec<String>,
+}
+
+impl OrtConfig {
+    /// Whether `model` (`service/file`) runs its int8-weight MatMuls in int8.
+    pub fn int8_matmul_for(&self, model: &str) -> bool {
+        self.int8_matmul
+            .iter()
+            .any(|prefix| !prefix.is_empty() && model.starts_with(prefix.as_str()))
+    }
 }
 
 impl Default for OrtConfig {
@@ -303,6 +340,7 @@ impl Default for OrtConfig {
             providers: vec![Provider::Cpu],
             tensorrt_cache: None,
             tensorrt_fp16: true,
+            int8_matmul: Vec::new(),
         }
     }
 }

@@ -176,6 +176,15 @@ impl Engine for OrtEngine {
                 notes.join("; ")
             )));
         }
+        let quantized;
+        let onnx = if self.config.ort.int8_matmul_for(name) {
+            let (bytes, count) = super::int8::quantize_matmuls(onnx).map_err(load_error)?;
+            notes.push(format!("{count} MatMuls in int8"));
+            quantized = bytes;
+            &quantized[..]
+        } else {
+            onnx
+        };
         let session = builder
             .commit_from_memory(onnx)
             .map_err(|e| load_error(e.to_string()))?;

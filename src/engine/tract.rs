@@ -9,7 +9,7 @@ use std::io::Cursor;
 use std::sync::{Arc, Mutex};
 
 use ndarray::ArrayD;
-use tract_onnx::prelude::tract_linalg::multithread::Executor;
+use tract_onnx::prelude::tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
 use super::{ElementType, Engine, EngineConfig, EngineError, Input, Model, Placement, Provider};
@@ -47,10 +47,9 @@ impl Engine for TractEngine {
             graph,
             input_count,
             threads: self.config.threads,
-            options: RunOptions {
-                executor: self.executor.clone(),
-                ..RunOptions::default()
-            },
+            executor: self.executor.clone(),
+            // No executor in the plan: each run picks one (see `run`).
+            options: RunOptions::default(),
             plans: Mutex::new(PlanCache::new(self.config.max_plans_per_model)),
         }))
     }
@@ -73,6 +72,8 @@ struct TractModel {
     graph: InferenceModel,
     input_count: usize,
     threads: usize,
+    /// The engine's pool; `None` with one thread.
+    executor: Option<Executor>,
     options: RunOptions,
     plans: Mutex<PlanCache>,
 }
@@ -143,9 +144,14 @@ impl Model for TractModel {
             model: self.name.clone(),
             message: format!("{e:#}"),
         };
-        let outputs = plan
-            .run(inputs.iter().map(to_tvalue).collect())
-            .map_err(run_error)?;
+        let executor = match &self.executor {
+            Some(pool) if !super::single_threaded() => pool.clone(),
+            _ => Executor::SingleThread,
+        };
+        let outputs = multithread_tract_scope(executor, || {
+            plan.run(inputs.iter().map(to_tvalue).collect())
+        })
+        .map_err(run_error)?;
         outputs
             .into_iter()
             .map(|value| {

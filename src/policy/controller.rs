@@ -129,6 +129,10 @@ pub struct Conditions {
     pub cpu_contention: f64,
     /// The clock's cap relative to its maximum, inverted (1 = not capped).
     pub throttle: f64,
+    /// The threads per run profiled over those runs use now (1 = all of them; more while
+    /// they run single-threaded under load, see [`crate::policy::threads`]). Runs with
+    /// fewer threads learn a slowdown of their own.
+    pub thread_ratio: f64,
 }
 
 impl Default for Conditions {
@@ -136,18 +140,24 @@ impl Default for Conditions {
         Conditions {
             cpu_contention: 1.0,
             throttle: 1.0,
+            thread_ratio: 1.0,
         }
     }
 }
 
 impl Conditions {
-    /// `demand_cores`: the cores this service keeps busy while it runs (engine threads x
-    /// workers). With fair scheduling, our threads and the other load share the cores, so
-    /// once both together want more than there are, each thread gets proportionally less;
-    /// the profile was taken with no other load.
-    pub fn from_snapshot(snapshot: &Snapshot, demand_cores: f64) -> Conditions {
+    /// `threads_now` of `threads` (configured) per run, `workers` requests at once. With
+    /// fair scheduling, our threads and the other load share the cores, so once both
+    /// together want more than there are, each thread gets proportionally less; the profile
+    /// was taken with no other load.
+    pub fn from_snapshot(
+        snapshot: &Snapshot,
+        threads_now: usize,
+        threads: usize,
+        workers: usize,
+    ) -> Conditions {
         let cores = snapshot.cpu.cores.max(1) as f64;
-        let demand = demand_cores.clamp(1.0, cores);
+        let demand = ((threads_now * workers) as f64).clamp(1.0, cores);
         let cpu_contention = match snapshot.cpu.other_busy_cores {
             Some(other) if other.is_finite() => ((demand + other.max(0.0)) / cores).max(1.0),
             _ => 1.0,
@@ -159,11 +169,17 @@ impl Conditions {
         Conditions {
             cpu_contention,
             throttle,
+            thread_ratio: (threads.max(1) as f64 / threads_now.max(1) as f64).max(1.0),
         }
     }
 
+    /// The slowdown telemetry predicts (thread count aside: that one is learnt).
     pub fn factor(&self) -> f64 {
         self.cpu_contention * self.throttle
+    }
+
+    fn fewer_threads(&self) -> bool {
+        self.thread_ratio > 1.0
     }
 }
 
@@ -279,7 +295,11 @@ pub struct Controller {
     candidates: Vec<usize>,
     /// Index into `candidates`.
     current: usize,
+    /// Learned with every configured thread per run...
     slowdown: f64,
+    /// ... and with fewer, once runs have gone single-threaded under load. Kept apart so
+    /// that neither regime's learning misleads the other when the thread count flips.
+    fewer_threads_slowdown: Option<f64>,
     conditions: Conditions,
     /// Since when a better point has fitted with headroom.
     better_since: Option<Instant>,
@@ -321,6 +341,7 @@ impl Controller {
             candidates,
             current: 0,
             slowdown: 1.0,
+            fewer_threads_slowdown: None,
             conditions: Conditions::default(),
             better_since: None,
             started: now,
@@ -356,7 +377,19 @@ impl Controller {
     }
 
     fn predict(&self, point: &ProfiledPoint) -> f64 {
-        self.planning.latency_ms(point) * self.conditions.factor() * self.slowdown
+        self.planning.latency_ms(point) * self.conditions.factor() * self.slowdown()
+    }
+
+    /// The learned slowdown of the thread regime runs are in now. Before runs with fewer
+    /// threads have been observed, they are assumed to scale perfectly with threads: a
+    /// pessimistic guess that the first observations correct.
+    fn slowdown(&self) -> f64 {
+        if self.conditions.fewer_threads() {
+            self.fewer_threads_slowdown
+                .unwrap_or(self.slowdown * self.conditions.thread_ratio)
+        } else {
+            self.slowdown
+        }
     }
 
     /// The best candidate predicted within `budget_ms`.
@@ -481,7 +514,13 @@ impl Controller {
         }
         let ratio = (service_ms / expected).clamp(SLOWDOWN_RANGE.0, SLOWDOWN_RANGE.1);
         let alpha = self.config.ewma_alpha;
-        self.slowdown = (1.0 - alpha) * self.slowdown + alpha * ratio;
+        let prior = self.slowdown();
+        let learned = if self.conditions.fewer_threads() {
+            self.fewer_threads_slowdown.get_or_insert(prior)
+        } else {
+            &mut self.slowdown
+        };
+        *learned = (1.0 - alpha) * *learned + alpha * ratio;
     }
 
     pub fn state(&self) -> PolicyState {
@@ -490,7 +529,7 @@ impl Controller {
             slo_ms: self.config.slo_ms,
             planning: self.planning,
             predicted_ms: self.predict(self.candidate(self.current)),
-            slowdown: self.slowdown,
+            slowdown: self.slowdown(),
             conditions: self.conditions,
             switches: self.switches,
             last_switch: self.last_switch.clone(),
@@ -629,7 +668,7 @@ mod tests {
         let mut snapshot = Snapshot::default();
         snapshot.cpu.cores = 2;
         snapshot.cpu.other_busy_cores = Some(2.0);
-        let conditions = Conditions::from_snapshot(&snapshot, 2.0);
+        let conditions = Conditions::from_snapshot(&snapshot, 2, 2, 1);
         assert_eq!(conditions.cpu_contention, 2.0);
         assert_eq!(conditions.throttle, 1.0);
         c.set_conditions(conditions);
@@ -648,9 +687,44 @@ mod tests {
         // No other load and 1 of 2 cores wanted: no contention.
         snapshot.cpu.other_busy_cores = Some(0.5);
         assert_eq!(
-            Conditions::from_snapshot(&snapshot, 1.0).cpu_contention,
+            Conditions::from_snapshot(&snapshot, 1, 1, 1).cpu_contention,
             1.0
         );
+    }
+
+    #[test]
+    fn runs_with_fewer_threads_learn_their_own_slowdown() {
+        let t0 = Instant::now();
+        let mut c = Controller::new(config(250.0), points(), Planning::Tail, t0).unwrap();
+        let mut snapshot = Snapshot::default();
+        snapshot.cpu.cores = 2;
+        snapshot.cpu.other_busy_cores = Some(0.0);
+        let all_threads = Conditions::from_snapshot(&snapshot, 2, 2, 1);
+        // One of two threads, the other core taken by other load: (1 + 1) / 2 = no contention.
+        snapshot.cpu.other_busy_cores = Some(1.0);
+        let one_thread = Conditions::from_snapshot(&snapshot, 1, 2, 1);
+        assert_eq!(one_thread.cpu_contention, 1.0);
+        assert_eq!(one_thread.thread_ratio, 2.0);
+        // Learn a slowdown of 1.2 with every thread.
+        for _ in 0..200 {
+            c.observe("best", p50("best") * 1.2);
+        }
+        assert!((c.state().slowdown - 1.2).abs() < 1e-6);
+        // Single-threaded, before any observation: perfect scaling is assumed (1.2 x 2).
+        c.set_conditions(one_thread);
+        assert!((c.state().slowdown - 2.4).abs() < 1e-6);
+        let d = c.decide(&RequestPolicy::default(), t0).unwrap();
+        assert_eq!(d.point, "mid", "best: 200 x 2.4 = 480 > 250");
+        // It really runs 1.5x slower than profiled, and learns that...
+        for _ in 0..200 {
+            c.observe("mid", p50("mid") * 1.5);
+        }
+        assert!((c.state().slowdown - 1.5).abs() < 1e-6);
+        // ... without touching what it learnt with every thread, which applies again at once.
+        c.set_conditions(all_threads);
+        assert!((c.state().slowdown - 1.2).abs() < 1e-6);
+        c.set_conditions(one_thread);
+        assert!((c.state().slowdown - 1.5).abs() < 1e-6);
     }
 
     #[test]

@@ -5,7 +5,8 @@
 //! this device, as measured by `edgerun profile`; [`pareto`] keeps only the points worth
 //! choosing; [`controller`] picks, per request, the best-quality point whose predicted
 //! latency meets the service's target under the device's current conditions, with
-//! hysteresis so it does not flap.
+//! hysteresis so it does not flap. [`threads`] decides when model runs should give up
+//! their parallelism because other processes load the cores.
 //!
 //! This module decides; it never runs models, reads files on the request path, or talks to
 //! the network.
@@ -13,6 +14,7 @@
 pub mod controller;
 pub mod pareto;
 pub mod profile;
+pub mod threads;
 
 use serde::{Deserialize, Serialize};
 

@@ -10,10 +10,12 @@ use std::sync::{Arc, Mutex};
 
 use serde_json::{Value, json};
 
+use crate::engine;
 use crate::mqtt::envelope::Steering;
+use crate::policy::threads::single_threaded_under_load;
 use crate::policy::{Conditions, Controller, Decision, RequestPolicy};
 use crate::services::ServiceError;
-use crate::telemetry::Monitor;
+use crate::telemetry::{Cpu, Monitor};
 
 /// How a service's operating point is chosen.
 pub enum PointChoice {
@@ -28,12 +30,18 @@ pub struct LanePolicy {
     controller: Option<Mutex<Controller>>,
     why_fixed: Option<String>,
     monitor: Arc<Monitor>,
-    /// The cores this service keeps busy while it runs (engine threads x workers).
-    demand_cores: f64,
+    threads: ThreadUse,
+    /// Requests this service runs at once.
+    workers: usize,
 }
 
 impl LanePolicy {
-    pub fn new(choice: PointChoice, monitor: Arc<Monitor>, demand_cores: f64) -> LanePolicy {
+    pub fn new(
+        choice: PointChoice,
+        monitor: Arc<Monitor>,
+        threads: ThreadUse,
+        workers: usize,
+    ) -> LanePolicy {
         let (controller, why_fixed) = match choice {
             PointChoice::Adaptive(controller) => (Some(Mutex::new(*controller)), None),
             PointChoice::Fixed { why } => (None, Some(why)),
@@ -42,7 +50,8 @@ impl LanePolicy {
             controller,
             why_fixed,
             monitor,
-            demand_cores,
+            threads,
+            workers,
         }
     }
 
@@ -53,10 +62,13 @@ impl LanePolicy {
         steering: &Steering,
         waited_ms: f64,
     ) -> Result<Option<Decision>, ServiceError> {
+        let snapshot = self.monitor.latest();
+        let threads = self.threads.follow(&snapshot.cpu);
         let Some(controller) = &self.controller else {
             return Ok(None);
         };
-        let conditions = Conditions::from_snapshot(&self.monitor.latest(), self.demand_cores);
+        let conditions =
+            Conditions::from_snapshot(&snapshot, threads, self.threads.configured, self.workers);
         let mut controller = controller.lock().expect("controller lock poisoned");
         controller.set_conditions(conditions);
         let request = RequestPolicy {
@@ -98,9 +110,39 @@ impl LanePolicy {
                 let state = controller.lock().expect("controller lock poisoned").state();
                 let mut value = json!(state);
                 value["adaptive"] = json!(true);
+                value["threads"] = json!(self.threads.now());
                 value
             }
-            (None, why) => json!({"adaptive": false, "why": why}),
+            (None, why) => json!({"adaptive": false, "why": why, "threads": self.threads.now()}),
+        }
+    }
+}
+
+/// How many threads model runs use: the configured count, or (when adapting) one while
+/// other processes load the cores they need ([`single_threaded_under_load`]).
+#[derive(Debug, Clone, Copy)]
+pub struct ThreadUse {
+    pub configured: usize,
+    pub adapt: bool,
+}
+
+impl ThreadUse {
+    /// Applies the CPU's latest sample to the engine; returns the threads runs now use.
+    pub fn follow(&self, cpu: &Cpu) -> usize {
+        if self.adapt {
+            let single =
+                single_threaded_under_load(cpu, self.configured, engine::single_threaded());
+            engine::set_single_threaded(single);
+        }
+        self.now()
+    }
+
+    /// The threads runs use now.
+    pub fn now(&self) -> usize {
+        if self.adapt && engine::single_threaded() {
+            1
+        } else {
+            self.configured
         }
     }
 }

@@ -29,6 +29,7 @@ use tokio::sync::{mpsc, oneshot};
 
 use self::adapt::LanePolicy;
 pub use self::adapt::PointChoice;
+pub use self::adapt::ThreadUse;
 pub use self::config::{ServeConfig, ServiceConfig};
 use self::stats::ServiceStats;
 use crate::mqtt::envelope::Request;
@@ -168,8 +169,16 @@ async fn serve(
             let choice = choices.remove(&name).unwrap_or_else(|| PointChoice::Fixed {
                 why: "no controller configured".into(),
             });
-            let demand_cores = (config.engine.threads * settings.workers) as f64;
-            let policy = Arc::new(LanePolicy::new(choice, monitor.clone(), demand_cores));
+            let threads = ThreadUse {
+                configured: config.engine.threads,
+                adapt: config.engine.adapt_threads,
+            };
+            let policy = Arc::new(LanePolicy::new(
+                choice,
+                monitor.clone(),
+                threads,
+                settings.workers,
+            ));
             Some((
                 name,
                 start_lane(service, &settings, policy, answers_tx.clone()),
