@@ -398,7 +398,7 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
         policy,
         threads: ThreadUse {
             configured: runtime.threads,
-            adapt: runtime.engine_config.adapt_threads,
+            adapt: runtime.engine_config.adapts_threads(),
         },
         workers,
         out: args.out.clone(),

@@ -271,9 +271,10 @@ pub struct EngineConfig {
     pub models: BTreeMap<String, Backend>,
     /// ONNX Runtime settings, used when some model runs on `ort` or `auto`.
     pub ort: OrtConfig,
-    /// With `threads` > 1, `serve` runs tract models single-threaded while other processes
-    /// keep the cores busy (a parallel run waits for its slowest thread, and a thread
-    /// sharing its core with other load is slow). `false` keeps `threads` always.
+    /// With `threads` > 1 and every model on tract, `serve` runs models single-threaded
+    /// while other processes keep the cores busy (a parallel run waits for its slowest
+    /// thread, and a thread sharing its core with other load is slow). `false` keeps
+    /// `threads` always.
     pub adapt_threads: bool,
 }
 
@@ -299,6 +300,13 @@ impl EngineConfig {
     /// Whether any model may run on ONNX Runtime.
     pub fn uses_ort(&self) -> bool {
         self.backend != Backend::Tract || self.models.values().any(|b| *b != Backend::Tract)
+    }
+
+    /// Whether runs go single-threaded under load ([`set_single_threaded`]): asked for,
+    /// more than one thread, and every model on tract (ONNX Runtime sessions keep their
+    /// thread count, so a mix would follow the load only in part).
+    pub fn adapts_threads(&self) -> bool {
+        self.adapt_threads && self.threads > 1 && !self.uses_ort()
     }
 }
 
@@ -357,6 +365,35 @@ mod tests {
             threads: 1,
             notes: Vec::new(),
         }
+    }
+
+    #[test]
+    fn threads_follow_the_load_only_with_several_threads_all_on_tract() {
+        let config = |threads, backend| EngineConfig {
+            threads,
+            backend,
+            ..EngineConfig::default()
+        };
+        assert!(config(2, Backend::Tract).adapts_threads());
+        assert!(
+            !config(1, Backend::Tract).adapts_threads(),
+            "nothing to give up"
+        );
+        assert!(
+            !config(2, Backend::Ort).adapts_threads(),
+            "ort keeps its threads"
+        );
+        assert!(!config(2, Backend::Auto).adapts_threads());
+        let mut mixed = config(2, Backend::Tract);
+        mixed
+            .models
+            .insert("ocr/det_tiny.onnx".into(), Backend::Ort);
+        assert!(!mixed.adapts_threads());
+        let fixed = EngineConfig {
+            adapt_threads: false,
+            ..config(2, Backend::Tract)
+        };
+        assert!(!fixed.adapts_threads());
     }
 
     #[test]

@@ -171,7 +171,7 @@ async fn serve(
             });
             let threads = ThreadUse {
                 configured: config.engine.threads,
-                adapt: config.engine.adapt_threads,
+                adapt: config.engine.adapts_threads(),
             };
             let policy = Arc::new(LanePolicy::new(
                 choice,
