@@ -605,6 +605,8 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
     let mosquitto = Mosquitto::start();
     let mut cfg = config("dev-p", Some(mosquitto.addr()), 16);
     cfg.telemetry_root = fixture("jetson-orin-nano");
+    // Two threads that would go single under load; the fixture's CPU is idle.
+    cfg.engine.threads = 2;
     let points = vec![
         ProfiledPoint::new("tiny@640", 0.30, 1.0, 2.0),
         ProfiledPoint::new("cascade0.9@960", 0.50, 5.0, 10.0),
@@ -677,6 +679,8 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
     let telemetry = wait_retained(mosquitto.addr(), "edgerun/dev-p/telemetry", |_| true).await;
     let policy = &telemetry["services"]["ocr"]["policy"];
     assert_eq!(policy["adaptive"], true);
+    assert_eq!(policy["threads"], 2);
+    assert_eq!(policy["conditions"]["thread_ratio"], 1.0);
     assert_eq!(policy["point"], "cascade0.9@960");
     assert_eq!(policy["switches"], 0);
     assert_eq!(
