@@ -116,6 +116,20 @@ struct AutoModel {
 }
 
 impl AutoModel {
+    /// Calls `f` with the chosen engine's model and the note on why, or (not measured yet)
+    /// with the first candidate and no note.
+    fn with_current<R>(&self, f: impl FnOnce(&dyn Model, Option<&str>) -> R) -> R {
+        match self
+            .chosen
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .as_ref()
+        {
+            Some((model, note)) => f(model.as_ref(), Some(note)),
+            None => f(self.candidates[0].as_ref(), None),
+        }
+    }
+
     /// The chosen engine's model, choosing now (on these shapes) if not yet done.
     fn choose(&self, shapes: &[(ElementType, &[usize])]) -> Result<Arc<dyn Model>, EngineError> {
         // Held while measuring: concurrent first requests wait rather than measure twice.
@@ -177,35 +191,17 @@ impl Model for AutoModel {
     }
 
     fn placement(&self) -> Placement {
-        match self
-            .chosen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            Some((model, note)) => {
-                let mut placement = model.placement();
-                placement.notes.push(note.clone());
-                placement
-            }
-            None => {
-                let mut placement = self.candidates[0].placement();
-                placement.notes.push("auto: not measured yet".to_string());
-                placement
-            }
-        }
+        self.with_current(|model, note| {
+            let mut placement = model.placement();
+            placement
+                .notes
+                .push(note.unwrap_or("auto: not measured yet").to_string());
+            placement
+        })
     }
 
     fn plans_per_shape(&self) -> bool {
-        match self
-            .chosen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
-            Some((model, _)) => model.plans_per_shape(),
-            None => self.candidates[0].plans_per_shape(),
-        }
+        self.with_current(|model, _| model.plans_per_shape())
     }
 }
 
