@@ -1,6 +1,7 @@
 //! SVG charts for benchmarks: a quality-versus-latency (Pareto) chart of a service's
-//! operating points, and a timeline of closed-loop runs (latency, chosen operating point and
-//! CPU load per request, with shaded intervals such as when a CPU hog ran).
+//! operating points, and a timeline of closed-loop runs (latency, chosen operating point,
+//! whether it ran on fewer threads, and CPU load per request, with shaded intervals such as
+//! when a CPU hog ran).
 //!
 //! Pure presentation: it takes numbers that were already measured and writes SVG files
 //! (text stays SVG text, so no fonts are needed). It must not measure, decide which points
@@ -20,6 +21,8 @@ const PARETO_SIZE: (u32, u32) = (900, 520);
 /// Pixel size of [`timeline_svg`] charts.
 const TIMELINE_SIZE: (u32, u32) = (1000, 800);
 const FONT: &str = "sans-serif";
+/// Legend of the marks on requests that ran with fewer threads than configured.
+const FEWER_THREADS: &str = "ran on fewer threads";
 /// Most operating points the timeline's middle panel has rows for.
 const MAX_POINT_ROWS: usize = 64;
 
@@ -66,6 +69,8 @@ pub struct TimelineSample {
     pub point: usize,
     /// CPU load when it was served, 0..1.
     pub cpu_load: Option<f64>,
+    /// Whether it ran with fewer engine threads than configured (threads following the load).
+    pub fewer_threads: bool,
 }
 
 /// The requests of one closed-loop run, drawn in one colour.
@@ -516,6 +521,43 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
                 }
                 chart.draw_series(LineSeries::new(steps, run_colour(i).stroke_width(2)))?;
             }
+            // Requests that ran on fewer threads than configured: a hollow square on their
+            // run's line, so a reader sees when the engine went single-threaded.
+            let mut labelled = false;
+            for (i, (_, samples)) in runs.iter().enumerate() {
+                let offset = if n_runs > 1 {
+                    -0.15 + 0.3 * i as f64 / (n_runs - 1) as f64
+                } else {
+                    0.0
+                };
+                let marks: Vec<(f64, f64)> = samples
+                    .iter()
+                    .filter(|s| s.fewer_threads && s.point < n_points)
+                    .map(|s| (s.t_s, s.point as f64 + offset))
+                    .collect();
+                if marks.is_empty() {
+                    continue;
+                }
+                let style = run_colour(i).stroke_width(1);
+                let anno = chart.draw_series(marks.into_iter().map(move |xy| {
+                    EmptyElement::at(xy) + Rectangle::new([(-3, -3), (3, 3)], style)
+                }))?;
+                if !labelled {
+                    labelled = true;
+                    anno.label(FEWER_THREADS).legend(|(x, y)| {
+                        Rectangle::new([(x + 6, y - 3), (x + 12, y + 3)], BLACK.stroke_width(1))
+                    });
+                }
+            }
+            if labelled {
+                chart
+                    .configure_series_labels()
+                    .position(SeriesLabelPosition::UpperRight)
+                    .background_style(WHITE.mix(0.85))
+                    .border_style(BLACK.mix(0.4))
+                    .label_font((FONT, 12))
+                    .draw()?;
+            }
         }
 
         // (3) CPU load.
@@ -677,6 +719,7 @@ mod tests {
                         } else {
                             0.35 + (i % 5) as f64 * 0.02
                         }),
+                        fewer_threads: adaptive && hog,
                     }
                 })
                 .collect(),
@@ -807,6 +850,7 @@ mod tests {
             latency_ms: 1.0,
             point: 0,
             cpu_load: Some(f64::NAN),
+            fewer_threads: true,
         });
         runs[1].samples[3].cpu_load = Some(f64::INFINITY);
         runs[1].samples[4].cpu_load = None;
@@ -841,6 +885,16 @@ mod tests {
             4
         );
         assert!(!svg.contains("no CPU load recorded"));
+        // The adaptive run's 60 requests under the hog ran on fewer threads: one hollow
+        // square each in its colour (the NaN-time sample is not drawn), plus one legend entry.
+        assert!(svg.contains(FEWER_THREADS));
+        let adaptive = format!("stroke=\"{}\"", "#FF7F0E");
+        assert_eq!(
+            svg.lines()
+                .filter(|l| l.starts_with("<rect") && l.contains(&adaptive))
+                .count(),
+            60
+        );
     }
 
     #[test]
@@ -850,6 +904,7 @@ mod tests {
         let mut runs = runs();
         for s in runs.iter_mut().flat_map(|r| r.samples.iter_mut()) {
             s.cpu_load = None;
+            s.fewer_threads = false;
             s.point = 5; // beyond the names: labelled by index
         }
         runs[0].samples[0].point = usize::MAX; // a caller's bug: not drawn, no huge axis
@@ -865,6 +920,7 @@ mod tests {
         assert!(svg.contains("no CPU load recorded"));
         assert!(svg.contains(">\n#5\n</text>"));
         assert!(!svg.contains("SLO") && !svg.contains(">\nCPU hog\n</text>"));
+        assert!(!svg.contains(FEWER_THREADS));
     }
 
     #[test]

@@ -120,6 +120,8 @@ pub struct AdaptReport {
     pub duration_s: f64,
     pub hog_s: (f64, f64),
     pub hog_threads: usize,
+    /// Threads the engine is configured with (a request records the threads it ran with).
+    pub engine_threads: usize,
     pub points: Vec<ProfiledPoint>,
     pub runs: Vec<AdaptRun>,
 }
@@ -176,6 +178,7 @@ pub fn run(
         duration_s: settings.duration.as_secs_f64(),
         hog_s: (settings.hog.0.as_secs_f64(), settings.hog.1.as_secs_f64()),
         hog_threads: settings.hog_threads,
+        engine_threads: settings.threads.configured,
         points: points.to_vec(),
         runs,
     };
@@ -430,6 +433,7 @@ fn draw(report: &AdaptReport, candidates: &[String], path: &std::path::Path) -> 
                     latency_ms: r.latency_ms,
                     point: names.iter().position(|n| *n == r.point).unwrap_or(0),
                     cpu_load: r.cpu_load,
+                    fewer_threads: r.threads < report.engine_threads,
                 })
                 .collect(),
         })
