@@ -35,6 +35,9 @@ pub struct LegalBenchSettings {
     pub tune_years: Vec<String>,
     pub out: PathBuf,
     pub svg: PathBuf,
+    /// Where to write every query's raw signals under the full L6 point (JSON Lines), for
+    /// offline scoring research such as `export/legal/rerank_probe.py`.
+    pub signals_out: Option<PathBuf>,
 }
 
 /// Retrieval quality over a query set.
@@ -232,6 +235,43 @@ fn signals_of(
     Ok((signals, ms))
 }
 
+/// The JSON Lines file of `--signals-out`: a header line naming the articles (in signal
+/// order) and each article's sentence rows, then one line per query.
+fn write_signals<'a>(
+    path: &std::path::Path,
+    legal: &Legal,
+    point: &LegalPoint,
+    sets: impl IntoIterator<Item = (&'a Vec<Query>, &'a Vec<Signals>)>,
+) -> Result<()> {
+    use std::io::Write;
+    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
+        std::fs::create_dir_all(parent)?;
+    }
+    let file =
+        std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
+    let mut out = std::io::BufWriter::new(file);
+    let header = serde_json::json!({
+        "point": point.name,
+        "articles": legal.articles().iter().map(|a| &a.id).collect::<Vec<_>>(),
+        "sentence_ranges": legal.sentence_map().ranges.iter().map(|r| [r.start, r.end]).collect::<Vec<_>>(),
+    });
+    writeln!(out, "{header}")?;
+    for (queries, signals) in sets {
+        for (query, s) in queries.iter().zip(signals) {
+            let line = serde_json::json!({
+                "id": query.id,
+                "gold": query.gold,
+                "bm25": s.bm25,
+                "article_cosine": s.article_cosine,
+                "sentence_cosine": s.sentence_cosine,
+            });
+            writeln!(out, "{line}")?;
+        }
+    }
+    out.flush()
+        .with_context(|| format!("writing {}", path.display()))
+}
+
 fn layers(point: &LegalPoint) -> usize {
     point.chain.iter().filter(|f| f.contains("_layer")).count()
 }
@@ -256,6 +296,15 @@ pub fn run(settings: &LegalBenchSettings) -> Result<()> {
     let l6 = legal.point(Some("l6"))?.clone();
     let (train_signals, _) = signals_of(legal, &l6, &train)?;
     let (test_l6, _) = signals_of(legal, &l6, &test)?;
+    if let Some(path) = &settings.signals_out {
+        write_signals(
+            path,
+            legal,
+            &l6,
+            [(&train, &train_signals), (&test, &test_l6)],
+        )?;
+        eprintln!("wrote {}", path.display());
+    }
     let lexical = |s: &[Signals]| -> Vec<Signals> {
         s.iter()
             .map(|s| Signals {

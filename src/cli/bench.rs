@@ -148,6 +148,10 @@ pub struct LegalBenchArgs {
     pub out: PathBuf,
     #[arg(long, default_value = "bench-results/legal.svg", value_name = "FILE")]
     pub svg: PathBuf,
+    /// Also write every query's raw signals under the L6 point (BM25, article and sentence
+    /// cosines; JSON Lines, about 65 MB) for offline scoring research.
+    #[arg(long, value_name = "FILE")]
+    pub signals_out: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -261,6 +265,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
                 },
                 out: a.out.clone(),
                 svg: a.svg.clone(),
+                signals_out: a.signals_out.clone(),
             })?;
             return Ok(ExitCode::SUCCESS);
         }
