@@ -304,6 +304,33 @@ fn render_pareto(title: &str, quality_label: &str, points: &[ParetoPoint]) -> Re
     Ok(svg)
 }
 
+/// Vertical offset of run `i` of `n_runs` on the operating-point panel, so that runs
+/// choosing the same point stay visible.
+fn run_offset(i: usize, n_runs: usize) -> f64 {
+    if n_runs > 1 {
+        -0.15 + 0.3 * i as f64 / (n_runs - 1) as f64
+    } else {
+        0.0
+    }
+}
+
+/// The legend box of a timeline panel, top right.
+fn timeline_legend<'a, DB, CT>(chart: &mut ChartContext<'a, DB, CT>) -> Result<()>
+where
+    DB: DrawingBackend + 'a,
+    DB::ErrorType: 'static,
+    CT: CoordTranslate,
+{
+    chart
+        .configure_series_labels()
+        .position(SeriesLabelPosition::UpperRight)
+        .background_style(WHITE.mix(0.85))
+        .border_style(BLACK.mix(0.4))
+        .label_font((FONT, 12))
+        .draw()
+        .map_err(|e| anyhow::anyhow!("drawing a legend: {e}"))
+}
+
 fn run_colour(i: usize) -> RGBColor {
     RUN_COLOURS[i % RUN_COLOURS.len()]
 }
@@ -465,13 +492,7 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
                             + PathElement::new(vec![(11, 0), (18, 0)], BLACK.stroke_width(2))
                     });
             }
-            chart
-                .configure_series_labels()
-                .position(SeriesLabelPosition::UpperRight)
-                .background_style(WHITE.mix(0.85))
-                .border_style(BLACK.mix(0.4))
-                .label_font((FONT, 12))
-                .draw()?;
+            timeline_legend(&mut chart)?;
         }
 
         // (2) Chosen operating point, one step line per run, offset a little so that runs
@@ -506,11 +527,7 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
             draw_shaded(&mut chart, tl.shaded, x, point_y, None)?;
             let n_runs = runs.len();
             for (i, (_, samples)) in runs.iter().enumerate() {
-                let offset = if n_runs > 1 {
-                    -0.15 + 0.3 * i as f64 / (n_runs - 1) as f64
-                } else {
-                    0.0
-                };
+                let offset = run_offset(i, n_runs);
                 let mut steps = Vec::with_capacity(samples.len() * 2);
                 for s in samples.iter().filter(|s| s.point < n_points) {
                     let y = s.point as f64 + offset;
@@ -525,11 +542,7 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
             // run's line, so a reader sees when the engine went single-threaded.
             let mut labelled = false;
             for (i, (_, samples)) in runs.iter().enumerate() {
-                let offset = if n_runs > 1 {
-                    -0.15 + 0.3 * i as f64 / (n_runs - 1) as f64
-                } else {
-                    0.0
-                };
+                let offset = run_offset(i, n_runs);
                 let marks: Vec<(f64, f64)> = samples
                     .iter()
                     .filter(|s| s.fewer_threads && s.point < n_points)
@@ -550,13 +563,7 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
                 }
             }
             if labelled {
-                chart
-                    .configure_series_labels()
-                    .position(SeriesLabelPosition::UpperRight)
-                    .background_style(WHITE.mix(0.85))
-                    .border_style(BLACK.mix(0.4))
-                    .label_font((FONT, 12))
-                    .draw()?;
+                timeline_legend(&mut chart)?;
             }
         }
 
