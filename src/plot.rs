@@ -526,10 +526,12 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
                 .draw()?;
             draw_shaded(&mut chart, tl.shaded, x, point_y, None)?;
             let n_runs = runs.len();
+            let mut labelled = false;
             for (i, (_, samples)) in runs.iter().enumerate() {
                 let offset = run_offset(i, n_runs);
+                let drawn = || samples.iter().filter(|s| s.point < n_points);
                 let mut steps = Vec::with_capacity(samples.len() * 2);
-                for s in samples.iter().filter(|s| s.point < n_points) {
+                for s in drawn() {
                     let y = s.point as f64 + offset;
                     if let Some(&(_, prev)) = steps.last() {
                         steps.push((s.t_s, prev));
@@ -537,22 +539,17 @@ fn render_timeline(tl: &Timeline<'_>) -> Result<String> {
                     steps.push((s.t_s, y));
                 }
                 chart.draw_series(LineSeries::new(steps, run_colour(i).stroke_width(2)))?;
-            }
-            // Requests that ran on fewer threads than configured: a hollow square on their
-            // run's line, so a reader sees when the engine went single-threaded.
-            let mut labelled = false;
-            for (i, (_, samples)) in runs.iter().enumerate() {
-                let offset = run_offset(i, n_runs);
-                let marks: Vec<(f64, f64)> = samples
-                    .iter()
-                    .filter(|s| s.fewer_threads && s.point < n_points)
+                // Requests that ran on fewer threads than configured: a hollow square on the
+                // line, so a reader sees when the engine went single-threaded.
+                let style = run_colour(i).stroke_width(1);
+                let mut marks = drawn()
+                    .filter(|s| s.fewer_threads)
                     .map(|s| (s.t_s, s.point as f64 + offset))
-                    .collect();
-                if marks.is_empty() {
+                    .peekable();
+                if marks.peek().is_none() {
                     continue;
                 }
-                let style = run_colour(i).stroke_width(1);
-                let anno = chart.draw_series(marks.into_iter().map(move |xy| {
+                let anno = chart.draw_series(marks.map(move |xy| {
                     EmptyElement::at(xy) + Rectangle::new([(-3, -3), (3, 3)], style)
                 }))?;
                 if !labelled {

@@ -120,7 +120,6 @@ def main():
     args = ap.parse_args()
     torch.manual_seed(0)
     rng = random.Random(0)
-    torch.set_num_threads(max(1, torch.get_num_threads()))
 
     settings = tomllib.loads((common.OUT / "manifest.toml").read_text())["settings"]
     article_ids, hybrid = load_signals(args.signals, settings)

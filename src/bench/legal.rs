@@ -15,7 +15,7 @@ use std::time::Instant;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-use super::{Machine, Table, write_json};
+use super::{Machine, Table, create_parent_dir, write_json};
 use crate::data;
 use crate::latency::LatencyStats;
 use crate::plot::{ParetoPoint, pareto_svg};
@@ -244,9 +244,7 @@ fn write_signals<'a>(
     sets: impl IntoIterator<Item = (&'a Vec<Query>, &'a Vec<Signals>)>,
 ) -> Result<()> {
     use std::io::Write;
-    if let Some(parent) = path.parent().filter(|p| !p.as_os_str().is_empty()) {
-        std::fs::create_dir_all(parent)?;
-    }
+    create_parent_dir(path)?;
     let file =
         std::fs::File::create(path).with_context(|| format!("creating {}", path.display()))?;
     let mut out = std::io::BufWriter::new(file);

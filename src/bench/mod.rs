@@ -120,11 +120,17 @@ impl std::fmt::Display for Table {
 
 /// Writes `value` as pretty JSON, creating the folder.
 pub fn write_json(path: &Path, value: &impl Serialize) -> Result<()> {
+    create_parent_dir(path)?;
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}
+
+/// Creates the directory a result file goes into, so `--out some/new/dir/x.json` works.
+fn create_parent_dir(path: &Path) -> Result<()> {
     if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
     }
-    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
-        .with_context(|| format!("writing {}", path.display()))
+    Ok(())
 }
 
 #[cfg(test)]
