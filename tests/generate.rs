@@ -12,7 +12,7 @@ use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::models;
 use edgerun::services::generate::{Generate, GenerateService};
 use edgerun::services::ocr::OcrOptions;
-use edgerun::services::{Output, Payload, Service, Serving};
+use edgerun::services::{Output, Payload, Served, Service, Serving};
 use image::RgbImage;
 use serde_json::{Value, json};
 
@@ -136,10 +136,11 @@ fn bad_prompts_get_clear_errors() {
 fn every_step_count_is_an_operating_point_for_the_controller() {
     // Qualities are the export's OCR accuracies (export/generate_report.json).
     let service = GenerateService::new(generate().clone());
-    let points: Vec<(String, f64)> = service
-        .points()
+    let set = service.points().expect("generate declares points");
+    let points: Vec<(String, f64)> = set
+        .measured()
         .into_iter()
-        .map(|p| (p.name, (p.quality * 1e4).round() / 1e4))
+        .map(|(name, quality)| (name, (quality * 1e4).round() / 1e4))
         .collect();
     assert_eq!(
         points,
@@ -152,25 +153,32 @@ fn every_step_count_is_an_operating_point_for_the_controller() {
             ("sid:4".to_string(), 0.7891),
         ]
     );
-    // the fewest steps within 0.02 of the best quality
+    // the fewest steps within 0.02 of the best quality, and the export's target
+    assert_eq!(set.default_point, "sid:2");
+    assert_eq!(set.slo_ms, 25.0);
     assert_eq!(service.describe()["default_point"], "sid:2");
 }
 
 #[test]
 fn the_service_answers_png_or_json() {
     let service = GenerateService::new(generate().clone());
-    let out = service
-        .handle_output(
+    let handled = service
+        .answer(
             None,
             &Payload::Json(json!({"prompt": "R", "seed": 3})),
             Serving::default(),
         )
         .unwrap();
+    assert_eq!(
+        handled.served,
+        Served::at("sid:2"),
+        "the manifest's default point"
+    );
     let Output::Media {
         content_type,
         bytes,
         meta,
-    } = out
+    } = handled.into_output()
     else {
         panic!("a PNG by default");
     };
@@ -179,6 +187,7 @@ fn the_service_answers_png_or_json() {
     assert_eq!(image, generate().generate("R", None, 3).unwrap().image);
     assert_eq!(meta["seed"], 3);
     assert_eq!(meta["prompt"], "R");
+    assert_eq!(meta["point"], "sid:2");
     let answer = service
         .handle(
             None,
@@ -265,4 +274,197 @@ async fn the_generate_service_answers_with_a_png_over_mosquitto() {
     let _serial = exclusive().await;
     let mosquitto = Mosquitto::start();
     png_round_trip(Some(mosquitto.addr()), "dev-gen-mosquitto").await;
+}
+
+/// A server for the generate service alone, adaptive over `points` (name, quality, p50
+/// ms) with `slo_ms`, sampling telemetry from `clock`'s tree.
+fn adaptive_generate_server(
+    device: &str,
+    clock: &common::ScriptedClock,
+    points: &[(&str, f64, f64)],
+    slo_ms: f64,
+) -> edgerun::serve::ServerHandle {
+    use edgerun::policy::{Controller, Planning, PolicyConfig, ProfiledPoint};
+    use edgerun::serve::PointChoice;
+    let mut cfg = config(device, None, 16);
+    cfg.services.insert("generate".into(), Default::default());
+    cfg.telemetry_root = clock.root().to_path_buf();
+    let profiled = points
+        .iter()
+        .map(|&(name, quality, p50)| ProfiledPoint::new(name, quality, p50, p50))
+        .collect();
+    let policy = PolicyConfig {
+        slo_ms,
+        up_window_s: 1.0,
+        // Real generation times are milliseconds against a profile of seconds: learning
+        // from them would only blur what the scripted clock does.
+        ewma_alpha: 1e-9,
+        ..PolicyConfig::default()
+    };
+    let controller = Controller::new(
+        policy,
+        profiled,
+        Planning::Median,
+        std::time::Instant::now(),
+    )
+    .unwrap();
+    let choices = [(
+        "generate".to_string(),
+        PointChoice::Adaptive(Box::new(controller)),
+    )]
+    .into();
+    let service: Arc<dyn Service> = Arc::new(GenerateService::new(generate().clone()));
+    edgerun::serve::start(cfg, vec![service], choices).expect("server starts")
+}
+
+/// The image of a JSON answer.
+fn answer_image(answer: &Value) -> RgbImage {
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(
+            answer["data_base64"]
+                .as_str()
+                .unwrap_or_else(|| panic!("{answer}")),
+        )
+        .unwrap();
+    image::load_from_memory(&png).unwrap().to_rgb8()
+}
+
+/// Inside `serve`, the controller picks the step count from the telemetry: a clock capped
+/// to a half and then a quarter steps it down from 4 steps to 2 and then 1 at once; back at
+/// full clock it steps up only after the window. Pins and deadlines decide single
+/// requests. The profile is in seconds and the SLO 30 s, so real times never matter.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_steps_its_step_count_with_the_clock_inside_serve() {
+    let _serial = exclusive().await;
+    let clock = common::ScriptedClock::new();
+    let points = [
+        ("sid:1", 0.7676, 5_000.0),
+        ("sid:2", 0.7849, 10_000.0),
+        ("sid:4", 0.7891, 20_000.0),
+    ];
+    let server = adaptive_generate_server("dev-ga", &clock, &points, 30_000.0);
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "generate-adapt").await;
+    let topic = "edgerun/dev-ga/generate/request";
+    let mut ask = async |extra: Value| {
+        let mut request = json!({"prompt": "K", "seed": 5, "format": "json"});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        client
+            .ask(topic, serde_json::to_vec(&request).unwrap(), None)
+            .await
+    };
+    let answer = ask(json!({})).await;
+    assert_eq!(answer["point"], "sid:4", "{answer}");
+    assert_eq!(answer["evaluations"], 4, "{answer}");
+    assert_eq!(
+        answer_image(&answer),
+        generate().generate("K", Some("sid:4"), 5).unwrap().image
+    );
+    async fn until_moved(
+        ask: &mut impl AsyncFnMut(Value) -> Value,
+        from: &str,
+    ) -> (Value, std::time::Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let answer = ask(json!({})).await;
+            if answer["point"] != from {
+                return (answer, started.elapsed());
+            }
+            assert!(started.elapsed().as_secs() < 20, "never moved from {from}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    clock.cap(0.5);
+    let (answer, _) = until_moved(&mut ask, "sid:4").await;
+    assert_eq!(answer["point"], "sid:2", "{answer}");
+    assert_eq!(answer["policy"]["reason"]["kind"], "overload", "{answer}");
+    let predicted = answer["policy"]["predicted_ms"].as_f64().unwrap();
+    assert!((predicted - 20_000.0).abs() < 0.01, "10 s x 2: {answer}");
+    clock.cap(0.25);
+    let (answer, _) = until_moved(&mut ask, "sid:2").await;
+    assert_eq!(answer["point"], "sid:1", "{answer}");
+    assert_eq!(answer["evaluations"], 1, "{answer}");
+    let pinned = ask(json!({"point": "sid1:1"})).await;
+    assert_eq!(pinned["point"], "sid1:1", "{pinned}");
+    assert_eq!(pinned["policy"]["reason"]["kind"], "pinned", "{pinned}");
+    clock.cap(1.0);
+    let (answer, held) = until_moved(&mut ask, "sid:1").await;
+    assert_eq!(answer["point"], "sid:4", "{answer}");
+    assert_eq!(answer["policy"]["reason"]["kind"], "headroom", "{answer}");
+    assert!(
+        held.as_secs_f64() >= 1.0,
+        "stepped up after {held:?}, before the window"
+    );
+    let due = ask(json!({"deadline_ms": 12_000})).await;
+    assert_eq!(due["point"], "sid:2", "{due}");
+    assert_eq!(due["policy"]["reason"]["kind"], "deadline", "{due}");
+    server.shutdown().unwrap();
+}
+
+/// A deadline the planned point cannot meet: the controller was told (wrongly) that four
+/// steps take microseconds; the service stops after the steps that fit (here one: the
+/// deadline is gone before the first), and the image is exactly the served point's.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn generation_that_cannot_meet_its_deadline_stops_early_inside_serve() {
+    let _serial = exclusive().await;
+    // Both generators have run, so the service knows what a step costs here.
+    for point in ["sid:4", "sid1:1"] {
+        generate().generate("K", Some(point), 0).unwrap();
+    }
+    let clock = common::ScriptedClock::new();
+    let points = [("sid:1", 0.7676, 0.001), ("sid:4", 0.7891, 0.002)];
+    let server = adaptive_generate_server("dev-gd", &clock, &points, 30_000.0);
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "generate-due").await;
+    let request = json!({"prompt": "K", "seed": 9, "format": "json", "deadline_ms": 1});
+    let answer = client
+        .ask(
+            "edgerun/dev-gd/generate/request",
+            serde_json::to_vec(&request).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(answer["stepped_down_from"], "sid:4", "{answer}");
+    assert_eq!(answer["policy"]["reason"]["kind"], "deadline", "{answer}");
+    // One step of either one-step point: the one whose step costs least here.
+    let served = answer["point"].as_str().unwrap();
+    assert!(["sid:1", "sid1:1"].contains(&served), "{answer}");
+    assert_eq!(answer["evaluations"], 1, "{answer}");
+    assert_eq!(
+        answer_image(&answer),
+        generate().generate("K", Some(served), 9).unwrap().image
+    );
+    server.shutdown().unwrap();
+}
+
+/// Stopping early is exact: four steps stopped after the first are the one-step point
+/// they took, to the last grey level.
+#[test]
+fn a_generation_due_now_is_the_point_whose_steps_it_took() {
+    generate().generate("R", Some("sid:4"), 1).unwrap();
+    let late = generate()
+        .generate_by("R", Some("sid:4"), 1, Some(std::time::Instant::now()))
+        .unwrap();
+    assert_eq!(late.stepped_down_from.as_deref(), Some("sid:4"));
+    assert_eq!(late.evaluations, 1);
+    assert_eq!(
+        late.image,
+        generate()
+            .generate("R", Some(&late.point), 1)
+            .unwrap()
+            .image
+    );
+    let roomy = generate()
+        .generate_by(
+            "R",
+            Some("sid:4"),
+            1,
+            Some(std::time::Instant::now() + std::time::Duration::from_secs(600)),
+        )
+        .unwrap();
+    assert_eq!(
+        (roomy.point.as_str(), roomy.stepped_down_from),
+        ("sid:4", None)
+    );
 }

@@ -221,3 +221,204 @@ fn rebuilding_the_index_reproduces_the_shipped_one() {
         }
     }
 }
+
+const QUESTION: &str =
+    "A minor sold his land without the consent of his parents. May the parents rescind the sale?";
+
+/// The articles of an answer, in order.
+fn articles(answer: &Value) -> Vec<String> {
+    answer["hits"]
+        .as_array()
+        .unwrap_or_else(|| panic!("no hits: {answer}"))
+        .iter()
+        .map(|h| h["article"].as_str().unwrap().to_string())
+        .collect()
+}
+
+/// A server for the legal service alone, adaptive over `points` (name, quality, p50 ms)
+/// with `slo_ms`, sampling telemetry from `clock`'s tree.
+fn adaptive_legal_server(
+    device: &str,
+    clock: &common::ScriptedClock,
+    points: &[(&str, f64, f64)],
+    slo_ms: f64,
+) -> edgerun::serve::ServerHandle {
+    use edgerun::policy::{Controller, Planning, PolicyConfig, ProfiledPoint};
+    use edgerun::serve::PointChoice;
+    let mut cfg = config(device, None, 16);
+    cfg.services.insert("legal".into(), Default::default());
+    cfg.telemetry_root = clock.root().to_path_buf();
+    let profiled = points
+        .iter()
+        .map(|&(name, quality, p50)| ProfiledPoint::new(name, quality, p50, p50))
+        .collect();
+    let policy = PolicyConfig {
+        slo_ms,
+        up_window_s: 1.0,
+        // Real query times are milliseconds against a profile of seconds: learning from
+        // them would only blur what the scripted clock does.
+        ewma_alpha: 1e-9,
+        ..PolicyConfig::default()
+    };
+    let controller = Controller::new(
+        policy,
+        profiled,
+        Planning::Median,
+        std::time::Instant::now(),
+    )
+    .unwrap();
+    let choices = [(
+        "legal".to_string(),
+        PointChoice::Adaptive(Box::new(controller)),
+    )]
+    .into();
+    let service: Arc<dyn Service> = Arc::new(LegalService::new(legal().clone()));
+    edgerun::serve::start(cfg, vec![service], choices).expect("server starts")
+}
+
+/// Inside `serve`, the controller picks the legal service's stitch and depth from the
+/// telemetry: a clock capped to a half and then a quarter steps it down from the best
+/// SN-Net point to a shorter stitch and then to BM25 at once; back at full clock it steps
+/// up only after the window. Pins and deadlines decide single requests. The profile is in
+/// seconds and the SLO 30 s, so real query times never matter: the clock alone decides.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn legal_steps_its_stitch_and_depth_with_the_clock_inside_serve() {
+    let _serial = exclusive().await;
+    let clock = common::ScriptedClock::new();
+    let points = [
+        ("bm25", 0.6159, 1.0),
+        ("cola:4.5", 0.6505, 8_000.0),
+        ("sn:l3.2-l6.5", 0.6645, 12_000.0),
+        ("sn:l3.1-l6.1", 0.6699, 20_000.0),
+    ];
+    let server = adaptive_legal_server("dev-la", &clock, &points, 30_000.0);
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "legal-adapt").await;
+    let topic = "edgerun/dev-la/legal/request";
+    let mut ask = async |extra: Value| {
+        let mut request = json!({"query": QUESTION});
+        request
+            .as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        client
+            .ask(topic, serde_json::to_vec(&request).unwrap(), None)
+            .await
+    };
+    let answer = ask(json!({})).await;
+    assert_eq!(answer["point"], "sn:l3.1-l6.1", "{answer}");
+    assert_eq!(answer["policy"]["reason"]["kind"], "steady", "{answer}");
+    assert_eq!(
+        articles(&answer),
+        articles(&json!(
+            legal().search(QUESTION, 5, Some("sn:l3.1-l6.1")).unwrap()
+        ))
+    );
+    // Asks until the point changes (telemetry is sampled every 500 ms); the answer that
+    // changed it, and how long that took.
+    async fn until_moved(
+        ask: &mut impl AsyncFnMut(Value) -> Value,
+        from: &str,
+    ) -> (Value, std::time::Duration) {
+        let started = std::time::Instant::now();
+        loop {
+            let answer = ask(json!({})).await;
+            if answer["point"] != from {
+                return (answer, started.elapsed());
+            }
+            assert!(started.elapsed().as_secs() < 20, "never moved from {from}");
+            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+        }
+    }
+    // Half the clock: the best point would take 40 s; the shorter stitch 24 s fits.
+    clock.cap(0.5);
+    let (answer, _) = until_moved(&mut ask, "sn:l3.1-l6.1").await;
+    assert_eq!(answer["point"], "sn:l3.2-l6.5", "{answer}");
+    assert_eq!(answer["policy"]["reason"]["kind"], "overload", "{answer}");
+    let predicted = answer["policy"]["predicted_ms"].as_f64().unwrap();
+    assert!((predicted - 24_000.0).abs() < 0.01, "12 s x 2: {answer}");
+    // A quarter: only BM25 fits (CoLa 4.5 would take 32 s).
+    clock.cap(0.25);
+    let (answer, _) = until_moved(&mut ask, "sn:l3.2-l6.5").await;
+    assert_eq!(answer["point"], "bm25", "{answer}");
+    assert_eq!(
+        articles(&answer),
+        articles(&json!(legal().search(QUESTION, 5, Some("bm25")).unwrap()))
+    );
+    // Pins and deadlines decide one request each and move nothing.
+    let pinned = ask(json!({"point": "l3"})).await;
+    assert_eq!(pinned["point"], "l3", "{pinned}");
+    assert_eq!(pinned["policy"]["reason"]["kind"], "pinned", "{pinned}");
+    clock.cap(1.0);
+    let (answer, held) = until_moved(&mut ask, "bm25").await;
+    assert_eq!(answer["point"], "sn:l3.1-l6.1", "{answer}");
+    assert_eq!(answer["policy"]["reason"]["kind"], "headroom", "{answer}");
+    assert!(
+        held.as_secs_f64() >= 1.0,
+        "stepped up after {held:?}, before the window"
+    );
+    let due = ask(json!({"deadline_ms": 15_000})).await;
+    assert_eq!(due["point"], "sn:l3.2-l6.5", "{due}");
+    assert_eq!(due["policy"]["reason"]["kind"], "deadline", "{due}");
+    let answer = ask(json!({})).await;
+    assert_eq!(answer["point"], "sn:l3.1-l6.1", "{answer}");
+    server.shutdown().unwrap();
+}
+
+/// A deadline the planned point cannot meet: the controller was told (wrongly) that the
+/// best stitched point takes microseconds, so it plans the request there; between two
+/// encoder blocks the service sees the deadline gone, finishes with BM25 alone, and the
+/// answer names both points. It is exactly BM25's answer.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_legal_query_that_cannot_meet_its_deadline_steps_down_inside_serve() {
+    let _serial = exclusive().await;
+    // Every block has run once, so the service knows what each costs here.
+    for point in legal().points() {
+        legal().search(QUESTION, 5, Some(&point.name)).unwrap();
+    }
+    let clock = common::ScriptedClock::new();
+    let points = [("bm25", 0.6159, 0.001), ("sn:l3.1-l6.1", 0.6699, 0.002)];
+    let server = adaptive_legal_server("dev-ld", &clock, &points, 30_000.0);
+    let mut client = Client::connect(server.embedded_broker.unwrap(), "legal-due").await;
+    let request = json!({"query": QUESTION, "deadline_ms": 1});
+    let answer = client
+        .ask(
+            "edgerun/dev-ld/legal/request",
+            serde_json::to_vec(&request).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(answer["point"], "bm25", "{answer}");
+    assert_eq!(answer["stepped_down_from"], "sn:l3.1-l6.1", "{answer}");
+    assert_eq!(answer["policy"]["reason"]["kind"], "deadline", "{answer}");
+    assert_eq!(
+        articles(&answer),
+        articles(&json!(legal().search(QUESTION, 5, Some("bm25")).unwrap()))
+    );
+    server.shutdown().unwrap();
+}
+
+/// In the library: a query due now steps down before its first block (to the only point
+/// with no blocks left to run), and one with time to spare runs its point.
+#[test]
+fn search_by_a_deadline_finishes_at_a_point_its_blocks_lead_to() {
+    let full = legal().search(QUESTION, 5, Some("sn:l3.1-l6.1")).unwrap();
+    assert_eq!(full.stepped_down_from, None);
+    let later = std::time::Instant::now() + std::time::Duration::from_secs(600);
+    let roomy = legal()
+        .search_by(QUESTION, 5, Some("sn:l3.1-l6.1"), Some(later))
+        .unwrap();
+    assert_eq!(roomy.point, "sn:l3.1-l6.1");
+    assert_eq!(roomy.stepped_down_from, None);
+    assert_eq!(
+        roomy.hits.iter().map(|h| &h.article).collect::<Vec<_>>(),
+        full.hits.iter().map(|h| &h.article).collect::<Vec<_>>()
+    );
+    let now = std::time::Instant::now();
+    let late = legal()
+        .search_by(QUESTION, 5, Some("sn:l3.1-l6.1"), Some(now))
+        .unwrap();
+    assert_eq!(late.point, "bm25");
+    assert_eq!(late.stepped_down_from.as_deref(), Some("sn:l3.1-l6.1"));
+    let bm25 = legal().search(QUESTION, 5, Some("bm25")).unwrap();
+    assert_eq!(late.hits, bm25.hits);
+}

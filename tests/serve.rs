@@ -213,14 +213,17 @@ impl edgerun::services::Service for Gate {
         "gate"
     }
 
-    fn handle(
+    fn answer(
         &self,
         _: Option<&str>,
         _: &edgerun::services::Payload,
         _: edgerun::services::Serving<'_>,
-    ) -> Result<Value, edgerun::services::ServiceError> {
+    ) -> Result<edgerun::services::Handled, edgerun::services::ServiceError> {
         let _ = self.0.lock().unwrap().recv_timeout(Duration::from_secs(30));
-        Ok(json!({"passed": true}))
+        Ok(edgerun::services::Handled {
+            output: edgerun::services::Output::Json(json!({"passed": true})),
+            served: Default::default(),
+        })
     }
 
     fn describe(&self) -> Value {
@@ -238,7 +241,7 @@ async fn requests_that_expire_in_the_queue_are_answered_expired() {
         edgerun::serve::ServiceConfig {
             queue: 8,
             workers: 1,
-            corpus: None,
+            ..Default::default()
         },
     );
     let server = edgerun::serve::start(
@@ -702,4 +705,180 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
     .await;
     assert_eq!(status["services"]["ocr"]["policy"]["adaptive"], true);
     server.shutdown().unwrap();
+}
+
+/// `edgerun serve --services legal` on mosquitto with `cache` as its cache folder (the
+/// profile lives there) and one measuring pass per point; stopped with SIGTERM, so that it
+/// goes offline as a service manager would stop it.
+struct CachedServer(std::process::Child);
+
+impl CachedServer {
+    fn start(broker: std::net::SocketAddr, cache: &std::path::Path) -> CachedServer {
+        let config = cache.join("serve.toml");
+        std::fs::write(&config, "profile_rounds = 1\n").unwrap();
+        let log = std::fs::File::create(cache.join("serve.log")).unwrap();
+        CachedServer(
+            common::edgerun_command()
+                .args(["serve", "--device", "zc", "--services", "legal", "--config"])
+                .arg(&config)
+                .args(["--broker", &format!("mqtt://{broker}")])
+                .env("XDG_CACHE_HOME", cache)
+                .env_remove("CACHE_DIRECTORY")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .unwrap(),
+        )
+    }
+
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.0.id().to_string()])
+            .status();
+        let _ = self.0.wait();
+    }
+}
+
+impl Drop for CachedServer {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// The next status on `watcher`'s subscription that satisfies `accept`, within `within`.
+async fn next_status(
+    watcher: &mut edgerun::mqtt::client::RequestClient,
+    accept: impl Fn(&Value) -> bool,
+    within: Duration,
+) -> Value {
+    let deadline = std::time::Instant::now() + within;
+    loop {
+        let left = deadline.saturating_duration_since(std::time::Instant::now());
+        match watcher.next_answer(left).await {
+            Some((_, status)) if accept(&status) => return status,
+            Some(_) => continue,
+            None => panic!("no accepted status within {within:?}"),
+        }
+    }
+}
+
+/// Zero configuration: with no profile, `serve` says it is measuring (and its target),
+/// answers meanwhile at the default point (or a step down from it, to meet the target), and
+/// becomes adaptive by itself; the measurements are kept in the cache folder, so a restart
+/// is adaptive at once; a profile measured with another thread count is refused with the
+/// reason and measured again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_fresh_cache_becomes_adaptive_by_itself_and_a_restart_reuses_it() {
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::start();
+    let addr = mosquitto.addr();
+    let cache = tempfile::tempdir().unwrap();
+    let profile_path = cache.path().join("edgerun/profile.json");
+    let status_topic = "edgerun/zc/status";
+    let policy_of = |status: &Value| status["services"]["legal"]["policy"].clone();
+    let online = |s: &Value| s["online"] == true;
+    // Every status, in order, from before the first server starts.
+    let mut watcher = edgerun::mqtt::client::RequestClient::connect(addr, "zc-watch")
+        .await
+        .unwrap();
+    watcher
+        .raw()
+        .subscribe(status_topic, rumqttc::v5::mqttbytes::QoS::AtLeastOnce)
+        .await
+        .unwrap();
+    // Starting takes seconds natively and a minute under an emulator; measuring tens of
+    // seconds natively and minutes under an emulator.
+    let (starting, measuring) = (Duration::from_secs(180), Duration::from_secs(600));
+
+    let started = std::time::Instant::now();
+    let server = CachedServer::start(addr, cache.path());
+    let first = next_status(&mut watcher, online, starting).await;
+    let policy = policy_of(&first);
+    assert_eq!(policy["adaptive"], false, "{first}");
+    assert_eq!(policy["slo_ms"], 30.0, "the manifest's target: {first}");
+    let why = policy["why"].as_str().unwrap();
+    assert!(
+        why.starts_with("measuring this device's operating points"),
+        "{why}"
+    );
+    assert!(why.contains("no profile at"), "{why}");
+    let mut client = Client::connect(addr, "zc-client").await;
+    let question = json!({"query": "Can a minor rescind a contract made without consent?"});
+    let answer = client
+        .ask(
+            "edgerun/zc/legal/request",
+            serde_json::to_vec(&question).unwrap(),
+            None,
+        )
+        .await;
+    assert_eq!(answer["hits"].as_array().map(Vec::len), Some(5), "{answer}");
+    let default_point = json!("sn:l3.1-l6.1");
+    assert!(
+        answer["point"] == default_point || answer["stepped_down_from"] == default_point,
+        "{answer}"
+    );
+    let adaptive = next_status(
+        &mut watcher,
+        |s| policy_of(s)["adaptive"] == true,
+        measuring,
+    )
+    .await;
+    eprintln!(
+        "adaptive {:.1} s after start",
+        started.elapsed().as_secs_f64()
+    );
+    let candidates = policy_of(&adaptive)["candidates"].clone();
+    assert!(
+        candidates
+            .as_array()
+            .is_some_and(|c| c.contains(&json!("bm25"))),
+        "BM25 alone is always on the front: {adaptive}"
+    );
+    assert_eq!(policy_of(&adaptive)["slo_ms"], 30.0);
+    let stored: Value = serde_json::from_slice(&std::fs::read(&profile_path).unwrap()).unwrap();
+    assert_eq!(stored["key"]["threads"], 1);
+    let measured = stored["services"]["legal"]["points"].as_array().unwrap();
+    assert_eq!(measured.len(), 13, "every declared point");
+    assert!(
+        measured.iter().all(|p| p["runs"] == 8),
+        "one pass over 8 questions"
+    );
+    server.stop();
+
+    // A restart adapts at once, from the stored measurements.
+    let server = CachedServer::start(addr, cache.path());
+    let first = next_status(&mut watcher, online, starting).await;
+    assert_eq!(policy_of(&first)["adaptive"], true, "{first}");
+    assert_eq!(policy_of(&first)["candidates"], candidates);
+    server.stop();
+
+    // Measured with another thread count: refused with the reason, and measured again.
+    let mut edited = stored.clone();
+    edited["key"]["threads"] = json!(3);
+    std::fs::write(&profile_path, serde_json::to_vec(&edited).unwrap()).unwrap();
+    let server = CachedServer::start(addr, cache.path());
+    let first = next_status(&mut watcher, online, starting).await;
+    let why = policy_of(&first)["why"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert_eq!(policy_of(&first)["adaptive"], false, "{first}");
+    assert!(
+        why.contains("with other settings") && why.contains("threads: 3"),
+        "{why}"
+    );
+    next_status(
+        &mut watcher,
+        |s| policy_of(s)["adaptive"] == true,
+        measuring,
+    )
+    .await;
+    let stored: Value = serde_json::from_slice(&std::fs::read(&profile_path).unwrap()).unwrap();
+    assert_eq!(
+        stored["key"]["threads"], 1,
+        "measured again with this setup"
+    );
+    server.stop();
+    watcher.disconnect().await;
 }

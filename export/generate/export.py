@@ -38,6 +38,10 @@ REPORT = ROOT / "export" / "generate_report.json"
 TEACHER_STEPS = 50
 SOURCE = "trained by export/generate (edgerun), on images rendered from Debian fonts"
 LICENSE = "Apache-2.0"
+# The latency target (ms, queue wait included) `edgerun serve` adapts the step count to
+# unless configured otherwise: about 1.25x the 4-step point's p95 on a 2-core x86 (one
+# engine thread, tract).
+SLO_MS = 25
 
 
 class UNetOnly(torch.nn.Module):
@@ -186,10 +190,10 @@ def main():
              'service = "generate"',
              'quality_metric = "OCR accuracy (PP-OCR small, case-insensitive alphanumeric) on all 32 '
              f'characters x {report["seeds"]} seeds x {report.get("repeats", 1)} seed sets, '
-             'export/generate/evaluate.py"', '',
+             'export/generate/evaluate.py"', f'default_point = "{default["name"]}"', f'slo_ms = {SLO_MS}', '',
              '[settings]', f'alphabet = "{ALPHABET}"', f'min_len = {MIN_LEN}', f'max_len = {MAX_LEN}',
              'uppercase = true', f'height = {HEIGHT}', f'width = {WIDTH}', 'output_range = [-1.0, 1.0]',
-             f'noise = "{NOISE_NAME}"', f'default_point = "{default["name"]}"', '']
+             f'noise = "{NOISE_NAME}"', '']
     for file, role, desc in files:
         lines += ['[[files]]', f'file = "{file}"', f'role = "{role}"', f'description = "{desc}"',
                   f'sha256 = "{sha256(OUT / file)}"', f'source = "{SOURCE}"', f'license = "{LICENSE}"',

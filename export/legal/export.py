@@ -377,6 +377,11 @@ def toml_str(s):
     return json.dumps(s, ensure_ascii=False)
 
 
+# Latency target (ms, queue wait included): about 1.25x the best (stitched) point's p95 on a
+# 2-core x86 (tract, one engine thread per query).
+SLO_MS = 30
+
+
 def write_manifest(out, files, points, finetune=None):
     measured = json.loads(POINTS_FILE.read_text()) if POINTS_FILE.exists() else None
     quality = {p["name"]: p["quality"] for p in measured["points"]} if measured else {}
@@ -385,6 +390,11 @@ def write_manifest(out, files, points, finetune=None):
              'service = "legal"']
     if measured:
         lines.append("quality_metric = " + toml_str(measured["metric"]))
+    # The best measured point until the device has measured them all; the target
+    # `edgerun serve` adapts the stitch and depth to unless configured otherwise.
+    default = max(quality, key=quality.get) if quality else "bm25"
+    lines.append(f"default_point = {toml_str(default)}")
+    lines.append(f"slo_ms = {SLO_MS}")
     lines.append("")
     for f in files:
         role, description, key, transform = describe(f["file"], finetune)

@@ -1,44 +1,56 @@
-//! `edgerun bench adapt`: the controller in a closed loop on this machine.
+//! `edgerun bench adapt --service NAME`: the shipped server in a closed loop on this
+//! machine, measured at the client.
 //!
-//! A stream of OCR requests (one after another, ICDAR 2015 scenes) runs for a fixed time
-//! while a CPU hog (a child process spinning on every core) starts and stops in the middle.
-//! The same schedule runs three times: with the adaptive controller, pinned to the best
-//! point (fixed-largest) and pinned to the cheapest (fixed-smallest). Adaptive requests are
-//! due at the SLO, so a service that steps down mid-request to meet it (OCR) does, and the
-//! point it stepped down to is what counts. Each run reports the share of requests within
-//! the SLO (overall and while the hog ran), the mean quality of the points served, the
-//! switches, and what the controller's decisions cost.
+//! Each run starts `edgerun serve` (this binary, with the same global flags) on its
+//! embedded broker, as a user would, and sends it one request after another over MQTT v5
+//! with a response topic and correlation data, timing each from publish to answer. A CPU
+//! hog (a child process spinning threads) starts and stops in the middle. The same
+//! schedule runs three times: adaptive (the server chooses), every request pinned to the
+//! best point (fixed-largest) and to the cheapest (fixed-smallest). Before the runs a
+//! server starts from the given profile cache and the time until it is adaptive is
+//! measured: with an empty cache, that is the zero-configuration start-up. Each run
+//! reports the share of requests within the SLO (overall and while the hog ran), the mean
+//! quality of the points that answered, the switches, and what the server's decisions
+//! cost (from its telemetry). Nothing here decides or serves: that is the server's job.
 
+use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
-use std::process::{Child, Command};
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
 
 use super::{Machine, Table, write_json};
-use crate::latency::{LatencyStats, percentile};
+use crate::latency::LatencyStats;
+use crate::models::PointSet;
+use crate::mqtt::client::{Reply, RequestClient};
 use crate::plot::{Timeline, TimelineRun, TimelineSample, timeline_svg};
-use crate::policy::{Conditions, Controller, Planning, PolicyConfig, ProfiledPoint, RequestPolicy};
 use crate::profiler::Sample;
-use crate::serve::ThreadUse;
-use crate::services::{Service, Serving};
+use crate::services::Payload;
 use crate::telemetry::{Monitor, Sampler};
+
+/// The device id the benchmark's servers use.
+const DEVICE: &str = "bench";
 
 #[derive(Debug, Clone)]
 pub struct AdaptBenchSettings {
+    pub service: String,
     /// Length of each run.
     pub duration: Duration,
     /// When the hog starts and stops, from the start of a run.
     pub hog: (Duration, Duration),
     /// Spinning threads of the hog.
     pub hog_threads: usize,
-    /// The controller's settings (its SLO is the target every run is judged by).
-    pub policy: PolicyConfig,
-    /// The engine's threads, and whether they follow the CPU load as in `serve`.
-    pub threads: ThreadUse,
-    /// Requests the service runs at once.
-    pub workers: usize,
+    /// The latency target given to the server (`--slo`); `None`: the manifest's.
+    pub slo_ms: Option<f64>,
+    /// The profile cache the servers keep their measurements in.
+    pub profile: PathBuf,
+    /// Global flags the servers are started with (threads, engine, models).
+    pub global_args: Vec<String>,
+    /// How long the first server may take to become adaptive.
+    pub adaptive_within: Duration,
     pub out: PathBuf,
     pub svg: PathBuf,
 }
@@ -48,143 +60,153 @@ pub struct AdaptBenchSettings {
 pub struct AdaptRun {
     pub strategy: String,
     pub requests: usize,
+    /// Requests that got an error answer (or none in time); they count as late.
+    pub failed: usize,
     pub within_slo: f64,
     pub within_slo_during_hog: f64,
     pub within_slo_without_hog: f64,
     pub mean_quality: f64,
     pub mean_quality_during_hog: f64,
-    /// Point changes between consecutive requests (of the point decided, not of the one a
-    /// request stepped down to).
+    /// Changes of the point decided between consecutive requests.
     pub switches: usize,
     /// Requests that stepped down mid-request to meet the SLO.
     pub stepped_down: usize,
     pub switches_per_minute: f64,
     pub latency: LatencyStats,
-    /// Time spent choosing (telemetry to conditions, decide, observe), per request.
-    pub decision_cost: Option<DecisionCost>,
+    /// What the server's decisions cost per request (decide and observe), from its
+    /// telemetry at the end of the run.
+    pub decision_us: Option<DecisionCost>,
     /// Requests served per point name.
     pub served: Vec<(String, usize)>,
     pub timeline: Vec<RequestRecord>,
 }
 
-/// What the controller costs per request, in microseconds.
-#[derive(Debug, Clone, Serialize)]
+/// The server's decision cost, in microseconds.
+#[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DecisionCost {
-    pub median_us: f64,
-    pub p99_us: f64,
-    pub max_us: f64,
-}
-
-impl DecisionCost {
-    fn of(samples_us: &[f64]) -> Option<DecisionCost> {
-        let mut sorted = samples_us.to_vec();
-        sorted.sort_by(f64::total_cmp);
-        let max_us = *sorted.last()?;
-        Some(DecisionCost {
-            median_us: percentile(&sorted, 50.0),
-            p99_us: percentile(&sorted, 99.0),
-            max_us,
-        })
-    }
+    pub p50: f64,
+    pub p99: f64,
+    pub max: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct RequestRecord {
+    /// When the request was published, from the start of the run.
     pub t_s: f64,
+    /// Publish to answer, at the client.
     pub latency_ms: f64,
-    /// The point that served the request.
-    pub point: String,
+    /// The point that answered (`None` for an error).
+    pub point: Option<String>,
     /// The point decided, where the request stepped down from it.
     pub stepped_down_from: Option<String>,
+    /// Why the server chose the point (`steady`, `overload`, `pinned`, ...).
+    pub reason: Option<String>,
+    /// The error code, for a failed request.
+    pub error: Option<String>,
     pub cpu_load: Option<f64>,
     pub hog: bool,
-    /// Adaptive runs: the telemetry factor and the learned slowdown when it was chosen.
-    pub conditions: Option<f64>,
-    pub slowdown: Option<f64>,
     /// Threads the engine ran the request with.
-    pub threads: usize,
+    pub threads: Option<usize>,
 }
 
 impl RequestRecord {
-    /// The point the controller decided on.
-    fn decided(&self) -> &str {
-        self.stepped_down_from.as_deref().unwrap_or(&self.point)
+    /// The point the server decided on.
+    fn decided(&self) -> Option<&str> {
+        self.stepped_down_from.as_deref().or(self.point.as_deref())
     }
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AdaptReport {
     pub machine: Machine,
+    pub service: String,
     pub slo_ms: f64,
-    pub policy: PolicyConfig,
     pub duration_s: f64,
     pub hog_s: (f64, f64),
     pub hog_threads: usize,
     /// Threads the engine is configured with (a request records the threads it ran with).
-    pub engine_threads: usize,
-    pub points: Vec<ProfiledPoint>,
+    pub engine_threads: Option<usize>,
+    /// Seconds from starting the first server to its status saying adaptive, and why it
+    /// was not at once (no profile, another build, ...), if it was not.
+    pub adaptive_after_s: f64,
+    pub measured_because: Option<String>,
+    /// The points the controller chose among, cheapest first.
+    pub candidates: Vec<String>,
     pub runs: Vec<AdaptRun>,
 }
 
-/// How a run picks its points.
+/// How a run's requests pick their points.
+#[derive(Debug, Clone)]
 enum Strategy {
     Adaptive,
-    Fixed(String),
+    Pinned(String),
 }
 
-/// Runs the three strategies on `service` with `samples` and the profiled `points`.
+/// Runs the three strategies on `samples` (cycled), judged by the SLO the server reports.
 pub fn run(
-    service: &dyn Service,
     samples: &[Sample],
-    points: &[ProfiledPoint],
+    points: &PointSet,
     settings: &AdaptBenchSettings,
 ) -> Result<AdaptReport> {
     anyhow::ensure!(!samples.is_empty(), "no sample requests");
-    let planning = Planning::for_service(service.meets_deadlines());
-    let probe = Controller::new(
-        settings.policy.clone(),
-        points.to_vec(),
-        planning,
-        Instant::now(),
-    )?;
-    let candidates = probe.state().candidates;
-    let (cheapest, best) = (
-        candidates
-            .first()
-            .cloned()
-            .expect("a controller has points"),
-        candidates.last().cloned().expect("a controller has points"),
-    );
     let machine = Machine::current();
+    let tokio = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()?;
     eprintln!(
-        "machine: {machine}; SLO {:.0} ms; candidates {candidates:?}",
-        settings.policy.slo_ms
+        "machine: {machine}; starting {} until adaptive...",
+        settings.service
+    );
+    let started = Instant::now();
+    let (first, status) = tokio.block_on(Server::start_adaptive(settings))?;
+    let adaptive_after_s = started.elapsed().as_secs_f64();
+    let measured_because = first.measured_because.clone();
+    first.stop();
+    let policy = &status["services"][&settings.service]["policy"];
+    let slo_ms = policy["slo_ms"]
+        .as_f64()
+        .context("the status names no slo_ms")?;
+    let candidates: Vec<String> = serde_json::from_value(policy["candidates"].clone())
+        .context("the status names no candidates")?;
+    let (cheapest, best) = match (candidates.first(), candidates.last()) {
+        (Some(c), Some(b)) => (c.clone(), b.clone()),
+        _ => anyhow::bail!("the controller has no candidates"),
+    };
+    eprintln!(
+        "adaptive after {adaptive_after_s:.1} s; SLO {slo_ms:.0} ms; candidates {candidates:?}"
     );
     let mut runs = Vec::new();
     for (label, strategy) in [
         ("adaptive", Strategy::Adaptive),
-        ("fixed-largest", Strategy::Fixed(best.clone())),
-        ("fixed-smallest", Strategy::Fixed(cheapest.clone())),
+        ("fixed-largest", Strategy::Pinned(best)),
+        ("fixed-smallest", Strategy::Pinned(cheapest)),
     ] {
         eprintln!("{label}: {:.0} s...", settings.duration.as_secs_f64());
-        runs.push(run_one(
-            label, &strategy, service, samples, points, settings,
-        )?);
+        let run = tokio.block_on(run_one(label, &strategy, samples, points, slo_ms, settings))?;
+        runs.push(run);
+        // Let the machine calm down before the next run.
+        std::thread::sleep(Duration::from_secs(2));
     }
+    let engine_threads = status["services"][&settings.service]["policy"]["threads"]
+        .as_u64()
+        .map(|t| t as usize);
     let report = AdaptReport {
         machine,
-        slo_ms: settings.policy.slo_ms,
-        policy: settings.policy.clone(),
+        service: settings.service.clone(),
+        slo_ms,
         duration_s: settings.duration.as_secs_f64(),
         hog_s: (settings.hog.0.as_secs_f64(), settings.hog.1.as_secs_f64()),
         hog_threads: settings.hog_threads,
-        engine_threads: settings.threads.configured,
-        points: points.to_vec(),
+        engine_threads,
+        adaptive_after_s,
+        measured_because,
+        candidates,
         runs,
     };
     print!("{}", report_text(&report));
     write_json(&settings.out, &report)?;
-    draw(&report, &candidates, &settings.svg)?;
+    draw(&report, &settings.svg)?;
     eprintln!(
         "wrote {} and {}",
         settings.out.display(),
@@ -193,25 +215,155 @@ pub fn run(
     Ok(report)
 }
 
-fn run_one(
+/// An `edgerun serve` child on its own embedded broker, killed when dropped.
+struct Server {
+    child: Child,
+    broker: SocketAddr,
+    /// Why the server measured its points first, if it did (from its first status).
+    measured_because: Option<String>,
+}
+
+impl Server {
+    fn spawn(settings: &AdaptBenchSettings) -> Result<Server> {
+        // A free port: bound, read and released (the server binds it a moment later).
+        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
+            .local_addr()?
+            .port();
+        let exe = std::env::current_exe().context("finding this binary to start the server")?;
+        let mut command = Command::new(exe);
+        command.args(&settings.global_args).args([
+            "serve",
+            "--services",
+            &settings.service,
+            "--device",
+            DEVICE,
+            "--port",
+            &port.to_string(),
+            "--telemetry-interval",
+            "1",
+        ]);
+        command.arg("--profile").arg(&settings.profile);
+        if let Some(slo) = settings.slo_ms {
+            command.args(["--slo", &format!("{}={slo}", settings.service)]);
+        }
+        // The servers' logs go beside the report, for when a run looks wrong.
+        let log = settings.out.with_extension("serve.log");
+        if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
+            std::fs::create_dir_all(dir)?;
+        }
+        let log = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&log)?;
+        let child = command
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .context("starting edgerun serve")?;
+        Ok(Server {
+            child,
+            broker: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
+            measured_because: None,
+        })
+    }
+
+    /// Starts a server and waits until its status says the service is adaptive; returns
+    /// it with that status.
+    async fn start_adaptive(settings: &AdaptBenchSettings) -> Result<(Server, Value)> {
+        let mut server = Server::spawn(settings)?;
+        let watcher = server.connect("bench-watch").await?;
+        watcher
+            .raw()
+            .subscribe(
+                format!("edgerun/{DEVICE}/status"),
+                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
+            )
+            .await?;
+        let mut watcher = watcher;
+        let deadline = Instant::now() + settings.adaptive_within;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let (_, status) = watcher
+                .next_answer(left)
+                .await
+                .with_context(|| format!("not adaptive within {:?}", settings.adaptive_within))?;
+            let policy = &status["services"][&settings.service]["policy"];
+            if status["online"] != true {
+                continue;
+            }
+            if policy["adaptive"] == true {
+                watcher.disconnect().await;
+                return Ok((server, status));
+            }
+            if server.measured_because.is_none() {
+                server.measured_because = policy["why"].as_str().map(str::to_string);
+            }
+        }
+    }
+
+    /// A client of the server's broker, retrying while it starts.
+    async fn connect(&self, name: &str) -> Result<RequestClient> {
+        let until = Instant::now() + Duration::from_secs(60);
+        loop {
+            // Connecting succeeds only once the broker listens; `connect` waits for SUBACK.
+            if std::net::TcpStream::connect(self.broker).is_ok() {
+                return Ok(RequestClient::connect(self.broker, name).await?);
+            }
+            anyhow::ensure!(Instant::now() < until, "the server's broker never listened");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// SIGTERM, so that it goes offline cleanly; killed if it takes too long.
+    fn stop(mut self) {
+        let _ = Command::new("kill")
+            .args(["-TERM", &self.child.id().to_string()])
+            .status();
+        let until = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < until {
+            if let Ok(Some(_)) = self.child.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+async fn run_one(
     label: &str,
     strategy: &Strategy,
-    service: &dyn Service,
     samples: &[Sample],
-    points: &[ProfiledPoint],
+    points: &PointSet,
+    slo_ms: f64,
     settings: &AdaptBenchSettings,
 ) -> Result<AdaptRun> {
-    let quality = |name: &str| points.iter().find(|p| p.name == name).map(|p| p.quality);
+    let (server, _) = Server::start_adaptive(settings).await?;
+    let mut client = server.connect(&format!("bench-{label}")).await?;
+    let watcher = server.connect(&format!("bench-{label}-telemetry")).await?;
+    watcher
+        .raw()
+        .subscribe(
+            format!("edgerun/{DEVICE}/telemetry"),
+            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
+        )
+        .await?;
     let monitor = Monitor::start(Sampler::live(), Duration::from_millis(250));
+    let topic = format!("edgerun/{DEVICE}/{}/request", settings.service);
+    // Answers later than this count as lost (and late).
+    let patience = Duration::from_secs_f64((slo_ms * 20.0 / 1e3).max(10.0));
     let start = Instant::now();
-    let planning = Planning::for_service(service.meets_deadlines());
-    let mut controller =
-        Controller::new(settings.policy.clone(), points.to_vec(), planning, start)?;
     let mut hog: Option<Child> = None;
     let mut records = Vec::new();
-    let mut decision_us = Vec::new();
-    let mut next = 0usize;
-    let result = (|| -> Result<()> {
+    let result: Result<()> = async {
+        let mut next = 0usize;
         while start.elapsed() < settings.duration {
             let t = start.elapsed();
             let in_hog = t >= settings.hog.0 && t < settings.hog.1;
@@ -225,110 +377,162 @@ fn run_one(
                 _ => {}
             }
             let sample = &samples[next % samples.len()];
+            let id = next.to_string();
             next += 1;
-            let chosen = Instant::now();
-            // Every strategy runs on the same runtime, so fixed points follow the load too.
-            let snapshot = monitor.latest();
-            let threads = settings.threads.follow(&snapshot.cpu);
-            let point = match strategy {
-                Strategy::Adaptive => {
-                    controller.set_conditions(Conditions::from_snapshot(
-                        &snapshot,
-                        threads,
-                        settings.threads.configured,
-                        settings.workers,
-                    ));
-                    controller.decide(&RequestPolicy::default(), chosen)?.point
+            let (payload, properties) = request_bytes(sample, strategy);
+            let sent = Instant::now();
+            client
+                .send_with(
+                    &topic,
+                    &id,
+                    payload,
+                    sample.content_type.as_deref(),
+                    properties,
+                )
+                .await?;
+            let answer = loop {
+                match client
+                    .next_answer(patience.saturating_sub(sent.elapsed()))
+                    .await
+                {
+                    Some((answer_id, body)) if answer_id == id => break Some(body),
+                    Some(_) => continue, // a late answer to an earlier request
+                    None => break None,
                 }
-                Strategy::Fixed(name) => name.clone(),
             };
-            let choosing = chosen.elapsed();
-            let state = matches!(strategy, Strategy::Adaptive).then(|| controller.state());
-            let serving = Serving {
-                point: Some(&point),
-                deadline: matches!(strategy, Strategy::Adaptive)
-                    .then(|| chosen + Duration::from_secs_f64(settings.policy.slo_ms / 1e3)),
-            };
-            let answer = service
-                .handle(sample.content_type.as_deref(), &sample.payload, serving)
-                .with_context(|| format!("{label}: request {next} at {point}"))?;
-            let latency_ms = chosen.elapsed().as_secs_f64() * 1e3;
-            let served_at = answer["point"].as_str().unwrap_or(&point).to_string();
-            let stepped_down_from = (served_at != point).then(|| point.clone());
-            if let Strategy::Adaptive = strategy {
-                let observing = Instant::now();
-                // A request that stepped down did the served point's work.
-                controller.observe(&served_at, latency_ms);
-                decision_us.push((choosing + observing.elapsed()).as_secs_f64() * 1e6);
-            }
+            let latency_ms = sent.elapsed().as_secs_f64() * 1e3;
+            let reply = answer.as_ref().map(Reply::of);
             records.push(RequestRecord {
                 t_s: t.as_secs_f64(),
                 latency_ms,
-                point: served_at,
-                stepped_down_from,
+                point: reply.as_ref().and_then(|r| r.point.clone()),
+                stepped_down_from: reply.as_ref().and_then(|r| r.stepped_down_from.clone()),
+                reason: reply.as_ref().and_then(|r| r.reason().map(str::to_string)),
+                error: match &reply {
+                    None => Some("no answer".into()),
+                    Some(r) => r.error.as_ref().map(|e| e.code.clone()),
+                },
                 cpu_load: monitor.latest().cpu.utilisation,
                 hog: in_hog,
-                conditions: state.as_ref().map(|s| s.conditions.factor()),
-                slowdown: state.as_ref().map(|s| s.slowdown),
-                threads,
+                threads: reply.as_ref().and_then(|r| r.policy.as_ref()?.threads),
             });
         }
         Ok(())
-    })();
+    }
+    .await;
     if let Some(mut child) = hog {
         let _ = child.kill();
         let _ = child.wait();
     }
     result?;
-    // Let the machine calm down before the next run.
-    std::thread::sleep(Duration::from_secs(2));
+    let decision_us = last_decision_cost(watcher, &settings.service).await;
+    client.disconnect().await;
+    server.stop();
+    Ok(summarise(
+        label,
+        records,
+        points,
+        slo_ms,
+        settings,
+        decision_us,
+    ))
+}
 
-    let slo = settings.policy.slo_ms;
+/// The request as published: a JSON sample gets the pin as its `point` field, a raw one
+/// as a user property.
+fn request_bytes(sample: &Sample, strategy: &Strategy) -> (Vec<u8>, Vec<(String, String)>) {
+    let pin = match strategy {
+        Strategy::Adaptive => None,
+        Strategy::Pinned(point) => Some(point.clone()),
+    };
+    match &sample.payload {
+        Payload::Json(value) => {
+            let mut value = value.clone();
+            if let (Some(point), Value::Object(map)) = (&pin, &mut value) {
+                map.insert("point".into(), point.clone().into());
+            }
+            (
+                serde_json::to_vec(&value).expect("JSON serialises"),
+                Vec::new(),
+            )
+        }
+        Payload::Raw(bytes) => {
+            let properties = pin.map(|p| ("point".to_string(), p)).into_iter().collect();
+            (bytes.to_vec(), properties)
+        }
+    }
+}
+
+/// The decision cost in the server's latest telemetry (published every second).
+async fn last_decision_cost(mut watcher: RequestClient, service: &str) -> Option<DecisionCost> {
+    let mut latest = None;
+    let until = Instant::now() + Duration::from_millis(2500);
+    while let Some((_, telemetry)) = watcher
+        .next_answer(until.saturating_duration_since(Instant::now()))
+        .await
+    {
+        let cost = telemetry["services"][service]["decision_us"].clone();
+        if let Ok(cost) = serde_json::from_value::<DecisionCost>(cost) {
+            latest = Some(cost);
+        }
+    }
+    watcher.disconnect().await;
+    latest
+}
+
+fn summarise(
+    label: &str,
+    records: Vec<RequestRecord>,
+    points: &PointSet,
+    slo_ms: f64,
+    settings: &AdaptBenchSettings,
+    decision_us: Option<DecisionCost>,
+) -> AdaptRun {
+    let within = |r: &RequestRecord| r.error.is_none() && r.latency_ms <= slo_ms;
     let share_within = |filter: &dyn Fn(&RequestRecord) -> bool| {
         let chosen: Vec<&RequestRecord> = records.iter().filter(|r| filter(r)).collect();
-        let within = chosen.iter().filter(|r| r.latency_ms <= slo).count();
-        within as f64 / chosen.len().max(1) as f64
+        chosen.iter().filter(|r| within(r)).count() as f64 / chosen.len().max(1) as f64
+    };
+    let mean_quality = |filter: &dyn Fn(&RequestRecord) -> bool| {
+        let qualities: Vec<f64> = records
+            .iter()
+            .filter(|r| filter(r))
+            .filter_map(|r| points.quality(r.point.as_deref()?))
+            .collect();
+        qualities.iter().sum::<f64>() / qualities.len().max(1) as f64
     };
     let switches = records
         .windows(2)
         .filter(|w| w[0].decided() != w[1].decided())
         .count();
-    let stepped_down = records
-        .iter()
-        .filter(|r| r.stepped_down_from.is_some())
-        .count();
     let mut served: Vec<(String, usize)> = Vec::new();
-    for r in &records {
-        match served.iter_mut().find(|(name, _)| *name == r.point) {
+    for point in records.iter().filter_map(|r| r.point.as_ref()) {
+        match served.iter_mut().find(|(name, _)| name == point) {
             Some((_, n)) => *n += 1,
-            None => served.push((r.point.clone(), 1)),
+            None => served.push((point.clone(), 1)),
         }
     }
     let latencies: Vec<f64> = records.iter().map(|r| r.latency_ms).collect();
-    let mean_quality = |filter: &dyn Fn(&RequestRecord) -> bool| {
-        let qualities: Vec<f64> = records
-            .iter()
-            .filter(|r| filter(r))
-            .filter_map(|r| quality(&r.point))
-            .collect();
-        qualities.iter().sum::<f64>() / qualities.len().max(1) as f64
-    };
-    Ok(AdaptRun {
+    AdaptRun {
         strategy: label.to_string(),
         requests: records.len(),
+        failed: records.iter().filter(|r| r.error.is_some()).count(),
         within_slo: share_within(&|_| true),
         within_slo_during_hog: share_within(&|r| r.hog),
         within_slo_without_hog: share_within(&|r| !r.hog),
         mean_quality: mean_quality(&|_| true),
         mean_quality_during_hog: mean_quality(&|r| r.hog),
         switches,
-        stepped_down,
+        stepped_down: records
+            .iter()
+            .filter(|r| r.stepped_down_from.is_some())
+            .count(),
         switches_per_minute: switches as f64 / (settings.duration.as_secs_f64() / 60.0),
         latency: LatencyStats::of(&latencies),
-        decision_cost: DecisionCost::of(&decision_us),
+        decision_us,
         served,
         timeline: records,
-    })
+    }
 }
 
 /// Starts the hog: this binary's hidden `bench burn`, a separate process so that telemetry
@@ -337,7 +541,7 @@ fn start_hog(threads: usize) -> Result<Child> {
     let exe = std::env::current_exe().context("finding this binary to start the CPU hog")?;
     Command::new(exe)
         .args(["bench", "burn", "--threads", &threads.to_string()])
-        .stdin(std::process::Stdio::null())
+        .stdin(Stdio::null())
         .spawn()
         .context("starting the CPU hog")
 }
@@ -367,6 +571,7 @@ pub fn report_text(report: &AdaptReport) -> String {
     let mut table = Table::new(&[
         "strategy",
         "requests",
+        "failed",
         "within SLO",
         "during hog",
         "without hog",
@@ -382,6 +587,7 @@ pub fn report_text(report: &AdaptReport) -> String {
         table.row(vec![
             run.strategy.clone(),
             run.requests.to_string(),
+            run.failed.to_string(),
             format!("{:.1}%", run.within_slo * 100.0),
             format!("{:.1}%", run.within_slo_during_hog * 100.0),
             format!("{:.1}%", run.within_slo_without_hog * 100.0),
@@ -394,25 +600,36 @@ pub fn report_text(report: &AdaptReport) -> String {
             format!("{:.1}", run.switches_per_minute),
             format!("{:.0}", run.latency.median_ms),
             format!("{:.0}", run.latency.p95_ms),
-            run.decision_cost.as_ref().map_or("-".into(), |d| {
-                format!("{:.1}/{:.1}", d.median_us, d.p99_us)
-            }),
+            run.decision_us
+                .as_ref()
+                .map_or("-".into(), |d| format!("{:.1}/{:.1}", d.p50, d.p99)),
         ]);
     }
+    let largest = report.runs.iter().find(|r| r.strategy == "fixed-largest");
+    let adaptive = report.runs.iter().find(|r| r.strategy == "adaptive");
+    let ratio = match (adaptive, largest) {
+        (Some(a), Some(l)) if l.mean_quality_during_hog > 0.0 => format!(
+            "\nadaptive's quality under the hog: {:.3} of fixed-largest's\n",
+            a.mean_quality_during_hog / l.mean_quality_during_hog
+        ),
+        _ => String::new(),
+    };
     format!(
-        "machine: {}\nSLO {:.0} ms, hog {:.0}-{:.0} s of {:.0} s ({} threads)\n{table}",
+        "machine: {}\n{}: SLO {:.0} ms (at the client), hog {:.0}-{:.0} s of {:.0} s ({} threads); adaptive {:.1} s after start\n{table}{ratio}",
         report.machine,
+        report.service,
         report.slo_ms,
         report.hog_s.0,
         report.hog_s.1,
         report.duration_s,
-        report.hog_threads
+        report.hog_threads,
+        report.adaptive_after_s,
     )
 }
 
-fn draw(report: &AdaptReport, candidates: &[String], path: &std::path::Path) -> Result<()> {
+fn draw(report: &AdaptReport, path: &std::path::Path) -> Result<()> {
     // Pinned points off the front still get a row on the chart.
-    let mut names: Vec<String> = candidates.to_vec();
+    let mut names: Vec<String> = report.candidates.clone();
     for run in &report.runs {
         for (name, _) in &run.served {
             if !names.contains(name) {
@@ -420,6 +637,7 @@ fn draw(report: &AdaptReport, candidates: &[String], path: &std::path::Path) -> 
             }
         }
     }
+    let configured = report.engine_threads.unwrap_or(1);
     let runs: Vec<TimelineRun> = report
         .runs
         .iter()
@@ -431,9 +649,13 @@ fn draw(report: &AdaptReport, candidates: &[String], path: &std::path::Path) -> 
                 .map(|r| TimelineSample {
                     t_s: r.t_s,
                     latency_ms: r.latency_ms,
-                    point: names.iter().position(|n| *n == r.point).unwrap_or(0),
+                    point: r
+                        .point
+                        .as_ref()
+                        .and_then(|p| names.iter().position(|n| n == p))
+                        .unwrap_or(0),
                     cpu_load: r.cpu_load,
-                    fewer_threads: r.threads < report.engine_threads,
+                    fewer_threads: r.threads.is_some_and(|t| t < configured),
                 })
                 .collect(),
         })
@@ -441,7 +663,10 @@ fn draw(report: &AdaptReport, candidates: &[String], path: &std::path::Path) -> 
     timeline_svg(
         path,
         &Timeline {
-            title: "ocr under a CPU hog: adaptive vs fixed points",
+            title: &format!(
+                "{} under a CPU hog: adaptive vs fixed points",
+                report.service
+            ),
             slo_ms: report.slo_ms,
             point_names: &names,
             runs: &runs,

@@ -115,7 +115,7 @@ pub fn run(pipeline: Arc<OcrPipeline>, settings: &MqttBenchSettings) -> Result<M
                     ServiceConfig {
                         queue: settings.window.max(1) * 2,
                         workers: 1,
-                        corpus: None,
+                        ..Default::default()
                     },
                 ),
             ]

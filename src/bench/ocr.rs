@@ -15,7 +15,7 @@ use super::{LatencyStats, Machine, Table, write_json};
 use crate::data::{self, GtWord, SceneImage, WordCrop, word_key};
 use crate::imaging;
 use crate::services::ocr::{
-    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind, TextItem, point_name,
+    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind, TextItem,
 };
 
 /// What to measure.
@@ -163,6 +163,16 @@ pub(super) fn load(path: &std::path::Path) -> Result<RgbImage> {
     let bytes = std::fs::read(path).with_context(|| format!("reading {}", path.display()))?;
     imaging::decode(&bytes, imaging::DEFAULT_MAX_PIXELS)
         .with_context(|| format!("decoding {}", path.display()))
+}
+
+/// `tiny`, `small` or `cascade@0.9`: the recognizer a row of this benchmark ran (rows
+/// sweep recognizers at one detector size, so they are not declared points).
+fn point_name(choice: RecognizerChoice) -> String {
+    match choice {
+        RecognizerChoice::Tiny => "tiny".into(),
+        RecognizerChoice::Small => "small".into(),
+        RecognizerChoice::Cascade { threshold } => format!("cascade@{threshold}"),
+    }
 }
 
 /// The operating points measured: tiny, small, and a cascade per threshold.

@@ -14,12 +14,7 @@ use crate::bench::engines::EngineBenchSettings;
 use crate::bench::ocr::{self, OcrBenchSettings, Reference};
 use crate::engine::EngineConfig;
 use crate::models::{self, ModelDir};
-use crate::policy::ProfileCache;
-use crate::policy::profile;
-use crate::profiler::{ProfileSettings, Sample, profile_service};
-use crate::serve::{ServeConfig, ThreadUse};
-use crate::services::ocr::{OcrOptions, OcrService};
-use std::sync::Arc;
+use crate::profiler::Sample;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -77,10 +72,11 @@ pub struct EnginesBenchArgs {
 
 #[derive(Debug, Args)]
 pub struct AdaptBenchArgs {
-    /// `serve`'s configuration file: its [engine] settings, [policy.ocr] and profile path.
-    #[arg(long, value_name = "FILE")]
-    pub config: Option<PathBuf>,
-    /// Latency target [default: the config's, else 1.25 x the best point's profiled p95].
+    /// The service to load with requests: ocr (ICDAR 2015 scenes), legal (COLIEE R05
+    /// questions) or generate (prompts).
+    #[arg(long, default_value = "ocr", value_name = "NAME")]
+    pub service: String,
+    /// Latency target given to the server [default: the service manifest's].
     #[arg(long, value_name = "MS")]
     pub slo_ms: Option<f64>,
     /// Seconds per run.
@@ -94,17 +90,26 @@ pub struct AdaptBenchArgs {
     /// Spinning threads of the hog [default: one per logical core].
     #[arg(long, value_name = "N")]
     pub hog_threads: Option<usize>,
-    /// ICDAR 2015 scenes the requests cycle through (and the profile uses if it must be
-    /// measured first).
+    /// Requests the runs cycle through (scenes, questions or prompts).
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub samples: usize,
-    /// The profile cache [default: the config's `profile`, else the cache folder's].
+    /// The profile cache the servers measure into and adapt from.
+    #[arg(
+        long,
+        default_value = "bench-results/adapt-profile.json",
+        value_name = "FILE"
+    )]
+    pub profile: PathBuf,
+    /// Start from an empty profile cache (measures the zero-configuration start-up).
+    #[arg(long)]
+    pub fresh: bool,
+    /// How long the first server may take to measure its points.
+    #[arg(long, default_value_t = 300.0, value_name = "S")]
+    pub adaptive_within: f64,
     #[arg(long, value_name = "FILE")]
-    pub profile: Option<PathBuf>,
-    #[arg(long, default_value = "bench-results/adapt.json", value_name = "FILE")]
-    pub out: PathBuf,
-    #[arg(long, default_value = "bench-results/adapt.svg", value_name = "FILE")]
-    pub svg: PathBuf,
+    pub out: Option<PathBuf>,
+    #[arg(long, value_name = "FILE")]
+    pub svg: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -341,57 +346,55 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `bench adapt`: the profile from the cache when it fits, else measured now.
+/// `bench adapt`: `edgerun serve` children under a CPU hog, loaded with the service's
+/// benchmark requests.
 fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
     anyhow::ensure!(
         0.0 <= args.hog_start && args.hog_start < args.hog_stop && args.duration > 0.0,
         "the hog must start before it stops"
     );
-    let config = match &args.config {
-        Some(path) => ServeConfig::from_file(path)?,
-        None => ServeConfig::default(),
+    let runtime = Runtime::from_args(global)?;
+    let dir = ModelDir::open(&runtime.models_root, &args.service)?;
+    let points = crate::models::PointSet::from_manifest(dir.manifest())?
+        .with_context(|| format!("{} has no operating points to adapt", args.service))?;
+    let json = |body: serde_json::Value| Sample {
+        content_type: Some("application/json".into()),
+        payload: crate::services::Payload::Json(body),
     };
-    let runtime = Runtime::new(global, config.engine.clone())?;
-    let dir = ModelDir::open(&runtime.models_root, "ocr")?;
-    let pipeline = Arc::new(runtime.ocr_pipeline(Warm::Up)?);
-    let service = OcrService::new(pipeline, OcrOptions::default(), config.max_pixels);
-    let samples = crate::data::ic15_e2e(args.samples)?
-        .iter()
-        .map(|scene| Sample::image_file(&scene.path))
-        .collect::<Result<Vec<_>>>()?;
-    let profile_path = args
-        .profile
-        .clone()
-        .or(config.profile.clone())
-        .unwrap_or_else(profile::default_path);
-    let key = runtime.profile_key();
-    let cached = ProfileCache::load(&profile_path).and_then(|cache| {
-        cache
-            .valid_for(&profile_path, &key, "ocr", dir.manifest_sha256())
-            .map(|p| p.points.clone())
-    });
-    let points = match cached {
-        Ok(points) => points,
-        Err(why) => {
-            eprintln!("{why}; profiling now");
-            profile_service(&service, &samples, ProfileSettings { rounds: 2 })?
+    let samples: Vec<Sample> = match args.service.as_str() {
+        "ocr" => crate::data::ic15_e2e(args.samples)?
+            .iter()
+            .map(|scene| Sample::image_file(&scene.path))
+            .collect::<Result<_>>()?,
+        "legal" => crate::data::coliee_queries(&["R05"])?
+            .iter()
+            .take(args.samples)
+            .map(|q| json(serde_json::json!({"query": q.text})))
+            .collect(),
+        "generate" => {
+            let alphabet = runtime.generate(Warm::Cold)?.settings().alphabet.clone();
+            alphabet
+                .chars()
+                .take(args.samples)
+                .enumerate()
+                .map(|(seed, c)| json(serde_json::json!({"prompt": c.to_string(), "seed": seed, "format": "json"})))
+                .collect()
         }
+        other => anyhow::bail!("no benchmark requests for {other:?} (ocr, legal, generate)"),
     };
-    let mut policy = config.policy.get("ocr").cloned().unwrap_or_default();
-    policy.slo_ms = match (args.slo_ms, config.policy.get("ocr")) {
-        (Some(slo), _) => slo,
-        (None, Some(configured)) => configured.slo_ms,
-        (None, None) => {
-            let best = points
-                .iter()
-                .filter(|p| p.on_front)
-                .max_by(|a, b| a.quality.total_cmp(&b.quality))
-                .context("the profile has no point on the front")?;
-            (best.p95_ms * 1.25).round()
-        }
-    };
-    let workers = config.services.get("ocr").map_or(1, |s| s.workers);
+    if args.fresh && args.profile.exists() {
+        std::fs::remove_file(&args.profile)
+            .with_context(|| format!("removing {}", args.profile.display()))?;
+    }
+    // The servers get this process's global flags (threads, engine, models): everything
+    // before the `bench` subcommand.
+    let global_args: Vec<String> = std::env::args()
+        .skip(1)
+        .take_while(|a| a != "bench")
+        .collect();
+    let name = &args.service;
     let settings = AdaptBenchSettings {
+        service: name.clone(),
         duration: Duration::from_secs_f64(args.duration),
         hog: (
             Duration::from_secs_f64(args.hog_start),
@@ -400,15 +403,19 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
         hog_threads: args
             .hog_threads
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
-        policy,
-        threads: ThreadUse {
-            configured: runtime.threads,
-            adapt: runtime.engine_config.adapts_threads(),
-        },
-        workers,
-        out: args.out.clone(),
-        svg: args.svg.clone(),
+        slo_ms: args.slo_ms,
+        profile: args.profile.clone(),
+        global_args,
+        adaptive_within: Duration::from_secs_f64(args.adaptive_within),
+        out: args
+            .out
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("bench-results/adapt-{name}.json"))),
+        svg: args
+            .svg
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(format!("bench-results/adapt-{name}.svg"))),
     };
-    crate::bench::adapt::run(&service, &samples, &points, &settings)?;
+    crate::bench::adapt::run(&samples, &points, &settings)?;
     Ok(ExitCode::SUCCESS)
 }

@@ -7,6 +7,7 @@ mod generate;
 mod legal;
 mod ocr;
 mod profile;
+pub mod registry;
 mod serve;
 pub mod settings;
 

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::settings::{Runtime, Warm, ocr_options};
 use super::{GlobalArgs, RecArg};
 use crate::imaging;
-use crate::services::ocr::{OcrError, OcrOptions, OcrPipeline};
+use crate::services::ocr::{CUSTOM_POINT, OcrError, OcrOptions, OcrPipeline};
 
 #[derive(Debug, Args)]
 pub struct OcrArgs {
@@ -30,15 +30,19 @@ pub struct OcrArgs {
 /// OCR knobs shared by `ocr` and the service.
 #[derive(Debug, Clone, Args)]
 pub struct OcrTuning {
+    /// Operating point (see `models/ocr/manifest.toml`) [default: the manifest's
+    /// default_point]; --rec, --threshold and --det-limit override its knobs.
+    #[arg(long, value_name = "NAME")]
+    pub point: Option<String>,
     /// Recognizer: tiny, small, or a cascade (tiny, then small for unsure crops).
-    #[arg(long, value_enum, default_value_t = RecArg::Cascade)]
-    pub rec: RecArg,
+    #[arg(long, value_enum)]
+    pub rec: Option<RecArg>,
     /// Cascade confidence threshold: tiny readings below it go to the small recognizer.
-    #[arg(long, default_value_t = 0.9, value_name = "P")]
-    pub threshold: f32,
+    #[arg(long, value_name = "P")]
+    pub threshold: Option<f32>,
     /// Longest image side the detector sees, in pixels.
-    #[arg(long, default_value_t = 960, value_name = "PX")]
-    pub det_limit: u32,
+    #[arg(long, value_name = "PX")]
+    pub det_limit: Option<u32>,
     /// Decode printable ASCII only.
     #[arg(long)]
     pub ascii: bool,
@@ -58,12 +62,21 @@ pub fn run(global: &GlobalArgs, args: &OcrArgs) -> Result<ExitCode> {
     let runtime = Runtime::from_args(global)?;
     let pipeline = runtime.ocr_pipeline(Warm::Cold)?;
     let t = &args.tuning;
-    let options = ocr_options(t)?;
+    let options = ocr_options(t, &pipeline)?;
+    // The declared point these knobs are, else `custom`.
+    let point = pipeline
+        .points()
+        .iter()
+        .find(|p| p.apply(&options) == options)
+        .map_or(CUSTOM_POINT, |p| p.name.as_str());
     let mut failed = false;
     let stdout = std::io::stdout();
     for path in &args.images {
         let line = match read_one(&pipeline, &options, path, args.crops, t) {
-            Ok(result) => result,
+            Ok(mut result) => {
+                result["point"] = json!(point);
+                result
+            }
             Err(Failure { code, message }) => {
                 failed = true;
                 json!({"image": path.to_string_lossy(), "error": {"code": code, "message": message}})

@@ -4,20 +4,14 @@
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::{Context, Result};
 use clap::Args;
 
 use super::GlobalArgs;
-use super::ocr::OcrTuning;
-use super::settings::{Runtime, Warm, ocr_options, point_choices};
+use super::registry;
+use super::settings::{Runtime, Warm, point_choices};
 use crate::serve::{self, ServeConfig, ServiceConfig};
-use crate::services::Service;
-use crate::services::echo::EchoService;
-use crate::services::generate::GenerateService;
-use crate::services::legal::LegalService;
-use crate::services::ocr::OcrService;
 
 #[derive(Debug, Args)]
 pub struct ServeArgs {
@@ -59,16 +53,30 @@ pub struct ServeArgs {
     /// Seconds between telemetry messages.
     #[arg(long)]
     pub telemetry_interval: Option<f64>,
-    /// OCR latency target in milliseconds: makes OCR adaptive (needs `edgerun profile` run
-    /// once on this device with the same engine settings).
-    #[arg(long, value_name = "MS")]
-    pub slo_ms: Option<f64>,
-    /// The profile cache written by `edgerun profile` [default: the cache folder's].
+    /// Latency targets per service in milliseconds, e.g. `ocr=400,legal=30,generate=40`
+    /// [default: each manifest's `slo_ms`]. Every service with operating points adapts to
+    /// its target by itself.
+    #[arg(long, value_delimiter = ',', value_name = "NAME=MS,...", value_parser = parse_slo)]
+    pub slo: Vec<(String, f64)>,
+    /// The profile cache, where `serve` keeps what it measured of each point on this
+    /// device [default: the cache folder's profile.json].
     #[arg(long, value_name = "FILE")]
     pub profile: Option<PathBuf>,
-    /// OCR defaults for requests that do not set them.
-    #[command(flatten)]
-    pub ocr: OcrTuning,
+    /// Refuse images with more pixels than this (default 48 million).
+    #[arg(long, value_name = "N")]
+    pub max_pixels: Option<u64>,
+}
+
+/// One `NAME=MS` of `--slo`.
+fn parse_slo(text: &str) -> Result<(String, f64), String> {
+    let (name, ms) = text
+        .split_once('=')
+        .ok_or_else(|| format!("{text:?} is not NAME=MS"))?;
+    let ms: f64 = ms
+        .trim()
+        .parse()
+        .map_err(|_| format!("{ms:?} in {text:?} is not a number of milliseconds"))?;
+    Ok((name.trim().to_string(), ms))
 }
 
 impl ServeArgs {
@@ -89,12 +97,7 @@ impl ServeArgs {
         if let Some(names) = &self.services {
             let mut chosen = std::collections::BTreeMap::new();
             for name in names {
-                if !KNOWN_SERVICES.contains(&name.as_str()) {
-                    anyhow::bail!(
-                        "unknown service {name:?} (known: {})",
-                        KNOWN_SERVICES.join(", ")
-                    );
-                }
+                registry::entry(name)?;
                 let settings = config.services.remove(name).unwrap_or_default();
                 chosen.insert(name.clone(), settings);
             }
@@ -114,14 +117,17 @@ impl ServeArgs {
             *workers = self.workers.unwrap_or(*workers);
         }
         config.max_payload_bytes = self.max_payload_bytes.unwrap_or(config.max_payload_bytes);
-        if let Some(max_pixels) = self.ocr.max_pixels {
+        if let Some(max_pixels) = self.max_pixels {
             config.max_pixels = max_pixels;
         }
         config.telemetry_interval_s = self
             .telemetry_interval
             .unwrap_or(config.telemetry_interval_s);
-        if let Some(slo_ms) = self.slo_ms {
-            config.policy.entry("ocr".into()).or_default().slo_ms = slo_ms;
+        for (name, slo_ms) in &self.slo {
+            if !config.services.contains_key(name) {
+                anyhow::bail!("--slo {name}={slo_ms}: {name:?} is not served");
+            }
+            config.policy.entry(name.clone()).or_default().slo_ms = Some(*slo_ms);
         }
         config.profile = self.profile.clone().or(config.profile);
         config.validate()?;
@@ -129,37 +135,14 @@ impl ServeArgs {
     }
 }
 
-/// The services this build can serve.
-const KNOWN_SERVICES: &[&str] = &["ocr", "legal", "generate", "echo"];
-
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     let config = args.resolve()?;
     let runtime = Runtime::new(global, config.engine.clone())?;
-    let mut services: Vec<Arc<dyn Service>> = Vec::new();
-    for name in config.services.keys() {
-        match name.as_str() {
-            "ocr" => services.push(Arc::new(OcrService::new(
-                Arc::new(runtime.ocr_pipeline(Warm::Up)?),
-                ocr_options(&args.ocr)?,
-                config.max_pixels,
-            ))),
-            "legal" => {
-                let corpus = config.services[name].corpus.as_deref();
-                let legal = runtime.legal(corpus, Warm::Up)?;
-                services.push(Arc::new(LegalService::new(Arc::new(legal))));
-            }
-            "generate" => services.push(Arc::new(GenerateService::new(Arc::new(
-                runtime.generate(Warm::Up)?,
-            )))),
-            "echo" => services.push(Arc::new(EchoService)),
-            other => {
-                anyhow::bail!(
-                    "unknown service {other:?} in the configuration (known: {})",
-                    KNOWN_SERVICES.join(", ")
-                )
-            }
-        }
-    }
+    let services = config
+        .services
+        .keys()
+        .map(|name| registry::entry(name)?.build(&runtime, &config, Warm::Up))
+        .collect::<Result<Vec<_>>>()?;
     let choices = point_choices(&runtime, &config, &services);
     let (device, prefix) = (config.device.clone(), config.prefix.clone());
     let server = serve::start(config, services, choices)?;
@@ -226,22 +209,33 @@ mod tests {
     }
 
     #[test]
-    fn slo_and_profile_flags_make_ocr_adaptive() {
+    fn slo_flag_sets_targets_per_service() {
         let config = resolve(&["edgerun", "serve"]).unwrap();
-        assert!(config.policy.is_empty());
+        assert!(config.policy.is_empty(), "the manifests' targets");
         let config = resolve(&[
             "edgerun",
             "serve",
-            "--slo-ms",
-            "300",
+            "--services",
+            "ocr,generate,echo",
+            "--slo",
+            "ocr=300,generate=45.5",
             "--profile",
             "/tmp/p.json",
         ])
         .unwrap();
-        assert_eq!(config.policy["ocr"].slo_ms, 300.0);
-        assert_eq!(config.policy["ocr"].up_window_s, 5.0);
+        assert_eq!(config.policy["ocr"].slo_ms, Some(300.0));
+        assert_eq!(config.policy["generate"].slo_ms, Some(45.5));
+        assert_eq!(config.policy["ocr"].resolve(1.0).up_window_s, 5.0);
         assert_eq!(config.profile, Some(PathBuf::from("/tmp/p.json")));
-        let err = resolve(&["edgerun", "serve", "--slo-ms=-3"]).unwrap_err();
+        let err = resolve(&["edgerun", "serve", "--slo", "ocr=-3"]).unwrap_err();
         assert!(err.to_string().contains("slo_ms"), "{err}");
+        let err = resolve(&["edgerun", "serve", "--services", "ocr", "--slo", "legal=30"]);
+        assert!(
+            err.unwrap_err()
+                .to_string()
+                .contains("\"legal\" is not served")
+        );
+        let err = resolve(&["edgerun", "serve", "--slo", "ocr:30"]).unwrap_err();
+        assert!(err.to_string().contains("is not NAME=MS"), "{err}");
     }
 }

@@ -4,16 +4,20 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
+use std::time::Instant;
 
 use anyhow::{Context, Result};
 
 use super::ocr::OcrTuning;
+use super::registry;
 use super::{GlobalArgs, RecArg};
 use crate::bench::Machine;
 use crate::engine::{Backends, Engine, EngineConfig, Placement};
 use crate::models::{self, ModelDir};
 use crate::policy::profile;
-use crate::policy::{Controller, Planning, PolicyConfig, ProfileCache, ProfileKey};
+use crate::policy::{Controller, Planning, ProfileCache, ProfileKey};
+use crate::profiler::ProfileSettings;
+use crate::serve::learn::Learning;
 use crate::serve::{PointChoice, ServeConfig};
 use crate::services::Service;
 use crate::services::generate::Generate;
@@ -63,6 +67,7 @@ impl Runtime {
         }
         ProfileKey {
             edgerun_version: env!("CARGO_PKG_VERSION").into(),
+            build: build_description(),
             arch: machine.arch.into(),
             cpu: machine.cpu,
             logical_cores: machine.logical_cores,
@@ -112,6 +117,18 @@ impl Runtime {
     }
 }
 
+/// How this binary was built, as far as it changes what points cost: optimised or not,
+/// and with which optional engines.
+pub fn build_description() -> String {
+    let profile = if cfg!(debug_assertions) {
+        "debug"
+    } else {
+        "release"
+    };
+    let features = if cfg!(feature = "ort") { " +ort" } else { "" };
+    format!("{profile}{features}")
+}
+
 /// Whether to warm models up when loading them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warm {
@@ -152,15 +169,38 @@ pub fn recognizer_choice(rec: RecArg, threshold: f32) -> RecognizerChoice {
     }
 }
 
-/// OCR options from the common OCR flags.
-pub fn ocr_options(tuning: &OcrTuning) -> Result<OcrOptions> {
-    let options = OcrOptions {
-        det_limit: tuning.det_limit,
-        recognizer: recognizer_choice(tuning.rec, tuning.threshold),
+/// OCR options from the common OCR flags: the knobs of `--point` (the manifest's default
+/// point without it), with explicit `--rec`, `--threshold` and `--det-limit` on top.
+pub fn ocr_options(tuning: &OcrTuning, pipeline: &OcrPipeline) -> Result<OcrOptions> {
+    let name = tuning
+        .point
+        .as_deref()
+        .unwrap_or(&pipeline.point_set().default_point);
+    let point = pipeline
+        .points()
+        .iter()
+        .find(|p| p.name == name)
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "unknown OCR point {name:?} (known: {})",
+                pipeline.point_set().names().join(", ")
+            )
+        })?;
+    let mut options = point.apply(&OcrOptions {
         ascii_only: tuning.ascii,
         batch_size: tuning.batch,
         ..OcrOptions::default()
+    });
+    let threshold = tuning.threshold.unwrap_or(match options.recognizer {
+        RecognizerChoice::Cascade { threshold } => threshold,
+        _ => 0.9,
+    });
+    options.recognizer = match tuning.rec {
+        Some(rec) => recognizer_choice(rec, threshold),
+        None if tuning.threshold.is_some() => RecognizerChoice::Cascade { threshold },
+        None => options.recognizer,
     };
+    options.det_limit = tuning.det_limit.unwrap_or(options.det_limit);
     options.validate()?;
     Ok(options)
 }
@@ -177,9 +217,10 @@ fn log_placements(placements: &[Placement]) {
 }
 
 /// How each served service chooses its operating point: a controller over the points in
-/// the profile cache where the configuration gives the service a latency target and the
-/// cache fits this device, build and settings; otherwise its default point, with the reason
-/// (logged, and published in the status).
+/// the profile cache where the cache fits this device, build and settings; where it does
+/// not (or has no such service yet), the default point while `serve` measures the points
+/// in the background; the default point for good where the service has no points or its
+/// adaptation is turned off. The reason is logged and published in the status.
 pub fn point_choices(
     runtime: &Runtime,
     config: &ServeConfig,
@@ -190,87 +231,122 @@ pub fn point_choices(
     let mut choices = BTreeMap::new();
     for service in services {
         let name = service.name();
-        let choice = match config.policy.get(name) {
-            None => PointChoice::Fixed {
-                why: format!("no [policy.{name}] latency target configured"),
-            },
-            Some(policy) => {
-                match controller_for(runtime, &profile_path, &key, service.as_ref(), policy) {
-                    Ok(controller) => {
-                        tracing::info!(
-                            "{name}: adaptive over {:?}, starting at {}",
-                            controller.state().candidates,
-                            controller.current()
-                        );
-                        PointChoice::Adaptive(Box::new(controller))
-                    }
-                    Err(why) => {
-                        tracing::warn!("{name}: serving its default point: {why:#}");
-                        PointChoice::Fixed {
-                            why: format!("{why:#}"),
-                        }
-                    }
-                }
-            }
-        };
+        let choice = point_choice(runtime, config, &profile_path, &key, service.as_ref());
+        match &choice {
+            PointChoice::Adaptive(c) => tracing::info!(
+                "{name}: adaptive over {:?} (measured before), starting at {}",
+                c.state().candidates,
+                c.current()
+            ),
+            PointChoice::Learn(l) => tracing::info!("{name}: {}", l.why_measuring()),
+            PointChoice::Fixed { why } => tracing::info!("{name}: default point: {why}"),
+        }
         choices.insert(name.to_string(), choice);
     }
     choices
 }
 
-fn controller_for(
+fn point_choice(
     runtime: &Runtime,
-    profile_path: &std::path::Path,
+    config: &ServeConfig,
+    profile_path: &Path,
     key: &ProfileKey,
     service: &dyn Service,
-    policy: &PolicyConfig,
-) -> Result<Controller> {
-    let dir = ModelDir::open(&runtime.models_root, service.name())?;
-    let cache = ProfileCache::load(profile_path)?;
-    let profile = cache.valid_for(profile_path, key, service.name(), dir.manifest_sha256())?;
-    Ok(Controller::new(
-        policy.clone(),
-        profile.points.clone(),
-        Planning::for_service(service.meets_deadlines()),
-        std::time::Instant::now(),
-    )?)
+) -> PointChoice {
+    let name = service.name();
+    let fixed = |why: String| PointChoice::Fixed { why };
+    let Some(points) = service.points() else {
+        return fixed("not adaptive: no operating points".into());
+    };
+    let settings = config.policy.get(name).cloned().unwrap_or_default();
+    if !settings.adaptive {
+        return fixed(format!(
+            "adaptation turned off ([policy.{name}] adaptive = false)"
+        ));
+    }
+    let policy = settings.resolve(points.slo_ms);
+    let planning = Planning::for_service(service.meets_deadlines());
+    let dir = match ModelDir::open(&runtime.models_root, name) {
+        Ok(dir) => dir,
+        Err(e) => return fixed(format!("{e}")),
+    };
+    let stored = ProfileCache::load(profile_path).and_then(|cache| {
+        cache
+            .valid_for(profile_path, key, name, dir.manifest_sha256())
+            .map(|p| p.points.clone())
+    });
+    let reason = match stored {
+        Ok(measured) => match Controller::new(policy.clone(), measured, planning, Instant::now()) {
+            Ok(controller) => return PointChoice::Adaptive(Box::new(controller)),
+            Err(e) => format!("the stored profile is unusable: {e}"),
+        },
+        Err(e) => e.to_string(),
+    };
+    let samples = registry::entry(name).and_then(|entry| entry.samples(runtime));
+    match samples {
+        Ok((samples, inputs)) if !samples.is_empty() => {
+            PointChoice::Learn(Box::new(Learning::new(
+                policy,
+                samples,
+                inputs,
+                ProfileSettings {
+                    rounds: config.profile_rounds,
+                    progress: false,
+                },
+                profile_path.to_path_buf(),
+                key.clone(),
+                dir.manifest_sha256().to_string(),
+                reason,
+            )))
+        }
+        Ok(_) => fixed(format!("{reason}, and no sample requests to measure with")),
+        Err(e) => fixed(format!(
+            "{reason}, and its sample requests cannot be read: {e:#}"
+        )),
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::models::PointSet;
     use crate::policy::{ProfiledPoint, ServiceProfile};
-    use crate::services::{Payload, ServiceError, Serving};
+    use crate::serve::config::AdaptSettings;
+    use crate::services::{Handled, Payload, ServiceError, Serving};
 
-    /// Stands in for the OCR service: only its name matters here.
-    struct Named;
+    /// Stands in for the OCR service: its name and the manifest's points are what matter.
+    struct Named(Option<PointSet>);
 
     impl Service for Named {
         fn name(&self) -> &'static str {
             "ocr"
         }
-        fn handle(
+        fn answer(
             &self,
             _: Option<&str>,
             _: &Payload,
             _: Serving<'_>,
-        ) -> Result<serde_json::Value, ServiceError> {
-            Ok(serde_json::Value::Null)
+        ) -> Result<Handled, ServiceError> {
+            Err(ServiceError::new("internal", "not served in this test"))
+        }
+        fn points(&self) -> Option<&PointSet> {
+            self.0.as_ref()
         }
         fn describe(&self) -> serde_json::Value {
             serde_json::Value::Null
         }
     }
 
-    fn why_fixed(choice: &PointChoice) -> String {
+    fn learning(choice: &PointChoice) -> &Learning {
         match choice {
-            PointChoice::Fixed { why } => why.clone(),
+            PointChoice::Learn(l) => l,
             PointChoice::Adaptive(c) => panic!("adaptive at {}", c.current()),
+            PointChoice::Fixed { why } => panic!("fixed: {why}"),
         }
     }
 
     #[test]
-    fn a_service_adapts_only_with_a_target_and_a_profile_of_this_setup() {
+    fn a_service_adapts_from_a_profile_of_this_setup_and_measures_itself_otherwise() {
         let engine_config = EngineConfig::default();
         let runtime = Runtime {
             models_root: models::default_root(),
@@ -283,17 +359,20 @@ mod tests {
             profile: Some(dir.path().join("profile.json")),
             ..ServeConfig::default()
         };
-        let services: Vec<Arc<dyn Service>> = vec![Arc::new(Named)];
+        let manifest = ModelDir::open(&runtime.models_root, "ocr").unwrap();
+        let points = PointSet::from_manifest(manifest.manifest()).unwrap();
+        let services: Vec<Arc<dyn Service>> = vec![Arc::new(Named(points))];
         let choose = |config: &ServeConfig| point_choices(&runtime, config, &services);
 
-        let why = why_fixed(&choose(&config)["ocr"]);
-        assert!(why.contains("no [policy.ocr] latency target"), "{why}");
+        // No profile: measure in the background, with the manifest's target and the
+        // shipped sample scenes.
+        let choices = choose(&config);
+        let learn = learning(&choices["ocr"]);
+        assert!(learn.reason.contains("no profile at"), "{}", learn.reason);
+        assert_eq!(learn.policy.slo_ms, 1200.0);
+        assert_eq!(learn.samples.len(), 2);
+        assert_eq!(learn.inputs, "models/ocr scene_1.png, scene_2.png");
 
-        config.policy.insert("ocr".into(), PolicyConfig::default());
-        let why = why_fixed(&choose(&config)["ocr"]);
-        assert!(why.contains("run `edgerun profile`"), "{why}");
-
-        let manifest = ModelDir::open(&runtime.models_root, "ocr").unwrap();
         let mut cache = ProfileCache::new(runtime.profile_key());
         cache.services.insert(
             "ocr".into(),
@@ -306,13 +385,47 @@ mod tests {
         );
         cache.save(config.profile.as_ref().unwrap()).unwrap();
         match &choose(&config)["ocr"] {
-            PointChoice::Adaptive(c) => assert_eq!(c.current(), "tiny@640"),
-            PointChoice::Fixed { why } => panic!("fixed: {why}"),
+            PointChoice::Adaptive(c) => {
+                assert_eq!(c.current(), "tiny@640");
+                assert_eq!(c.config().slo_ms, 1200.0);
+            }
+            _ => panic!("not adaptive"),
+        }
+        // A configured target wins over the manifest's.
+        config.policy.insert(
+            "ocr".into(),
+            AdaptSettings {
+                slo_ms: Some(250.0),
+                ..AdaptSettings::default()
+            },
+        );
+        match &choose(&config)["ocr"] {
+            PointChoice::Adaptive(c) => assert_eq!(c.config().slo_ms, 250.0),
+            _ => panic!("not adaptive"),
         }
 
+        // Measured with another thread count: refused with the reason, measured again.
         cache.key.threads = 4;
         cache.save(config.profile.as_ref().unwrap()).unwrap();
-        let why = why_fixed(&choose(&config)["ocr"]);
-        assert!(why.contains("other settings"), "{why}");
+        let choices = choose(&config);
+        let learn = learning(&choices["ocr"]);
+        assert!(
+            learn.reason.contains("with other settings"),
+            "{}",
+            learn.reason
+        );
+        assert!(learn.reason.contains("threads: 4"), "{}", learn.reason);
+        assert_eq!(learn.policy.slo_ms, 250.0);
+
+        config.policy.get_mut("ocr").unwrap().adaptive = false;
+        match &choose(&config)["ocr"] {
+            PointChoice::Fixed { why } => assert!(why.contains("adaptive = false"), "{why}"),
+            _ => panic!("adaptive although turned off"),
+        }
+        let services: Vec<Arc<dyn Service>> = vec![Arc::new(Named(None))];
+        match &point_choices(&runtime, &config, &services)["ocr"] {
+            PointChoice::Fixed { why } => assert!(why.contains("no operating points"), "{why}"),
+            _ => panic!("adaptive without points"),
+        }
     }
 }

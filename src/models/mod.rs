@@ -6,6 +6,8 @@
 //! This module only resolves and verifies files; it does not parse models (that is
 //! [`crate::engine`]'s job: [`ModelDir::load`] hands it the verified bytes).
 
+pub mod points;
+
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -13,6 +15,8 @@ use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
 use crate::engine::{Engine, EngineError, Model};
+
+pub use self::points::PointSet;
 
 /// Why a model file could not be used.
 #[derive(Debug, thiserror::Error)]
@@ -52,6 +56,8 @@ pub enum ModelError {
         expected: String,
         actual: String,
     },
+    #[error("{service} manifest: {message}")]
+    InvalidPoints { service: String, message: String },
     #[error(transparent)]
     Engine(#[from] EngineError),
 }
@@ -67,6 +73,12 @@ pub struct Manifest {
     /// The service's operating points, cheapest knobs first by convention.
     #[serde(default)]
     pub points: Vec<ManifestPoint>,
+    /// The point a request gets when neither it nor a controller chooses one.
+    #[serde(default)]
+    pub default_point: Option<String>,
+    /// The latency target, in milliseconds, the service adapts to unless configured.
+    #[serde(default)]
+    pub slo_ms: Option<f64>,
     /// Service-specific settings tuned offline (the legal service's scoring weights).
     #[serde(default)]
     pub settings: Option<toml::Table>,
@@ -75,7 +87,7 @@ pub struct Manifest {
 /// An operating point as the export script declares it: a name, the quality measured
 /// offline on the shared benchmark (absent until measured), and the service's own knobs,
 /// which only the service interprets.
-#[derive(Debug, Clone, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Deserialize, serde::Serialize)]
 pub struct ManifestPoint {
     pub name: String,
     #[serde(default)]

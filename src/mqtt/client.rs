@@ -9,6 +9,7 @@ use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
 use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
 use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
+use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
@@ -21,6 +22,55 @@ pub struct RequestClient {
 
 /// An answer: the request's correlation id and the JSON body.
 pub type Answer = (String, Value);
+
+/// What an answer says about how it was served: read from its JSON, or from a media
+/// answer's `meta`. Fields an answer lacks are `None`.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct Reply {
+    /// The declared point whose work the answer is.
+    pub point: Option<String>,
+    /// The point decided, where the service stepped down from it to meet the deadline.
+    pub stepped_down_from: Option<String>,
+    /// Which device answered.
+    pub device: Option<String>,
+    pub policy: Option<ReplyPolicy>,
+    pub error: Option<ReplyError>,
+}
+
+/// Why the server chose the point.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ReplyPolicy {
+    /// The controller's reason, `{"kind": "steady", ...}`.
+    pub reason: Option<Value>,
+    pub predicted_ms: Option<f64>,
+    pub waited_ms: Option<f64>,
+    /// Engine threads the request ran with.
+    pub threads: Option<usize>,
+}
+
+/// A failed request's error.
+#[derive(Debug, Clone, PartialEq, Deserialize)]
+pub struct ReplyError {
+    pub code: String,
+    pub message: String,
+}
+
+impl Reply {
+    /// The reply of an answer body as [`RequestClient::next_answer`] gives it; an answer
+    /// of another shape reads as empty.
+    pub fn of(body: &Value) -> Reply {
+        let json = match body.get("meta") {
+            Some(meta) if body.get("content_type").is_some() => meta,
+            _ => body,
+        };
+        serde_json::from_value(json.clone()).unwrap_or_default()
+    }
+
+    /// The kind of the controller's reason (`steady`, `overload`, `pinned`, ...).
+    pub fn reason(&self) -> Option<&str> {
+        self.policy.as_ref()?.reason.as_ref()?.get("kind")?.as_str()
+    }
+}
 
 /// A JSON answer as it is; a media answer (a PNG) as `{"content_type", "meta",
 /// "payload_base64"}`, with `meta` parsed from its user property; `null` for anything else.
@@ -98,15 +148,39 @@ impl RequestClient {
         expiry_s: Option<u32>,
     ) -> Result<(), ClientError> {
         let properties = PublishProperties {
-            response_topic: Some(self.reply_topic.clone()),
-            correlation_data: Some(Bytes::from(id.to_string())),
-            content_type: content_type.map(str::to_string),
             message_expiry_interval: expiry_s,
-            ..PublishProperties::default()
+            ..self.request_properties(id, content_type)
         };
         self.client
             .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
             .await
+    }
+
+    /// Like [`RequestClient::send`], with user properties (`point`, `deadline_ms`, ...).
+    pub async fn send_with(
+        &self,
+        topic: &str,
+        id: &str,
+        payload: Vec<u8>,
+        content_type: Option<&str>,
+        user_properties: Vec<(String, String)>,
+    ) -> Result<(), ClientError> {
+        let properties = PublishProperties {
+            user_properties,
+            ..self.request_properties(id, content_type)
+        };
+        self.client
+            .publish_with_properties(topic, QoS::AtLeastOnce, false, payload, properties)
+            .await
+    }
+
+    fn request_properties(&self, id: &str, content_type: Option<&str>) -> PublishProperties {
+        PublishProperties {
+            response_topic: Some(self.reply_topic.clone()),
+            correlation_data: Some(Bytes::from(id.to_string())),
+            content_type: content_type.map(str::to_string),
+            ..PublishProperties::default()
+        }
     }
 
     /// The next answer, or `None` after `timeout`.

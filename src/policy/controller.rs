@@ -12,7 +12,10 @@
 //! `conditions` is what telemetry says about the device now compared with when it was
 //! profiled (CPU contention from other processes, a thermally capped clock) and `slowdown` is
 //! an EWMA of observed / expected service times (expected: the profiled mean under the
-//! current conditions), which learns whatever telemetry misses.
+//! current conditions), which learns whatever telemetry misses. Each observation weighs in
+//! by the share of the SLO it was expected to take, so that the cheapest points (whose
+//! times are mostly fixed overheads) cannot talk the controller out of the expensive ones.
+//!
 //! The controller serves the best-quality point whose prediction fits the request's budget
 //! (the SLO minus the time it already waited in the queue). It steps down at once when the
 //! current point stops fitting, and steps up only after a better point has fitted with
@@ -280,6 +283,10 @@ pub struct PolicyState {
     pub candidates: Vec<String>,
 }
 
+/// An observation expected to take this share of the SLO (or more) teaches the slowdown
+/// fully; cheaper ones teach in proportion.
+const FULL_EVIDENCE_SHARE: f64 = 0.25;
+
 /// The limits of the learned slowdown: beyond them an observation is a fault, not a trend.
 const SLOWDOWN_RANGE: (f64, f64) = (0.2, 50.0);
 
@@ -513,7 +520,12 @@ impl Controller {
             return;
         }
         let ratio = (service_ms / expected).clamp(SLOWDOWN_RANGE.0, SLOWDOWN_RANGE.1);
-        let alpha = self.config.ewma_alpha;
+        // An observation counts fully once it was expected to take a quarter of the budget,
+        // and in proportion below that: a point that costs a thousandth of the SLO is all
+        // fixed overheads and timer noise, and its ratio says nothing about whether the big
+        // points fit.
+        let evidence = (expected / (FULL_EVIDENCE_SHARE * self.config.slo_ms)).min(1.0);
+        let alpha = self.config.ewma_alpha * evidence;
         let prior = self.slowdown();
         let learned = if self.conditions.fewer_threads() {
             self.fewer_threads_slowdown.get_or_insert(prior)
@@ -725,6 +737,37 @@ mod tests {
         assert!((c.state().slowdown - 1.2).abs() < 1e-6);
         c.set_conditions(one_thread);
         assert!((c.state().slowdown - 1.5).abs() < 1e-6);
+    }
+
+    #[test]
+    fn the_cheapest_points_barely_move_the_learned_slowdown() {
+        let t0 = Instant::now();
+        let points = vec![
+            ProfiledPoint::new("bm25", 0.6, 0.1, 0.1),
+            ProfiledPoint::new("encoder", 0.7, 20.0, 22.0),
+        ];
+        let mut c = Controller::new(config(30.0), points, Planning::Median, t0).unwrap();
+        // bm25 answers 5x slower than profiled (0.5 ms: overheads, not load), 100 times.
+        for _ in 0..100 {
+            c.observe("bm25", 0.5);
+        }
+        // Its evidence is 0.1 / (0.25 x 30) = 1/75 of a full observation's: the slowdown
+        // moves from 1 towards 5 by 1 - (1 - 0.1/75)^100 = 12.5% of the way.
+        let expected = 1.0 + 4.0 * (1.0 - (1.0 - 0.1 / 75.0f64).powi(100));
+        assert!(
+            (c.state().slowdown - expected).abs() < 1e-9,
+            "{}",
+            c.state().slowdown
+        );
+        assert_eq!(
+            c.decide(&RequestPolicy::default(), t0).unwrap().point,
+            "encoder"
+        );
+        // The encoder itself 1.2x slower counts fully (20 ms >= a quarter of 30).
+        for _ in 0..200 {
+            c.observe("encoder", 24.0);
+        }
+        assert!((c.state().slowdown - 1.2).abs() < 1e-6);
     }
 
     #[test]

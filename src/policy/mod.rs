@@ -16,20 +16,9 @@ pub mod pareto;
 pub mod profile;
 pub mod threads;
 
-use serde::{Deserialize, Serialize};
-
 pub use self::controller::{
     Conditions, Controller, Decision, Planning, PolicyConfig, PolicyError, PolicyState, Reason,
     RequestPolicy,
 };
 pub use self::pareto::pareto_front;
 pub use self::profile::{ProfileCache, ProfileKey, ProfiledPoint, ServiceProfile};
-
-/// An operating point as a service declares it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct PointSpec {
-    pub name: String,
-    /// Measured offline on the shared benchmark; higher is better. Only comparable between
-    /// points of one service.
-    pub quality: f64,
-}

@@ -12,12 +12,14 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 /// The cache format; bumped when fields change meaning.
-pub const FORMAT: u32 = 2;
+pub const FORMAT: u32 = 3;
 
 /// What a profile's numbers depend on.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProfileKey {
     pub edgerun_version: String,
+    /// How the binary was built: `release` or `debug`, and its optional features.
+    pub build: String,
     pub arch: String,
     pub cpu: String,
     pub logical_cores: usize,
@@ -87,7 +89,7 @@ pub struct ProfileCache {
 
 #[derive(Debug, thiserror::Error)]
 pub enum ProfileError {
-    #[error("no profile at {path} (run `edgerun profile` on this device)")]
+    #[error("no profile at {path} yet")]
     Missing { path: PathBuf },
     #[error("cannot read the profile {path}: {source}")]
     Io {
@@ -99,7 +101,7 @@ pub enum ProfileError {
         path: PathBuf,
         source: serde_json::Error,
     },
-    #[error("the profile {path} was measured {what}; run `edgerun profile` again")]
+    #[error("the profile {path} was measured {what}")]
     Stale { path: PathBuf, what: String },
 }
 
@@ -180,6 +182,22 @@ impl ProfileCache {
     }
 }
 
+/// Stores `service`'s profile in the cache at `path`, keeping the other services' where
+/// they were measured with the same `key` (and dropping them where not).
+pub fn store(
+    path: &Path,
+    key: &ProfileKey,
+    service: &str,
+    profile: ServiceProfile,
+) -> Result<(), ProfileError> {
+    let mut cache = match ProfileCache::load(path) {
+        Ok(cache) if &cache.key == key && cache.format == FORMAT => cache,
+        _ => ProfileCache::new(key.clone()),
+    };
+    cache.services.insert(service.to_string(), profile);
+    cache.save(path)
+}
+
 /// The profile cache's default path.
 pub fn default_path() -> PathBuf {
     crate::cache::dir().join("profile.json")
@@ -192,6 +210,7 @@ mod tests {
     fn key() -> ProfileKey {
         ProfileKey {
             edgerun_version: "0.1.0".into(),
+            build: "release".into(),
             arch: "aarch64".into(),
             cpu: "Cortex-A76".into(),
             logical_cores: 4,
@@ -245,7 +264,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("profile.json");
         let err = ProfileCache::load(&path).unwrap_err();
-        assert!(err.to_string().contains("run `edgerun profile`"), "{err}");
+        assert!(err.to_string().contains("no profile at"), "{err}");
         std::fs::write(&path, "{\"format\": 1}").unwrap();
         let err = ProfileCache::load(&path).unwrap_err();
         assert!(matches!(err, ProfileError::Parse { .. }), "{err}");

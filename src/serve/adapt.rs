@@ -1,15 +1,18 @@
 //! Per-service adaptation inside the server: asks the service's controller for a point
 //! before each request, with the device's latest telemetry, and tells it how long the
-//! request took. A service without a controller (not elastic, or not profiled on this
-//! device) serves its default point, and says why in its status.
+//! request took. A service without a controller yet (its points are being measured on
+//! this device) or without one at all (not elastic, or adaptation turned off) serves its
+//! default point, and says why in its status.
 //!
 //! Choosing is [`crate::policy`]'s job and reading the device is [`crate::telemetry`]'s;
 //! this module only connects them to the worker threads.
 
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Instant;
 
 use serde_json::{Value, json};
 
+use super::learn::Learning;
 use crate::engine;
 use crate::mqtt::envelope::Steering;
 use crate::policy::threads::single_threaded_under_load;
@@ -21,14 +24,27 @@ use crate::telemetry::{Cpu, Monitor};
 pub enum PointChoice {
     /// By a controller over the points profiled on this device.
     Adaptive(Box<Controller>),
+    /// The default point until the points have been measured in the background, then by
+    /// a controller over those measurements.
+    Learn(Box<Learning>),
     /// Always the service's default (or a request's pin), for the reason given.
     Fixed { why: String },
 }
 
+/// What a lane chooses with now.
+enum Chooser {
+    Controller(Box<Controller>),
+    /// The default point, for this reason; `slo_ms` still dates requests, so a service
+    /// that meets deadlines does while its points are measured.
+    Default {
+        why: String,
+        slo_ms: Option<f64>,
+    },
+}
+
 /// One service's adaptation, shared by its workers.
 pub struct LanePolicy {
-    controller: Option<Mutex<Controller>>,
-    why_fixed: Option<String>,
+    chooser: Mutex<Chooser>,
     monitor: Arc<Monitor>,
     threads: ThreadUse,
     /// Requests this service runs at once.
@@ -36,23 +52,62 @@ pub struct LanePolicy {
 }
 
 impl LanePolicy {
+    /// A lane's policy; a `Learn` choice starts at the default point (its measuring is
+    /// started by the server, which then calls [`LanePolicy::install`]).
     pub fn new(
-        choice: PointChoice,
+        choice: &PointChoice,
         monitor: Arc<Monitor>,
         threads: ThreadUse,
         workers: usize,
     ) -> LanePolicy {
-        let (controller, why_fixed) = match choice {
-            PointChoice::Adaptive(controller) => (Some(Mutex::new(*controller)), None),
-            PointChoice::Fixed { why } => (None, Some(why)),
+        let chooser = match choice {
+            PointChoice::Adaptive(controller) => Chooser::Controller(controller.clone()),
+            PointChoice::Learn(learning) => Chooser::Default {
+                why: learning.why_measuring(),
+                slo_ms: Some(learning.policy.slo_ms),
+            },
+            PointChoice::Fixed { why } => Chooser::Default {
+                why: why.clone(),
+                slo_ms: None,
+            },
         };
         LanePolicy {
-            controller,
-            why_fixed,
+            chooser: Mutex::new(chooser),
             monitor,
             threads,
             workers,
         }
+    }
+
+    /// The chooser, whatever a panic elsewhere left behind: every change to it is one
+    /// assignment, so a poisoned lock still guards a whole value.
+    fn chooser(&self) -> MutexGuard<'_, Chooser> {
+        self.chooser.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// From now on, choose with `controller` (its points were just measured).
+    pub fn install(&self, controller: Controller) {
+        *self.chooser() = Chooser::Controller(Box::new(controller));
+    }
+
+    /// Keep serving the default point, for this reason (measuring failed, say).
+    pub fn stay_fixed(&self, why: String) {
+        let mut chooser = self.chooser();
+        let slo_ms = match &*chooser {
+            Chooser::Default { slo_ms, .. } => *slo_ms,
+            Chooser::Controller(c) => Some(c.config().slo_ms),
+        };
+        *chooser = Chooser::Default { why, slo_ms };
+    }
+
+    /// The engine threads model runs use now.
+    pub fn threads_now(&self) -> usize {
+        self.threads.now()
+    }
+
+    /// Whether a controller chooses the points now.
+    pub fn is_adaptive(&self) -> bool {
+        matches!(*self.chooser(), Chooser::Controller(_))
     }
 
     /// The point for a request that waited `waited_ms` in the queue; `None` means the
@@ -64,12 +119,12 @@ impl LanePolicy {
     ) -> Result<Option<Decision>, ServiceError> {
         let snapshot = self.monitor.latest();
         let threads = self.threads.follow(&snapshot.cpu);
-        let Some(controller) = &self.controller else {
+        let mut chooser = self.chooser();
+        let Chooser::Controller(controller) = &mut *chooser else {
             return Ok(None);
         };
         let conditions =
             Conditions::from_snapshot(&snapshot, threads, self.threads.configured, self.workers);
-        let mut controller = controller.lock().expect("controller lock poisoned");
         controller.set_conditions(conditions);
         let request = RequestPolicy {
             pin: steering.point.as_deref(),
@@ -77,43 +132,43 @@ impl LanePolicy {
             waited_ms,
         };
         controller
-            .decide(&request, std::time::Instant::now())
+            .decide(&request, Instant::now())
             .map(Some)
             .map_err(|e| ServiceError::new("bad_request", e))
     }
 
     /// In how many milliseconds from its arrival a request is due: its own deadline, else
-    /// the controller's SLO; `None` for a service without a controller and a request
-    /// without a deadline.
+    /// the service's SLO; `None` for a service without a target and a request without a
+    /// deadline.
     pub fn due_in_ms(&self, steering: &Steering) -> Option<f64> {
-        steering.deadline_ms.or_else(|| {
-            self.controller
-                .as_ref()
-                .map(|c| c.lock().expect("controller lock poisoned").config().slo_ms)
+        steering.deadline_ms.or_else(|| match &*self.chooser() {
+            Chooser::Controller(c) => Some(c.config().slo_ms),
+            Chooser::Default { slo_ms, .. } => *slo_ms,
         })
     }
 
     /// Teaches the controller how long `point` took in the service.
     pub fn observe(&self, point: &str, service_ms: f64) {
-        if let Some(controller) = &self.controller {
-            controller
-                .lock()
-                .expect("controller lock poisoned")
-                .observe(point, service_ms);
+        if let Chooser::Controller(controller) = &mut *self.chooser() {
+            controller.observe(point, service_ms);
         }
     }
 
     /// For telemetry and status: the controller's state, or why there is none.
     pub fn state(&self) -> Value {
-        match (&self.controller, &self.why_fixed) {
-            (Some(controller), _) => {
-                let state = controller.lock().expect("controller lock poisoned").state();
-                let mut value = json!(state);
+        match &*self.chooser() {
+            Chooser::Controller(controller) => {
+                let mut value = json!(controller.state());
                 value["adaptive"] = json!(true);
                 value["threads"] = json!(self.threads.now());
                 value
             }
-            (None, why) => json!({"adaptive": false, "why": why, "threads": self.threads.now()}),
+            Chooser::Default { why, slo_ms } => json!({
+                "adaptive": false,
+                "why": why,
+                "slo_ms": slo_ms,
+                "threads": self.threads.now(),
+            }),
         }
     }
 }

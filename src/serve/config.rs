@@ -35,10 +35,61 @@ pub struct ServeConfig {
     pub engine: EngineConfig,
     /// Where telemetry reads `/proc` and `/sys` (another root replays a captured tree).
     pub telemetry_root: PathBuf,
-    /// The profile cache `edgerun profile` wrote (default: the cache folder's profile.json).
+    /// The profile cache: where `serve` keeps what it measured of each service's points,
+    /// and `edgerun profile` writes (default: the cache folder's profile.json).
     pub profile: Option<PathBuf>,
-    /// Latency targets per service: a service listed here is adaptive once profiled.
-    pub policy: BTreeMap<String, PolicyConfig>,
+    /// How each service adapts (every elastic service does unless told otherwise; the
+    /// latency target defaults to its manifest's).
+    pub policy: BTreeMap<String, AdaptSettings>,
+    /// Passes over the sample requests per point when `serve` measures the points itself
+    /// (after a warm-up pass).
+    pub profile_rounds: usize,
+}
+
+/// A service's adaptation as configured; what is left out takes the service manifest's
+/// target and the controller's defaults ([`PolicyConfig`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default, deny_unknown_fields)]
+pub struct AdaptSettings {
+    /// `false` serves the default point (or a request's pin) always.
+    pub adaptive: bool,
+    /// Latency target per request (queue wait included), in milliseconds.
+    pub slo_ms: Option<f64>,
+    /// Points of lower quality are never chosen.
+    pub min_quality: Option<f64>,
+    /// Seconds a better point must fit before stepping up.
+    pub up_window_s: Option<f64>,
+    /// Stepping up needs the better point predicted within this share of the budget.
+    pub headroom: Option<f64>,
+    /// Weight of the newest observation in the slowdown average.
+    pub ewma_alpha: Option<f64>,
+}
+
+impl Default for AdaptSettings {
+    fn default() -> Self {
+        AdaptSettings {
+            adaptive: true,
+            slo_ms: None,
+            min_quality: None,
+            up_window_s: None,
+            headroom: None,
+            ewma_alpha: None,
+        }
+    }
+}
+
+impl AdaptSettings {
+    /// The controller's settings, with `manifest_slo_ms` where no target is configured.
+    pub fn resolve(&self, manifest_slo_ms: f64) -> PolicyConfig {
+        let defaults = PolicyConfig::default();
+        PolicyConfig {
+            slo_ms: self.slo_ms.unwrap_or(manifest_slo_ms),
+            min_quality: self.min_quality,
+            up_window_s: self.up_window_s.unwrap_or(defaults.up_window_s),
+            headroom: self.headroom.unwrap_or(defaults.headroom),
+            ewma_alpha: self.ewma_alpha.unwrap_or(defaults.ewma_alpha),
+        }
+    }
 }
 
 /// The largest payload limit: MQTT packets carry at most 256 MB, and the client accepts
@@ -56,6 +107,10 @@ pub struct ServiceConfig {
     /// `legal` only: the statute text to serve (default: the COLIEE Civil Code under the
     /// data folder, `EDGERUN_DATA`).
     pub corpus: Option<PathBuf>,
+    /// `ocr` only: decode printable ASCII only.
+    pub ascii: bool,
+    /// `ocr` only: crops per recognizer run.
+    pub batch: usize,
 }
 
 impl Default for ServiceConfig {
@@ -64,6 +119,8 @@ impl Default for ServiceConfig {
             queue: 16,
             workers: 1,
             corpus: None,
+            ascii: false,
+            batch: 1,
         }
     }
 }
@@ -100,6 +157,7 @@ impl Default for ServeConfig {
             telemetry_root: PathBuf::from("/"),
             profile: None,
             policy: BTreeMap::new(),
+            profile_rounds: 2,
         }
     }
 }
@@ -189,14 +247,28 @@ impl ServeConfig {
                     "service {name}: queue and workers must be at least 1"
                 ));
             }
+            if service.corpus.is_some() && name != "legal" {
+                return invalid(format!("service {name}: corpus is a legal setting"));
+            }
+            if (service.ascii || service.batch != 1) && name != "ocr" {
+                return invalid(format!("service {name}: ascii and batch are ocr settings"));
+            }
+            if service.batch == 0 {
+                return invalid(format!("service {name}: batch must be at least 1"));
+            }
         }
         for (name, policy) in &self.policy {
             if !self.services.contains_key(name) {
                 return invalid(format!("policy for {name:?}, which is not served"));
             }
+            // Any positive stand-in for a target left to the manifest.
             policy
+                .resolve(1.0)
                 .validate()
                 .map_err(|e| ConfigError::Invalid(format!("policy.{name}: {e}")))?;
+        }
+        if self.profile_rounds == 0 {
+            return invalid("profile_rounds must be at least 1".into());
         }
         if !(0.01..=86_400.0).contains(&self.telemetry_interval_s) {
             return invalid("telemetry_interval_s must lie in 0.01..=86400".into());
@@ -265,12 +337,19 @@ workers = 2
         assert!(c.engine.ort.tensorrt_fp16);
         assert_eq!(c.engine.backend_for("ocr/rec_small.onnx"), Backend::Auto);
         assert_eq!(c.engine.backend_for("ocr/det_tiny.onnx"), Backend::Ort);
-        let ocr = &c.policy["ocr"];
+        let ocr = c.policy["ocr"].resolve(500.0);
         assert_eq!(
             (ocr.slo_ms, ocr.min_quality, ocr.up_window_s),
             (250.0, Some(0.3), 5.0)
         );
         assert_eq!(ocr.headroom, 0.9, "defaults fill the rest");
+        let legal = c.policy["legal"].resolve(30.0);
+        assert_eq!(
+            (legal.slo_ms, legal.min_quality),
+            (30.0, Some(0.62)),
+            "the manifest's"
+        );
+        assert!(c.policy["legal"].adaptive);
         assert_eq!(c.telemetry_root, PathBuf::from("/"));
         let bad = "[engine]\nbackend = \"gpu\"\n";
         let err = toml::from_str::<ServeConfig>(bad).unwrap_err().to_string();

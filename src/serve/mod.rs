@@ -11,6 +11,7 @@
 
 pub mod adapt;
 pub mod config;
+pub mod learn;
 mod stats;
 
 use std::collections::BTreeMap;
@@ -31,9 +32,11 @@ use self::adapt::LanePolicy;
 pub use self::adapt::PointChoice;
 pub use self::adapt::ThreadUse;
 pub use self::config::{ServeConfig, ServiceConfig};
+use self::learn::LearnJob;
 use self::stats::ServiceStats;
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{EmbeddedBroker, Topics};
+use crate::profiler::Activity;
 use crate::services::{Output, Service, ServiceError, Serving};
 use crate::telemetry::{Monitor, Sampler};
 
@@ -105,7 +108,8 @@ impl ServerHandle {
 
 /// Starts serving `services` as configured, on a thread of its own; returns once the
 /// embedded broker (if any) listens and the client is started. `choices` says how each
-/// service's operating point is chosen (missing: its default, fixed).
+/// service's operating point is chosen (missing: its default, fixed); services that learn
+/// theirs are measured in the background, one after another.
 pub fn start(
     config: ServeConfig,
     services: Vec<Arc<dyn Service>>,
@@ -161,30 +165,51 @@ async fn serve(
         Sampler::new(&config.telemetry_root),
         SAMPLE_INTERVAL,
     ));
+    let activity = Arc::new(Activity::default());
+    let mut learn_jobs = Vec::new();
     let lanes: BTreeMap<String, Lane> = services
         .into_iter()
         .filter_map(|service| {
             let name = service.name().to_string();
             let settings = config.services.get(&name)?.clone();
             let choice = choices.remove(&name).unwrap_or_else(|| PointChoice::Fixed {
-                why: "no controller configured".into(),
+                why: match service.points() {
+                    Some(_) => "no controller configured".into(),
+                    None => "not adaptive: no operating points".into(),
+                },
             });
             let threads = ThreadUse {
                 configured: config.engine.threads,
                 adapt: config.engine.adapts_threads(),
             };
             let policy = Arc::new(LanePolicy::new(
-                choice,
+                &choice,
                 monitor.clone(),
                 threads,
                 settings.workers,
             ));
-            Some((
-                name,
-                start_lane(service, &settings, policy, answers_tx.clone()),
-            ))
+            if let PointChoice::Learn(learning) = choice {
+                learn_jobs.push(LearnJob {
+                    service: service.clone(),
+                    policy: policy.clone(),
+                    learning,
+                });
+            }
+            let lane = start_lane(
+                service,
+                &settings,
+                policy,
+                activity.clone(),
+                answers_tx.clone(),
+            );
+            Some((name, lane))
         })
         .collect();
+    let status_changed = Arc::new(tokio::sync::Notify::new());
+    if !learn_jobs.is_empty() {
+        let notify = status_changed.clone();
+        learn::spawn(learn_jobs, activity.clone(), move || notify.notify_one());
+    }
     let (client, eventloop) = connect(&config, &topics, &host, port);
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<Incoming>();
     // The connection is driven by a task of its own, so that publishing (which waits for
@@ -224,6 +249,7 @@ async fn serve(
                 Incoming::Publish(publish) => server.dispatch(*publish).await,
             },
             _ = &mut ready_by, if ready.is_some() => say_ready(&mut ready),
+            _ = status_changed.notified() => publish_status(&client, &topics, &lanes, true).await,
             Some(answer) = answers.recv() => server.answer_from_worker(answer).await,
             _ = telemetry.tick() => {
                 // Dropped rather than waited for while the broker is away.
@@ -235,7 +261,8 @@ async fn serve(
     }
     // Stop taking requests, answer what is already queued (for a while), then go offline.
     // Whatever is still unanswered stays unacknowledged and is redelivered to this device's
-    // session when it returns.
+    // session when it returns. Measuring in the background stops at its next sample.
+    activity.stop();
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
         unsubscribe(&client, &topics, &lanes),
@@ -559,22 +586,30 @@ fn start_lane(
     service: Arc<dyn Service>,
     settings: &ServiceConfig,
     policy: Arc<LanePolicy>,
+    activity: Arc<Activity>,
     answers: mpsc::UnboundedSender<Answer>,
 ) -> Lane {
     let (queue, jobs) = sync_channel::<Job>(settings.queue);
     let jobs = Arc::new(Mutex::new(jobs));
     let stats = Arc::new(ServiceStats::default());
     for index in 0..settings.workers {
-        let (service, jobs, stats, policy, answers) = (
+        let (service, jobs, stats, policy, activity, answers) = (
             service.clone(),
             jobs.clone(),
             stats.clone(),
             policy.clone(),
+            activity.clone(),
             answers.clone(),
         );
+        let worker = Worker {
+            service,
+            policy,
+            activity,
+            stats,
+        };
         std::thread::Builder::new()
-            .name(format!("{}-worker-{index}", service.name()))
-            .spawn(move || work(service.as_ref(), &policy, &jobs, &stats, &answers))
+            .name(format!("{}-worker-{index}", worker.service.name()))
+            .spawn(move || worker.work(&jobs, &answers))
             .expect("spawning a worker thread");
     }
     Lane {
@@ -585,109 +620,132 @@ fn start_lane(
     }
 }
 
-/// A worker: takes jobs until the queue closes, answers each one exactly once.
-fn work(
-    service: &dyn Service,
-    policy: &LanePolicy,
-    jobs: &Mutex<Receiver<Job>>,
-    stats: &ServiceStats,
-    answers: &mpsc::UnboundedSender<Answer>,
-) {
-    loop {
-        let job = match jobs.lock().expect("queue lock poisoned").recv() {
-            Ok(job) => job,
-            Err(_) => return,
-        };
-        stats.queued.fetch_sub(1, Ordering::Relaxed);
-        let Job {
-            request,
-            publish,
-            connection,
-        } = job;
-        let body = if request.is_expired(Instant::now()) {
-            stats.expired.fetch_add(1, Ordering::Relaxed);
-            error_body(&ServiceError::new(
-                "expired",
-                "the request's message expiry passed while it waited",
-            ))
-        } else {
-            let result = serve_one(service, policy, &request);
-            stats.record_latency(request.received_at.elapsed().as_secs_f64() * 1e3);
-            match result {
-                Ok(body) => body,
-                Err(error) => {
-                    stats.errors.fetch_add(1, Ordering::Relaxed);
-                    error_body(&error)
+/// What a worker thread serves with.
+struct Worker {
+    service: Arc<dyn Service>,
+    policy: Arc<LanePolicy>,
+    /// Where serving is marked, so that background measurements can tell they overlapped.
+    activity: Arc<Activity>,
+    stats: Arc<ServiceStats>,
+}
+
+impl Worker {
+    /// Takes jobs until the queue closes, answers each one exactly once.
+    fn work(&self, jobs: &Mutex<Receiver<Job>>, answers: &mpsc::UnboundedSender<Answer>) {
+        let stats = &self.stats;
+        loop {
+            let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
+                Ok(job) => job,
+                Err(_) => return,
+            };
+            stats.queued.fetch_sub(1, Ordering::Relaxed);
+            let Job {
+                request,
+                publish,
+                connection,
+            } = job;
+            let body = if request.is_expired(Instant::now()) {
+                stats.expired.fetch_add(1, Ordering::Relaxed);
+                error_body(&ServiceError::new(
+                    "expired",
+                    "the request's message expiry passed while it waited",
+                ))
+            } else {
+                let result = {
+                    let _serving = self.activity.serving();
+                    self.serve_one(&request)
+                };
+                stats.record_latency(request.received_at.elapsed().as_secs_f64() * 1e3);
+                match result {
+                    Ok(body) => body,
+                    Err(error) => {
+                        stats.errors.fetch_add(1, Ordering::Relaxed);
+                        error_body(&error)
+                    }
                 }
-            }
-        };
-        if answers
-            .send(Answer {
+            };
+            let answer = Answer {
                 request,
                 publish,
                 connection,
                 body,
-            })
-            .is_err()
-        {
-            return; // the server is shutting down; unacknowledged requests are redelivered
+            };
+            if answers.send(answer).is_err() {
+                return; // the server is shutting down; unacknowledged requests are redelivered
+            }
         }
     }
 }
 
-/// Serves one request at the point its controller (or its pin) chooses, and teaches the
-/// controller how long it took. The answer says which point served it and why. Unless
-/// pinned, the request is due at its deadline or the SLO (counted from its arrival), and a
-/// service that can step down mid-request to meet it does.
-fn serve_one(
-    service: &dyn Service,
-    policy: &LanePolicy,
-    request: &Request,
-) -> Result<Output, ServiceError> {
-    let steering = request
-        .steering
-        .as_ref()
-        .map_err(|message| ServiceError::new("bad_request", message))?;
-    let waited_ms = request.received_at.elapsed().as_secs_f64() * 1e3;
-    let decision = policy.decide(steering, waited_ms)?;
-    let point = decision
-        .as_ref()
-        .map(|d| d.point.as_str())
-        .or(steering.point.as_deref());
-    let deadline = match steering.point {
-        Some(_) => None,
-        None => policy
-            .due_in_ms(steering)
-            .and_then(|ms| Duration::try_from_secs_f64(ms.max(0.0) / 1e3).ok())
-            .and_then(|due| request.received_at.checked_add(due)),
-    };
-    let started = Instant::now();
-    let mut output = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-        let serving = Serving { point, deadline };
-        service.handle_output(request.content_type.as_deref(), &request.body, serving)
-    }))
-    .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")))?;
-    let json = output.json_mut();
-    if decision.is_none() && steering.deadline_ms.is_some() {
-        // Not adaptive: say so, rather than let the client believe its deadline was planned for.
-        json["policy"] = policy.state();
-    }
-    if let Some(decision) = decision {
-        // A request that overrode the point's knobs ran something else: nothing to learn.
-        // One that stepped down to meet its deadline did exactly the work of the point it
-        // names, so it teaches the controller about that point: counted against the
-        // decided point, its shorter run would read as the device getting faster.
-        let ran = |field: &str| json.get(field).and_then(Value::as_str);
-        if [ran("point"), ran("stepped_down_from")].contains(&Some(decision.point.as_str()))
-            && let Some(served) = ran("point")
-        {
-            policy.observe(served, started.elapsed().as_secs_f64() * 1e3);
+impl Worker {
+    /// Serves one request at the point its controller (or its pin) chooses, and teaches the
+    /// controller how long it took. The answer says which point served it and why. Unless
+    /// pinned, the request is due at its deadline or the SLO (counted from its arrival), and
+    /// a service that can step down mid-request to meet it does.
+    fn serve_one(&self, request: &Request) -> Result<Output, ServiceError> {
+        let (service, policy) = (self.service.as_ref(), self.policy.as_ref());
+        let steering = request
+            .steering
+            .as_ref()
+            .map_err(|message| ServiceError::new("bad_request", message))?;
+        let waited_ms = request.received_at.elapsed().as_secs_f64() * 1e3;
+        let deciding = Instant::now();
+        let decision = policy.decide(steering, waited_ms)?;
+        let mut decision_time = deciding.elapsed();
+        let point = decision
+            .as_ref()
+            .map(|d| d.point.as_str())
+            .or(steering.point.as_deref());
+        let deadline = match steering.point {
+            Some(_) => None,
+            None => policy
+                .due_in_ms(steering)
+                .and_then(|ms| Duration::try_from_secs_f64(ms.max(0.0) / 1e3).ok())
+                .and_then(|due| request.received_at.checked_add(due)),
+        };
+        let started = Instant::now();
+        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            let serving = Serving { point, deadline };
+            service.answer(request.content_type.as_deref(), &request.body, serving)
+        }))
+        .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")))?;
+        let service_ms = started.elapsed().as_secs_f64() * 1e3;
+        if let Some(decision) = &decision {
+            // A request that overrode the point's knobs ran something else: nothing to
+            // learn. One that stepped down to meet its deadline and did exactly the work of
+            // the point it names teaches the controller about that point: counted against
+            // the decided point, its shorter run would read as the device getting faster.
+            // One that also abandoned work of the decided point teaches nothing.
+            let served = &handled.served;
+            let decided = Some(decision.point.as_str());
+            let served_as_decided = served.point.as_deref() == decided;
+            let stepped_cleanly =
+                served.stepped_down_from.as_deref() == decided && !served.abandoned_work;
+            if (served_as_decided || stepped_cleanly)
+                && let Some(point) = &served.point
+            {
+                let observing = Instant::now();
+                policy.observe(point, service_ms);
+                decision_time += observing.elapsed();
+            }
+            self.stats
+                .record_decision(decision_time.as_secs_f64() * 1e6);
         }
-        json["policy"] = json!({
-            "reason": decision.reason,
-            "predicted_ms": decision.predicted_ms,
-            "waited_ms": waited_ms,
-        });
+        let mut output = handled.into_output();
+        let json = output.json_mut();
+        if decision.is_none() && steering.deadline_ms.is_some() {
+            // Not adaptive: say so, rather than let the client believe its deadline was
+            // planned for.
+            json["policy"] = policy.state();
+        }
+        if let Some(decision) = decision {
+            json["policy"] = json!({
+                "reason": decision.reason,
+                "predicted_ms": decision.predicted_ms,
+                "waited_ms": waited_ms,
+                "threads": policy.threads_now(),
+            });
+        }
+        Ok(output)
     }
-    Ok(output)
 }

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use heapless::HistoryBuf;
 use serde_json::{Value, json};
 
-use crate::latency::LatencyStats;
+use crate::latency::{LatencyStats, percentile};
 
 /// How many recent latencies the percentiles are computed over.
 const WINDOW: usize = 512;
@@ -22,26 +22,28 @@ pub struct ServiceStats {
     pub expired: AtomicU64,
     pub queued: AtomicUsize,
     latencies_ms: Mutex<HistoryBuf<f64, WINDOW>>,
+    /// What choosing the point cost per request (decide, then observe), in microseconds.
+    decisions_us: Mutex<HistoryBuf<f64, WINDOW>>,
 }
 
 impl ServiceStats {
     pub fn record_latency(&self, ms: f64) {
-        self.latencies_ms
-            .lock()
-            .expect("stats lock poisoned")
-            .write(ms);
+        lock(&self.latencies_ms).write(ms);
+    }
+
+    pub fn record_decision(&self, us: f64) {
+        lock(&self.decisions_us).write(us);
     }
 
     /// Telemetry for this service: counts, queue depth, latency p50/p95 over recent requests.
     pub fn snapshot(&self) -> Value {
-        let recent: Vec<f64> = self
-            .latencies_ms
-            .lock()
-            .expect("stats lock poisoned")
-            .oldest_ordered()
-            .copied()
-            .collect();
+        let recent: Vec<f64> = lock(&self.latencies_ms).oldest_ordered().copied().collect();
         let latency = LatencyStats::of(&recent);
+        let mut decisions: Vec<f64> = lock(&self.decisions_us).oldest_ordered().copied().collect();
+        decisions.sort_by(f64::total_cmp);
+        let decision_us = decisions.last().map(|&max| {
+            json!({"p50": percentile(&decisions, 50.0), "p99": percentile(&decisions, 99.0), "max": max})
+        });
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
         json!({
             "requests": load(&self.requests),
@@ -51,8 +53,15 @@ impl ServiceStats {
             "expired": load(&self.expired),
             "queue_depth": self.queued.load(Ordering::Relaxed),
             "latency_ms": {"p50": latency.median_ms, "p95": latency.p95_ms, "window": latency.count},
+            "decision_us": decision_us,
         })
     }
+}
+
+/// A history, whatever a panic elsewhere left behind: a write is one slot, so a poisoned
+/// lock still guards whole values.
+fn lock<T>(history: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    history.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]
@@ -72,5 +81,12 @@ mod tests {
         assert_eq!(s["busy"], 1);
         assert_eq!(s["latency_ms"]["p50"], 20.0);
         assert_eq!(s["latency_ms"]["window"], 3);
+        assert_eq!(s["decision_us"], Value::Null, "no decisions yet");
+        for us in [3.0, 1.0, 2.0] {
+            stats.record_decision(us);
+        }
+        let s = stats.snapshot();
+        assert_eq!(s["decision_us"]["p50"], 2.0);
+        assert_eq!(s["decision_us"]["max"], 3.0);
     }
 }

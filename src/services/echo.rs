@@ -4,7 +4,7 @@
 
 use serde_json::{Value, json};
 
-use super::{Payload, Service, ServiceError, Serving};
+use super::{Handled, Output, Payload, Served, Service, ServiceError, Serving};
 
 pub struct EchoService;
 
@@ -13,18 +13,22 @@ impl Service for EchoService {
         "echo"
     }
 
-    fn handle(
+    fn answer(
         &self,
         content_type: Option<&str>,
         payload: &Payload,
         serving: Serving<'_>,
-    ) -> Result<Value, ServiceError> {
+    ) -> Result<Handled, ServiceError> {
         if let Some(point) = serving.point {
             return Err(ServiceError::unknown_point(point, &[]));
         }
-        Ok(match payload {
+        let body = match payload {
             Payload::Json(value) => json!({"echo": value}),
             Payload::Raw(bytes) => json!({"bytes": bytes.len(), "content_type": content_type}),
+        };
+        Ok(Handled {
+            output: Output::Json(body),
+            served: Served::default(),
         })
     }
 

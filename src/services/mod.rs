@@ -1,6 +1,7 @@
 //! What a device serves. Each service turns a decoded request into a result with the
 //! engines it loaded; none of them knows how requests arrive (CLI, MQTT) or are queued.
 
+pub mod deadline;
 pub mod echo;
 pub mod generate;
 pub mod legal;
@@ -12,7 +13,7 @@ use base64::Engine as _;
 use bytes::Bytes;
 use serde_json::Value;
 
-use crate::policy::PointSpec;
+use crate::models::PointSet;
 
 /// A request's payload, independent of the transport that carried it.
 #[derive(Debug, Clone)]
@@ -151,32 +152,96 @@ impl<'a> Serving<'a> {
     }
 }
 
+/// The operating point a request was served at, as the service reports it.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Served {
+    /// The declared point whose work the answer is; `custom` where the request's own knobs
+    /// made it none; `None` for a service without points.
+    pub point: Option<String>,
+    /// The point decided for the request, where the service stepped down from it to meet
+    /// the deadline.
+    pub stepped_down_from: Option<String>,
+    /// Whether, before stepping down, the request ran work of the decided point that the
+    /// served one does not include (encoder blocks before falling back to BM25, say): its
+    /// time is then not what the served point costs.
+    pub abandoned_work: bool,
+}
+
+impl Served {
+    /// Served at `point`, as asked.
+    pub fn at(point: &str) -> Served {
+        Served {
+            point: Some(point.to_string()),
+            ..Served::default()
+        }
+    }
+
+    /// Served at `served`, decided at `decided`: a step down where the two differ, whose
+    /// work was the served point's alone.
+    pub fn stepped(served: &str, decided: &str) -> Served {
+        Served {
+            point: Some(served.to_string()),
+            stepped_down_from: (served != decided).then(|| decided.to_string()),
+            abandoned_work: false,
+        }
+    }
+}
+
+/// A service's answer to one request: what goes back to the client, and which point it
+/// was computed at.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Handled {
+    pub output: Output,
+    pub served: Served,
+}
+
+impl Handled {
+    /// The output, its JSON part naming the point (`"point"`) and, after a step down, the
+    /// point decided (`"stepped_down_from"`).
+    pub fn into_output(mut self) -> Output {
+        if let Value::Object(map) = self.output.json_mut() {
+            // `abandoned_work` is for the server's learning, not the client.
+            if let Some(point) = self.served.point {
+                map.insert("point".into(), point.into());
+            }
+            if let Some(from) = self.served.stepped_down_from {
+                map.insert("stepped_down_from".into(), from.into());
+            }
+        }
+        self.output
+    }
+
+    /// The whole answer as one JSON document ([`Output::into_json`]).
+    pub fn into_json(self) -> Value {
+        self.into_output().into_json()
+    }
+}
+
 /// A service a device can serve to remote clients.
 pub trait Service: Send + Sync {
     /// The name in topics and configs (`ocr`).
     fn name(&self) -> &'static str;
 
     /// Answers one request as `serving` asks; an unknown point is a `bad_request`. Runs on
-    /// a worker thread; may take as long as inference takes. The answer names the point it
-    /// was computed at (`"point"`) and, when it stepped down from the requested point to
-    /// meet the deadline, the requested one (`"stepped_down_from"`).
+    /// a worker thread; may take as long as inference takes. A service that produces
+    /// media (an image) answers with the bytes unless the request asked for JSON.
+    fn answer(
+        &self,
+        content_type: Option<&str>,
+        payload: &Payload,
+        serving: Serving<'_>,
+    ) -> Result<Handled, ServiceError>;
+
+    /// [`Service::answer`] as one JSON document (media in base64), for callers that are
+    /// not a transport.
     fn handle(
         &self,
         content_type: Option<&str>,
         payload: &Payload,
         serving: Serving<'_>,
-    ) -> Result<Value, ServiceError>;
-
-    /// Like [`Service::handle`], for a transport that can carry media: a service that
-    /// produces media (an image) answers with the bytes unless the request asked for JSON.
-    fn handle_output(
-        &self,
-        content_type: Option<&str>,
-        payload: &Payload,
-        serving: Serving<'_>,
-    ) -> Result<Output, ServiceError> {
-        self.handle(content_type, payload, serving)
-            .map(Output::Json)
+    ) -> Result<Value, ServiceError> {
+        self.answer(content_type, payload, serving)
+            .map(Handled::into_json)
     }
 
     /// Whether the service finishes requests by their deadline by stepping down to a
@@ -186,12 +251,12 @@ pub trait Service: Send + Sync {
         false
     }
 
-    /// The operating points the controller may choose among, with their offline quality.
-    /// Empty for a service that is not elastic.
-    fn points(&self) -> Vec<PointSpec> {
-        Vec::new()
+    /// The operating points declared in the service's manifest; `None` for a service that
+    /// is not elastic.
+    fn points(&self) -> Option<&PointSet> {
+        None
     }
 
-    /// What the service offers (its operating points), for the device's status.
+    /// What the service offers, for the device's status.
     fn describe(&self) -> Value;
 }

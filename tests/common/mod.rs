@@ -86,3 +86,43 @@ fn crc32(bytes: &[u8]) -> u32 {
     }
     !crc
 }
+
+/// A telemetry tree whose CPU clock cap the test sets, as the kernel shows a thermal or
+/// power cap: `sys/devices/system/cpu/cpu0/cpufreq` with a hardware maximum of 2 GHz and
+/// the scaling maximum the test writes. `serve` samples it like a device's `/sys`
+/// (`telemetry_root`); the controller reads a cap to half the clock as runs twice as slow.
+pub struct ScriptedClock {
+    dir: tempfile::TempDir,
+}
+
+impl ScriptedClock {
+    const MAX_KHZ: u64 = 2_000_000;
+
+    pub fn new() -> ScriptedClock {
+        let dir = tempfile::tempdir().unwrap();
+        let cpufreq = dir.path().join("sys/devices/system/cpu/cpu0/cpufreq");
+        std::fs::create_dir_all(&cpufreq).unwrap();
+        std::fs::write(
+            cpufreq.join("cpuinfo_max_freq"),
+            format!("{}\n", Self::MAX_KHZ),
+        )
+        .unwrap();
+        let clock = ScriptedClock { dir };
+        clock.cap(1.0);
+        clock
+    }
+
+    pub fn root(&self) -> &Path {
+        self.dir.path()
+    }
+
+    /// Caps the clock at `share` of its maximum (1: not capped).
+    pub fn cap(&self, share: f64) {
+        let khz = (Self::MAX_KHZ as f64 * share).round() as u64;
+        let cpufreq = self.dir.path().join("sys/devices/system/cpu/cpu0/cpufreq");
+        // Written aside and renamed, so the sampler never reads half a number.
+        let tmp = cpufreq.join("scaling_max_freq.tmp");
+        std::fs::write(&tmp, format!("{khz}\n")).unwrap();
+        std::fs::rename(&tmp, cpufreq.join("scaling_max_freq")).unwrap();
+    }
+}

@@ -51,7 +51,7 @@ pub fn config(device: &str, broker: Option<SocketAddr>, queue: usize) -> ServeCo
         ServiceConfig {
             queue,
             workers: 1,
-            corpus: None,
+            ..Default::default()
         },
     );
     config

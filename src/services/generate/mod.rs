@@ -31,8 +31,9 @@ use serde::{Deserialize, Serialize};
 use self::noise::{NOISE_NAME, Noise};
 pub use self::service::GenerateService;
 use crate::engine::{ElementType, Engine, Input, Model, Placement};
+use crate::models::PointSet;
 use crate::models::{ModelDir, ModelError};
-use crate::policy::PointSpec;
+use crate::services::deadline::{self, Meter, Rung};
 
 /// Prompts for benchmarks and profiles: characters the shipped generators draw (the
 /// manifest's alphabet is the authority).
@@ -134,8 +135,6 @@ pub struct GenerateSettings {
     pub output_range: [f32; 2],
     /// The noise stream ([`NOISE_NAME`]).
     pub noise: String,
-    /// The point a request gets when neither it nor a controller chooses.
-    pub default_point: String,
 }
 
 /// A generated image and how it was made.
@@ -143,7 +142,10 @@ pub struct GenerateSettings {
 pub struct Generated {
     pub image: RgbImage,
     pub prompt: String,
+    /// The point whose work the image is.
     pub point: String,
+    /// The point decided, where generation stopped early to meet the deadline.
+    pub stepped_down_from: Option<String>,
     pub seed: u64,
     pub evaluations: usize,
     pub total_ms: f64,
@@ -165,6 +167,9 @@ pub struct Generate {
     text_encoder: Arc<dyn Model>,
     generators: BTreeMap<String, Arc<dyn Model>>,
     points: Vec<GeneratePoint>,
+    point_set: PointSet,
+    /// Milliseconds per evaluation of each generator lately, for meeting deadlines.
+    meters: BTreeMap<String, Meter>,
 }
 
 impl Generate {
@@ -226,14 +231,20 @@ impl Generate {
                 guidance: knobs.guidance,
             });
         }
-        let generate = Generate {
+        let point_set = PointSet::from_manifest(manifest)?
+            .ok_or_else(|| GenerateError::Model("the manifest declares no points".into()))?;
+        let meters = generators
+            .keys()
+            .map(|g| (g.clone(), Meter::default()))
+            .collect();
+        Ok(Generate {
             settings,
             text_encoder,
             generators,
             points,
-        };
-        generate.point(Some(&generate.settings.default_point))?;
-        Ok(generate)
+            point_set,
+            meters,
+        })
     }
 
     pub fn settings(&self) -> &GenerateSettings {
@@ -244,27 +255,18 @@ impl Generate {
         &self.points
     }
 
-    /// The points the controller may choose among (those with a measured quality).
-    pub fn point_specs(&self) -> Vec<PointSpec> {
-        self.points
-            .iter()
-            .filter_map(|p| {
-                p.quality.map(|quality| PointSpec {
-                    name: p.name.clone(),
-                    quality,
-                })
-            })
-            .collect()
+    /// The manifest's declaration of the points (default point, target, qualities).
+    pub fn point_set(&self) -> &PointSet {
+        &self.point_set
     }
 
     /// The point named `name`, or the manifest's default when `None`.
     pub fn point(&self, name: Option<&str>) -> Result<&GeneratePoint, GenerateError> {
-        let name = name.unwrap_or(&self.settings.default_point);
+        let name = name.unwrap_or(&self.point_set.default_point);
         self.points.iter().find(|p| p.name == name).ok_or_else(|| {
-            let known: Vec<&str> = self.points.iter().map(|p| p.name.as_str()).collect();
             GenerateError::BadRequest(format!(
                 "unknown point {name:?} (known: {})",
-                known.join(", ")
+                self.point_set.names().join(", ")
             ))
         })
     }
@@ -369,22 +371,119 @@ impl Generate {
         point: Option<&str>,
         seed: u64,
     ) -> Result<Generated, GenerateError> {
+        self.generate_by(prompt, point, seed, None)
+    }
+
+    /// Like [`Generate::generate`], due by `deadline`: a few-step point whose next step
+    /// would run late stops after the steps it has taken, which is exactly the answer of
+    /// the declared point with those steps (`sid:4` stopped after two is `sid:2`: the same
+    /// generator, noise levels and noise stream); the answer names both points.
+    pub fn generate_by(
+        &self,
+        prompt: &str,
+        point: Option<&str>,
+        seed: u64,
+        deadline: Option<Instant>,
+    ) -> Result<Generated, GenerateError> {
         let started = Instant::now();
         let text = self.normalize_prompt(prompt)?;
-        let point = self.point(point)?;
-        let x = self.sample(&text, point, seed)?;
+        let decided = self.point(point)?;
+        let (served, x) = match decided.sampler {
+            Sampler::Renoise => self.renoise_by(&text, decided, seed, deadline)?,
+            Sampler::Euler => (decided, self.euler(&text, decided, seed)?),
+        };
         Ok(Generated {
             image: self.to_image(&x),
             prompt: text,
-            point: point.name.clone(),
+            point: served.name.clone(),
+            stepped_down_from: (served.name != decided.name).then(|| decided.name.clone()),
             seed,
-            evaluations: point.evaluations(),
+            evaluations: served.evaluations(),
             total_ms: started.elapsed().as_secs_f64() * 1e3,
         })
     }
 
-    /// The generator's raw output for a normalised prompt (values in `output_range`).
-    pub fn sample(
+    /// Re-noise sampling from `decided`, choosing before each step whether to go on
+    /// ([`deadline::finish_at`] over the re-noise points, whose steps are their generator
+    /// at their noise levels); the point whose steps it took, and the image.
+    fn renoise_by<'p>(
+        &'p self,
+        text: &str,
+        decided: &'p GeneratePoint,
+        seed: u64,
+        deadline: Option<Instant>,
+    ) -> Result<(&'p GeneratePoint, ArrayD<f32>), GenerateError> {
+        let stages: Vec<Vec<(&str, f32)>> = self
+            .points
+            .iter()
+            .map(|p| {
+                p.sigmas
+                    .iter()
+                    .map(|&s| (p.generator.as_str(), s))
+                    .collect()
+            })
+            .collect();
+        // Only re-noise points are steps of one another.
+        let rungs: Vec<Rung<'_, (&str, f32)>> = self
+            .points
+            .iter()
+            .zip(&stages)
+            .map(|(p, stages)| Rung {
+                quality: p.quality.filter(|_| p.sampler == Sampler::Renoise),
+                stages,
+            })
+            .collect();
+        let decided_index = self
+            .points
+            .iter()
+            .position(|p| std::ptr::eq(p, decided))
+            .expect("decided is one of the points");
+        let tokens = self.encode(text)?;
+        let mut noise = Noise::new(seed);
+        let (mut current, mut done) = (decided_index, 0);
+        let mut x: Option<ArrayD<f32>> = None;
+        // Every image teaches the meters, with a deadline or not.
+        loop {
+            let time_left_ms = deadline.map_or(f64::INFINITY, |deadline| {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    * 1e3
+            });
+            current =
+                deadline::finish_at(&rungs, decided_index, current, done, time_left_ms, |s| {
+                    self.meters.get(s.0)?.average()
+                });
+            let point = &self.points[current];
+            let Some(&sigma) = point.sigmas.get(done) else {
+                let x = x.expect("every re-noise point takes a step, and the first always runs");
+                return Ok((point, x));
+            };
+            let step = Instant::now();
+            let z = self.noise(&mut noise) * sigma;
+            let x_t = match x {
+                None => z,
+                Some(estimate) => estimate + z,
+            };
+            let model = self.generators[&point.generator].as_ref();
+            x = Some(self.denoise(model, &x_t, sigma, &tokens)?);
+            if let Some(meter) = self.meters.get(&point.generator) {
+                meter.record(step.elapsed().as_secs_f64() * 1e3);
+            }
+            done += 1;
+        }
+    }
+
+    /// The next image's worth of standard normal noise from `noise`.
+    fn noise(&self, noise: &mut Noise) -> ArrayD<f32> {
+        let shape = [1, 3, self.settings.height, self.settings.width];
+        let z = noise.take(shape.iter().product());
+        Array::from_shape_vec(IxDyn(&shape), z).expect("noise shape")
+    }
+
+    /// Euler steps of the teacher's ODE for a normalised prompt (values in
+    /// `output_range`), with classifier-free guidance where the point asks for it.
+    fn euler(
         &self,
         text: &str,
         point: &GeneratePoint,
@@ -392,49 +491,27 @@ impl Generate {
     ) -> Result<ArrayD<f32>, GenerateError> {
         let model = self.generators[&point.generator].as_ref();
         let tokens = self.encode(text)?;
-        let shape = [1, 3, self.settings.height, self.settings.width];
-        let size = shape.iter().product();
-        let mut noise = Noise::new(seed);
-        let mut draw = |scale: f32| {
-            let z = noise.take(size);
-            Array::from_shape_vec(IxDyn(&shape), z).expect("noise shape") * scale
+        let empty = if point.guidance == 1.0 {
+            None
+        } else {
+            Some(self.encode("")?)
         };
-        match point.sampler {
-            Sampler::Renoise => {
-                let mut x: Option<ArrayD<f32>> = None;
-                for &sigma in &point.sigmas {
-                    let x_t = match x {
-                        None => draw(sigma),
-                        Some(estimate) => estimate + draw(sigma),
-                    };
-                    x = Some(self.denoise(model, &x_t, sigma, &tokens)?);
-                }
-                Ok(x.expect("a renoise point has at least one sigma"))
+        let mut x = self.noise(&mut Noise::new(seed)) * point.sigmas[0];
+        for pair in point.sigmas.windows(2) {
+            let (sigma, next) = (pair[0], pair[1]);
+            let mut d = self.denoise(model, &x, sigma, &tokens)?;
+            if let Some(empty) = &empty {
+                let u = self.denoise(model, &x, sigma, empty)?;
+                d = &u + &((&d - &u) * point.guidance);
             }
-            Sampler::Euler => {
-                let empty = if point.guidance == 1.0 {
-                    None
-                } else {
-                    Some(self.encode("")?)
-                };
-                let mut x = draw(point.sigmas[0]);
-                for pair in point.sigmas.windows(2) {
-                    let (sigma, next) = (pair[0], pair[1]);
-                    let mut d = self.denoise(model, &x, sigma, &tokens)?;
-                    if let Some(empty) = &empty {
-                        let u = self.denoise(model, &x, sigma, empty)?;
-                        d = &u + &((&d - &u) * point.guidance);
-                    }
-                    x = if next == 0.0 {
-                        d
-                    } else {
-                        let slope = (&x - &d) / sigma;
-                        x + slope * (next - sigma)
-                    };
-                }
-                Ok(x)
-            }
+            x = if next == 0.0 {
+                d
+            } else {
+                let slope = (&x - &d) / sigma;
+                x + slope * (next - sigma)
+            };
         }
+        Ok(x)
     }
 
     /// Maps the output range to 0..=255 (clamped, rounded half away from zero, as the

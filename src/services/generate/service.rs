@@ -13,8 +13,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Generate, GenerateError};
-use crate::policy::PointSpec;
-use crate::services::{Output, Payload, Service, ServiceError, Serving, plain_text};
+use crate::models::PointSet;
+use crate::services::{
+    Handled, Output, Payload, Served, Service, ServiceError, Serving, plain_text,
+};
 
 /// A prompt payload longer than this (bytes) is refused before it is read: prompts are a
 /// few characters.
@@ -72,30 +74,30 @@ impl Service for GenerateService {
         "generate"
     }
 
-    fn handle(
+    fn answer(
         &self,
         content_type: Option<&str>,
         payload: &Payload,
         serving: Serving<'_>,
-    ) -> Result<Value, ServiceError> {
-        self.handle_output(content_type, payload, serving)
-            .map(Output::into_json)
-    }
-
-    fn handle_output(
-        &self,
-        content_type: Option<&str>,
-        payload: &Payload,
-        serving: Serving<'_>,
-    ) -> Result<Output, ServiceError> {
+    ) -> Result<Handled, ServiceError> {
         let request = Self::request(content_type, payload)?;
         let generated = self
             .generate
-            .generate(&request.prompt, serving.point, request.seed)
+            .generate_by(
+                &request.prompt,
+                serving.point,
+                request.seed,
+                serving.deadline,
+            )
             .map_err(service_error)?;
+        // Stopping early leaves exactly the served point's steps done.
+        let served = Served {
+            point: Some(generated.point.clone()),
+            stepped_down_from: generated.stepped_down_from.clone(),
+            abandoned_work: false,
+        };
         let meta = json!({
             "prompt": generated.prompt,
-            "point": generated.point,
             "seed": generated.seed,
             "evaluations": generated.evaluations,
             "width": generated.image.width(),
@@ -107,14 +109,19 @@ impl Service for GenerateService {
             bytes: Bytes::from(generated.png()),
             meta,
         };
-        Ok(match request.format {
+        let output = match request.format {
             Format::Png => output,
             Format::Json => Output::Json(output.into_json()),
-        })
+        };
+        Ok(Handled { output, served })
     }
 
-    fn points(&self) -> Vec<PointSpec> {
-        self.generate.point_specs()
+    fn meets_deadlines(&self) -> bool {
+        true
+    }
+
+    fn points(&self) -> Option<&PointSet> {
+        Some(self.generate.point_set())
     }
 
     fn describe(&self) -> Value {
@@ -127,7 +134,7 @@ impl Service for GenerateService {
         let s = self.generate.settings();
         json!({
             "points": points,
-            "default_point": s.default_point,
+            "default_point": self.generate.point_set().default_point,
             "alphabet": s.alphabet,
             "prompt_length": [s.min_len, s.max_len],
             "size": [s.width, s.height],

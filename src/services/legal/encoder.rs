@@ -47,6 +47,54 @@ pub struct Blocks {
     pool: Arc<dyn Model>,
 }
 
+/// A text on its way through a chain of blocks: embeddings first, then layers and
+/// stitches, then [`Encoding::finish`] pools it.
+pub struct Encoding<'b> {
+    blocks: &'b Blocks,
+    ids: Array2<i64>,
+    mask: Array2<f32>,
+    hidden: Option<ArrayD<f32>>,
+}
+
+impl Encoding<'_> {
+    /// Token positions each block runs over (padding included).
+    pub fn positions(&self) -> usize {
+        self.ids.len()
+    }
+
+    /// Runs one block of a chain checked with [`Blocks::check_chain`].
+    pub fn run(&mut self, file: &str) -> Result<(), LegalError> {
+        let block = &self.blocks.blocks[file];
+        let mask = self.mask.view().into_dyn();
+        let outputs = match (block.kind, &self.hidden) {
+            (BlockKind::Embeddings, _) => {
+                block.model.run(&[Input::I64(self.ids.view().into_dyn())])
+            }
+            (BlockKind::Layer, Some(h)) => block.model.run(&[h.view().into(), mask.into()]),
+            (BlockKind::Stitch, Some(h)) => block.model.run(&[h.view().into()]),
+            (_, None) => unreachable!("check_chain puts embeddings first"),
+        }?;
+        self.hidden = outputs.into_iter().next();
+        Ok(())
+    }
+
+    /// The unit-length embedding: the pooled hidden state.
+    pub fn finish(self) -> Result<Vec<f32>, LegalError> {
+        let hidden = self
+            .hidden
+            .ok_or_else(|| LegalError::Model("a block returned nothing".into()))?;
+        let pooled = self
+            .blocks
+            .pool
+            .run(&[hidden.view().into(), self.mask.view().into_dyn().into()])?;
+        let embedding = pooled
+            .into_iter()
+            .next()
+            .ok_or_else(|| LegalError::Model("pool returned nothing".into()))?;
+        Ok(embedding.index_axis(Axis(0), 0).iter().copied().collect())
+    }
+}
+
 /// Token ids and the real length, padded to the chain's bucket.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Tokens {
@@ -135,32 +183,27 @@ impl Blocks {
 
     /// The unit-length embedding of `text` along `chain` (checked with [`Blocks::check_chain`]).
     pub fn embed(&self, chain: &[String], text: &str) -> Result<Vec<f32>, LegalError> {
+        let mut encoding = self.start(chain, text)?;
+        for file in chain {
+            encoding.run(file)?;
+        }
+        encoding.finish()
+    }
+
+    /// Tokenizes `text`, padded for `chain`'s blocks, to be run through blocks one at a
+    /// time ([`Encoding::run`]): a request can then change course between two blocks.
+    pub fn start(&self, chain: &[String], text: &str) -> Result<Encoding<'_>, LegalError> {
         let tokens = self.padded(text, self.bucket(chain))?;
         let seq = tokens.ids.len();
         let ids = Array2::from_shape_vec((1, seq), tokens.ids).expect("shape matches");
         let mut mask = Array2::<f32>::zeros((1, seq));
         mask.slice_mut(ndarray::s![.., ..tokens.len]).fill(1.0);
-        let mut hidden: Option<ArrayD<f32>> = None;
-        for file in chain {
-            let block = &self.blocks[file];
-            let mask = mask.view().into_dyn();
-            let outputs = match (block.kind, &hidden) {
-                (BlockKind::Embeddings, _) => block.model.run(&[Input::I64(ids.view().into_dyn())]),
-                (BlockKind::Layer, Some(h)) => block.model.run(&[h.view().into(), mask.into()]),
-                (BlockKind::Stitch, Some(h)) => block.model.run(&[h.view().into()]),
-                (_, None) => unreachable!("check_chain puts embeddings first"),
-            }?;
-            hidden = outputs.into_iter().next();
-        }
-        let hidden = hidden.ok_or_else(|| LegalError::Model("a block returned nothing".into()))?;
-        let pooled = self
-            .pool
-            .run(&[hidden.view().into(), mask.view().into_dyn().into()])?;
-        let embedding = pooled
-            .into_iter()
-            .next()
-            .ok_or_else(|| LegalError::Model("pool returned nothing".into()))?;
-        Ok(embedding.index_axis(Axis(0), 0).iter().copied().collect())
+        Ok(Encoding {
+            blocks: self,
+            ids,
+            mask,
+            hidden: None,
+        })
     }
 
     /// Plans every block of `chain` for the typical query lengths ahead of the first request.

@@ -33,8 +33,9 @@ use self::scoring::SentenceMap;
 pub use self::scoring::{ScoringSettings, Signals};
 pub use self::service::LegalService;
 use crate::engine::Engine;
+use crate::models::PointSet;
 use crate::models::{ModelDir, ModelError};
-use crate::policy::PointSpec;
+use crate::services::deadline::{self, Meter, Rung};
 
 /// A query longer than this (bytes) is refused: exam questions are a few hundred bytes and
 /// the encoders read at most 256 tokens anyway.
@@ -105,7 +106,14 @@ pub struct Hit {
 /// A query's answer.
 #[derive(Debug, Clone, PartialEq, Serialize)]
 pub struct Answer {
+    /// The point whose work the answer is.
     pub point: String,
+    /// The point decided, where the query stepped down from it to meet its deadline.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub stepped_down_from: Option<String>,
+    /// Whether encoder blocks ran before the query fell back to BM25 alone.
+    #[serde(skip)]
+    pub abandoned_work: bool,
     /// The top `k` articles, best first; the first `selected` ones form the answer set.
     pub hits: Vec<Hit>,
     pub encode_ms: f64,
@@ -120,11 +128,52 @@ pub struct Legal {
     spaces: BTreeMap<String, SpaceIndex>,
     sentences: SentenceMap,
     points: Vec<LegalPoint>,
+    point_set: PointSet,
     settings: ScoringSettings,
+    meters: Meters,
+}
+
+/// What a query's stages have cost lately, for meeting deadlines.
+#[derive(Debug, Default)]
+struct Meters {
+    /// Milliseconds per token position, per block file.
+    block_ms_per_position: BTreeMap<String, Meter>,
+    /// Pooling, similarities and scoring, after the last block.
+    finish_ms: Meter,
 }
 
 /// Article rows and sentence rows of a rebuilt index, one unit vector each.
 pub type IndexRows = (Vec<Vec<f32>>, Vec<Vec<f32>>);
+
+/// Questions to measure the points with on a device: statute questions of the typical
+/// length of bar-exam questions (about 40 words; written for edgerun, not taken from any
+/// benchmark).
+pub const SAMPLE_QUERIES: &[&str] = &[
+    "A, a minor of sixteen, sold a bicycle that A owned to B without obtaining the consent of \
+     A's parents, who are A's statutory agents. In this case, the parents may rescind the \
+     contract of sale even after B has paid the price.",
+    "If the obligor fails to perform the obligation by the due date agreed in the contract, \
+     the obligee may demand compensation for the damage caused by the delay, unless the \
+     failure is due to grounds not attributable to the obligor.",
+    "A promised in writing to give a painting to B free of charge. Before the painting was \
+     delivered, A changed his mind. A may not cancel the gift because the promise was made \
+     in writing.",
+    "A leased a house to B. The house was completely destroyed by a fire caused by lightning, \
+     without the fault of either party. In this case, the lease ends, and B is no longer \
+     obliged to pay rent for the period after the fire.",
+    "A person who finds a lost article and gives notice under the Lost Property Act acquires \
+     its ownership if its owner is not identified within three months after the notice was \
+     given.",
+    "C became the surety for B's loan from A at B's request. After C paid the whole debt to A \
+     in place of B, C may claim reimbursement from B of the amount paid, together with \
+     interest from the day of payment and unavoidable expenses.",
+    "A, who had acquired land from B, did not register the transfer. B then sold the same \
+     land to C, who registered it first. In this case, A may not assert against C the \
+     ownership of the land acquired from B.",
+    "An agent without authority concluded a contract on behalf of the principal. If the \
+     principal ratifies the contract, it takes effect retroactively from the time of the \
+     contract, unless otherwise agreed, without prejudice to third parties.",
+];
 
 /// The default corpus: the COLIEE English Civil Code under the data folder.
 pub fn default_corpus() -> PathBuf {
@@ -155,6 +204,19 @@ impl Legal {
             spaces.insert(space.to_string(), index);
         }
         let blocks = Blocks::load(&dir, engine)?;
+        let meters = Meters {
+            block_ms_per_position: dir
+                .manifest()
+                .points
+                .iter()
+                .flat_map(|p| p.knobs.get("chain").and_then(toml::Value::as_array))
+                .flatten()
+                .filter_map(|f| Some((f.as_str()?.to_string(), Meter::default())))
+                .collect(),
+            finish_ms: Meter::default(),
+        };
+        let point_set = PointSet::from_manifest(dir.manifest())?
+            .ok_or_else(|| LegalError::Model("the manifest declares no points".into()))?;
         let mut points = Vec::new();
         for p in &dir.manifest().points {
             let knobs: PointKnobs = toml::Value::Table(p.knobs.clone())
@@ -195,7 +257,9 @@ impl Legal {
             spaces,
             sentences,
             points,
+            point_set,
             settings,
+            meters,
         })
     }
 
@@ -215,39 +279,20 @@ impl Legal {
         &self.sentences
     }
 
-    /// The points the controller may choose among (those with a measured quality).
-    pub fn point_specs(&self) -> Vec<PointSpec> {
-        self.points
-            .iter()
-            .filter_map(|p| {
-                p.quality.map(|quality| PointSpec {
-                    name: p.name.clone(),
-                    quality,
-                })
-            })
-            .collect()
+    /// The manifest's declaration of the points (default point, target, qualities).
+    pub fn point_set(&self) -> &PointSet {
+        &self.point_set
     }
 
-    /// The point named `name`, or the best-quality one when `None`.
+    /// The point named `name`, or the manifest's default when `None`.
     pub fn point(&self, name: Option<&str>) -> Result<&LegalPoint, LegalError> {
-        match name {
-            Some(name) => self.points.iter().find(|p| p.name == name).ok_or_else(|| {
-                let known: Vec<&str> = self.points.iter().map(|p| p.name.as_str()).collect();
-                LegalError::BadQuery(format!(
-                    "unknown point {name:?} (known: {})",
-                    known.join(", ")
-                ))
-            }),
-            None => self
-                .points
-                .iter()
-                .max_by(|a, b| {
-                    a.quality
-                        .unwrap_or(0.0)
-                        .total_cmp(&b.quality.unwrap_or(0.0))
-                })
-                .ok_or_else(|| LegalError::Model("the manifest declares no points".into())),
-        }
+        let name = name.unwrap_or(&self.point_set.default_point);
+        self.points.iter().find(|p| p.name == name).ok_or_else(|| {
+            LegalError::BadQuery(format!(
+                "unknown point {name:?} (known: {})",
+                self.point_set.names().join(", ")
+            ))
+        })
     }
 
     /// Checks a query's text: not empty, not too long.
@@ -264,24 +309,47 @@ impl Legal {
 
     /// BM25 and, for an encoder point, the cosine similarities to articles and sentences.
     pub fn signals(&self, point: &LegalPoint, query: &str) -> Result<Signals, LegalError> {
-        let bm25 = self.bm25.scores(query);
-        let Some(space) = &point.space else {
-            return Ok(Signals {
-                bm25,
-                ..Signals::default()
-            });
+        let embedding = match point.space {
+            Some(_) => Some(self.blocks.embed(&point.chain, query)?),
+            None => None,
         };
-        let embedding = self.blocks.embed(&point.chain, query)?;
-        let index = &self.spaces[space];
-        Ok(Signals {
-            bm25,
-            article_cosine: Some(index.articles.similarities(&embedding)),
-            sentence_cosine: Some(index.sentences.similarities(&embedding)),
-        })
+        Ok(self.signals_of(point, query, embedding))
     }
 
-    /// Answers `query` at `point` (the best one when `None`) with the top `k` articles.
+    fn signals_of(&self, point: &LegalPoint, query: &str, embedding: Option<Vec<f32>>) -> Signals {
+        let bm25 = self.bm25.scores(query);
+        match (&point.space, embedding) {
+            (Some(space), Some(embedding)) => {
+                let index = &self.spaces[space];
+                Signals {
+                    bm25,
+                    article_cosine: Some(index.articles.similarities(&embedding)),
+                    sentence_cosine: Some(index.sentences.similarities(&embedding)),
+                }
+            }
+            _ => Signals {
+                bm25,
+                ..Signals::default()
+            },
+        }
+    }
+
+    /// Answers `query` at `point` (the default when `None`) with the top `k` articles.
     pub fn search(&self, query: &str, k: usize, point: Option<&str>) -> Result<Answer, LegalError> {
+        self.search_by(query, k, point, None)
+    }
+
+    /// Like [`Legal::search`], due by `deadline`: between two blocks of the encoder chain,
+    /// a query that would run late finishes at the best cheaper declared point its blocks
+    /// so far still lead to (a CoLa chain that skips the remaining middle layers, a stitch
+    /// that joins later, or BM25 alone), and its answer names both points.
+    pub fn search_by(
+        &self,
+        query: &str,
+        k: usize,
+        point: Option<&str>,
+        deadline: Option<Instant>,
+    ) -> Result<Answer, LegalError> {
         let start = Instant::now();
         let query = Self::check_query(query)?;
         if k == 0 || k > MAX_K {
@@ -289,12 +357,19 @@ impl Legal {
                 "k must be 1..={MAX_K}, not {k}"
             )));
         }
-        let point = self.point(point)?;
-        let signals = self.signals(point, query)?;
+        let decided = self.point(point)?;
+        let (served, embedding, abandoned_work) = self.encode_by(decided, query, deadline)?;
         let encode_ms = start.elapsed().as_secs_f64() * 1e3;
+        let finishing = Instant::now();
+        let signals = self.signals_of(served, query, embedding);
         let scores = scoring::combine(&signals, &self.sentences, &self.settings);
         let order = scoring::ranked(&scores);
         let selected = scoring::returned_count(&scores, &order, &self.settings);
+        if served.space.is_some() {
+            self.meters
+                .finish_ms
+                .record(finishing.elapsed().as_secs_f64() * 1e3);
+        }
         let hits = order
             .iter()
             .take(k)
@@ -311,11 +386,70 @@ impl Legal {
             })
             .collect();
         Ok(Answer {
-            point: point.name.clone(),
+            point: served.name.clone(),
+            stepped_down_from: (served.name != decided.name).then(|| decided.name.clone()),
+            abandoned_work,
             hits,
             encode_ms,
             total_ms: start.elapsed().as_secs_f64() * 1e3,
         })
+    }
+
+    /// The query's embedding along `decided`'s chain or, where the deadline says so, along
+    /// a cheaper point's ([`deadline::finish_at`]); the point it was computed at, and
+    /// whether blocks ran that the point does not use (a fall-back to BM25 alone).
+    fn encode_by<'p>(
+        &'p self,
+        decided: &'p LegalPoint,
+        query: &str,
+        deadline: Option<Instant>,
+    ) -> Result<(&'p LegalPoint, Option<Vec<f32>>, bool), LegalError> {
+        if decided.space.is_none() {
+            return Ok((decided, None, false));
+        }
+        let rungs: Vec<Rung<'_, String>> = self
+            .points
+            .iter()
+            .map(|p| Rung {
+                quality: p.quality,
+                stages: &p.chain,
+            })
+            .collect();
+        let decided_index = self
+            .points
+            .iter()
+            .position(|p| std::ptr::eq(p, decided))
+            .expect("decided is one of the points");
+        let mut encoding = self.blocks.start(&decided.chain, query)?;
+        let positions = encoding.positions() as f64;
+        let (mut current, mut done) = (decided_index, 0);
+        // Every query teaches the meters, with a deadline or not.
+        loop {
+            let time_left_ms = deadline.map_or(f64::INFINITY, |deadline| {
+                deadline
+                    .saturating_duration_since(Instant::now())
+                    .as_secs_f64()
+                    * 1e3
+                    - self.meters.finish_ms.average().unwrap_or(0.0)
+            });
+            current =
+                deadline::finish_at(&rungs, decided_index, current, done, time_left_ms, |f| {
+                    Some(self.meters.block_ms_per_position.get(f)?.average()? * positions)
+                });
+            let point = &self.points[current];
+            if point.space.is_none() {
+                return Ok((point, None, done > 0));
+            }
+            let Some(file) = point.chain.get(done) else {
+                return Ok((point, Some(encoding.finish()?), false));
+            };
+            let started = Instant::now();
+            encoding.run(file)?;
+            if let Some(meter) = self.meters.block_ms_per_position.get(file) {
+                meter.record(started.elapsed().as_secs_f64() * 1e3 / positions);
+            }
+            done += 1;
+        }
     }
 
     /// Embeds every article and sentence with the full anchor of each space (what

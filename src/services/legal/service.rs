@@ -11,8 +11,10 @@ use serde::Deserialize;
 use serde_json::{Value, json};
 
 use super::{Legal, LegalError, MAX_QUERY_BYTES};
-use crate::policy::PointSpec;
-use crate::services::{Payload, Service, ServiceError, Serving, plain_text};
+use crate::models::PointSet;
+use crate::services::{
+    Handled, Output, Payload, Served, Service, ServiceError, Serving, plain_text,
+};
 
 /// Articles returned when a request does not say.
 pub const DEFAULT_K: usize = 5;
@@ -43,12 +45,12 @@ impl Service for LegalService {
         "legal"
     }
 
-    fn handle(
+    fn answer(
         &self,
         content_type: Option<&str>,
         payload: &Payload,
         serving: Serving<'_>,
-    ) -> Result<Value, ServiceError> {
+    ) -> Result<Handled, ServiceError> {
         let (query, k) = match payload {
             Payload::Json(value) => {
                 let request = JsonRequest::deserialize(value).map_err(|e| {
@@ -63,13 +65,25 @@ impl Service for LegalService {
         };
         let answer = self
             .legal
-            .search(&query, k, serving.point)
+            .search_by(&query, k, serving.point, serving.deadline)
             .map_err(service_error)?;
-        Ok(serde_json::to_value(answer).expect("answers serialise"))
+        let served = Served {
+            point: Some(answer.point.clone()),
+            stepped_down_from: answer.stepped_down_from.clone(),
+            abandoned_work: answer.abandoned_work,
+        };
+        Ok(Handled {
+            output: Output::Json(serde_json::to_value(answer).expect("answers serialise")),
+            served,
+        })
     }
 
-    fn points(&self) -> Vec<PointSpec> {
-        self.legal.point_specs()
+    fn meets_deadlines(&self) -> bool {
+        true
+    }
+
+    fn points(&self) -> Option<&PointSet> {
+        Some(self.legal.point_set())
     }
 
     fn describe(&self) -> Value {
@@ -82,7 +96,7 @@ impl Service for LegalService {
         json!({
             "articles": self.legal.articles().len(),
             "points": points,
-            "default_point": self.legal.point(None).map(|p| p.name.clone()).ok(),
+            "default_point": self.legal.point_set().default_point,
             "settings": self.legal.settings(),
         })
     }

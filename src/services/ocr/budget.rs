@@ -17,42 +17,9 @@
 
 use std::sync::Mutex;
 
+pub use crate::services::deadline::{Meter, TIME_LEFT_SHARE, fits};
+
 use super::RecognizerChoice;
-
-/// Weight of the newest sample in a meter's average. Samples come at least once per
-/// request (recognizer runs by the dozen), so a new load level is learnt within a request
-/// or two.
-const METER_EWMA_ALPHA: f64 = 0.2;
-
-/// Plan to use at most this share of the time left: the meters give mean costs, and a
-/// request's crops scatter around them.
-pub const TIME_LEFT_SHARE: f64 = 0.9;
-
-/// A running average of something requests cost (milliseconds per pixel of a model's
-/// input, crops per image, ...), learnt as they run so that it follows the device's load;
-/// `None` until the first sample.
-#[derive(Debug, Default)]
-pub struct Meter {
-    average: Mutex<Option<f64>>,
-}
-
-impl Meter {
-    /// Adds a sample; non-finite or negative ones are ignored.
-    pub fn record(&self, sample: f64) {
-        if !sample.is_finite() || sample < 0.0 {
-            return;
-        }
-        let mut average = self.average.lock().expect("meter lock poisoned");
-        *average = Some(match *average {
-            Some(old) => (1.0 - METER_EWMA_ALPHA) * old + METER_EWMA_ALPHA * sample,
-            None => sample,
-        });
-    }
-
-    pub fn average(&self) -> Option<f64> {
-        *self.average.lock().expect("meter lock poisoned")
-    }
-}
 
 /// Weight of the newest detector run in its size's average: there is one run per request,
 /// and a detector size that has become slow must be seen as slow by the next request.
@@ -124,11 +91,6 @@ impl StageCosts {
     }
 }
 
-/// Whether `predicted_ms` of work fits `time_left_ms`, keeping the margin.
-pub fn fits(predicted_ms: f64, time_left_ms: f64) -> bool {
-    predicted_ms <= time_left_ms * TIME_LEFT_SHARE
-}
-
 /// The crops recognizer `choice` sends to the small model once the tiny one has read
 /// them all with `confidences` (every crop for `Small`, none for `Tiny`).
 pub fn small_reads(choice: RecognizerChoice, confidences: &[f32]) -> Vec<usize> {
@@ -172,19 +134,6 @@ mod tests {
     const C97: RecognizerChoice = RecognizerChoice::Cascade { threshold: 0.97 };
     const C90: RecognizerChoice = RecognizerChoice::Cascade { threshold: 0.9 };
     const TINY: RecognizerChoice = RecognizerChoice::Tiny;
-
-    #[test]
-    fn the_meter_keeps_a_running_average() {
-        let meter = Meter::default();
-        assert_eq!(meter.average(), None);
-        meter.record(0.1);
-        assert_eq!(meter.average(), Some(0.1));
-        meter.record(0.2);
-        assert!((meter.average().unwrap() - 0.12).abs() < 1e-12);
-        meter.record(f64::NAN);
-        meter.record(-1.0);
-        assert!((meter.average().unwrap() - 0.12).abs() < 1e-12);
-    }
 
     #[test]
     fn each_detector_size_keeps_its_rate_and_follows_the_others() {

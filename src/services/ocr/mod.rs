@@ -23,12 +23,12 @@ use ndarray::{Axis, s};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::{ElementType, Engine, EngineError, Input, Model, Placement};
-use crate::models::{ModelDir, ModelError};
+use crate::models::{ModelDir, ModelError, PointSet};
 
 pub use self::det::{DbParams, TextBox};
 pub use self::points::OcrPoint;
 pub use self::rec::Charset;
-pub use self::service::{OcrService, point_name};
+pub use self::service::{CUSTOM_POINT, OcrService};
 
 /// Why OCR failed. Bad images are rejected before they get here (see [`crate::imaging`]).
 #[derive(Debug, thiserror::Error)]
@@ -280,8 +280,9 @@ pub struct OcrPipeline {
     detector: Arc<dyn Model>,
     tiny: Recognizer,
     small: Recognizer,
-    /// The operating points the manifest declares.
+    /// The operating points the manifest declares, with their knobs read.
     points: Vec<OcrPoint>,
+    point_set: PointSet,
     /// What the stages have cost lately, for meeting deadlines ([`budget`]).
     meters: Meters,
 }
@@ -301,7 +302,9 @@ struct Meters {
 impl OcrPipeline {
     /// Loads `models/ocr` (verifying every file) with `engine`.
     pub fn load(engine: &dyn Engine, dir: &ModelDir) -> Result<OcrPipeline, OcrError> {
-        let points = points::from_manifest(&dir.manifest().points)?;
+        let point_set = PointSet::from_manifest(dir.manifest())?
+            .ok_or_else(|| OcrError::InvalidOption("the OCR manifest declares no points".into()))?;
+        let points = points::from_manifest(&point_set.points)?;
         let meters = Meters {
             small_share: points.iter().map(|_| Default::default()).collect(),
             ..Meters::default()
@@ -323,6 +326,7 @@ impl OcrPipeline {
                 "dict_small.txt",
             )?,
             points,
+            point_set,
             meters,
         })
     }
@@ -330,6 +334,11 @@ impl OcrPipeline {
     /// The operating points declared in the manifest, in its order.
     pub fn points(&self) -> &[OcrPoint] {
         &self.points
+    }
+
+    /// The manifest's declaration of those points (default point, target, qualities).
+    pub fn point_set(&self) -> &PointSet {
+        &self.point_set
     }
 
     /// Prepares every model for a typical request ahead of time (plans built, `auto`

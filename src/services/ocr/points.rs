@@ -9,7 +9,6 @@ use serde::Deserialize;
 
 use super::{OcrError, OcrOptions, RecognizerChoice};
 use crate::models::ManifestPoint;
-use crate::policy::PointSpec;
 
 /// One OCR operating point.
 #[derive(Debug, Clone, PartialEq)]
@@ -72,15 +71,6 @@ impl OcrPoint {
             ..base.clone()
         }
     }
-
-    /// What the controller needs to know about the point; `None` while its quality is
-    /// unmeasured (such a point can be pinned but never chosen).
-    pub fn spec(&self) -> Option<PointSpec> {
-        Some(PointSpec {
-            name: self.name.clone(),
-            quality: self.quality?,
-        })
-    }
 }
 
 /// All points of a manifest, in manifest order.
@@ -130,8 +120,8 @@ threshold = 0.9
         ))
         .unwrap();
         assert_eq!(points[0].recognizer, RecognizerChoice::Tiny);
-        assert_eq!(points[0].spec().unwrap().quality, 0.5);
-        assert_eq!(points[1].spec(), None, "unmeasured quality");
+        assert_eq!(points[0].quality, Some(0.5));
+        assert_eq!(points[1].quality, None, "unmeasured quality");
         let options = points[1].apply(&OcrOptions {
             ascii_only: true,
             ..OcrOptions::default()

@@ -18,8 +18,8 @@ use serde_json::{Value, json};
 
 use super::{OcrOptions, OcrPipeline, OcrPoint, RecognizerChoice};
 use crate::imaging;
-use crate::policy::PointSpec;
-use crate::services::{Payload, Service, ServiceError, Serving};
+use crate::models::PointSet;
+use crate::services::{Handled, Output, Payload, Served, Service, ServiceError, Serving};
 
 /// The name of a configuration that is none of the declared points.
 pub const CUSTOM_POINT: &str = "custom";
@@ -28,7 +28,7 @@ pub const CUSTOM_POINT: &str = "custom";
 pub struct OcrService {
     pipeline: Arc<OcrPipeline>,
     defaults: OcrOptions,
-    /// The declared point the defaults' knobs match, else [`CUSTOM_POINT`].
+    /// The manifest's default point.
     default_point: String,
     max_pixels: u64,
 }
@@ -47,12 +47,11 @@ struct JsonRequest {
 }
 
 impl OcrService {
+    /// The service over `pipeline`; `defaults` gives what no point sets (ASCII only, batch
+    /// size, ...), and requests are served at the manifest's default point unless they or
+    /// a controller choose another.
     pub fn new(pipeline: Arc<OcrPipeline>, defaults: OcrOptions, max_pixels: u64) -> OcrService {
-        let default_point = pipeline
-            .points()
-            .iter()
-            .find(|p| p.apply(&defaults) == defaults)
-            .map_or_else(|| CUSTOM_POINT.to_string(), |p| p.name.clone());
+        let default_point = pipeline.point_set().default_point.clone();
         OcrService {
             pipeline,
             defaults,
@@ -67,15 +66,9 @@ impl OcrService {
         let Some(name) = name else {
             return Ok(self.point(&self.default_point));
         };
-        let point = self.point(name).ok_or_else(|| {
-            let known: Vec<String> = self
-                .pipeline
-                .points()
-                .iter()
-                .map(|p| p.name.clone())
-                .collect();
-            ServiceError::unknown_point(name, &known)
-        })?;
+        let point = self
+            .point(name)
+            .ok_or_else(|| ServiceError::unknown_point(name, &self.pipeline.point_set().names()))?;
         Ok(Some(point))
     }
 
@@ -118,26 +111,17 @@ impl OcrService {
     }
 }
 
-/// `tiny`, `small` or `cascade@0.9`: the operating point a result came from.
-pub fn point_name(choice: RecognizerChoice) -> String {
-    match choice {
-        RecognizerChoice::Tiny => "tiny".into(),
-        RecognizerChoice::Small => "small".into(),
-        RecognizerChoice::Cascade { threshold } => format!("cascade@{threshold}"),
-    }
-}
-
 impl Service for OcrService {
     fn name(&self) -> &'static str {
         "ocr"
     }
 
-    fn handle(
+    fn answer(
         &self,
         content_type: Option<&str>,
         payload: &Payload,
         serving: Serving<'_>,
-    ) -> Result<Value, ServiceError> {
+    ) -> Result<Handled, ServiceError> {
         let started = Instant::now();
         let mut point = self.at_point(serving.point)?;
         let base = point.map_or_else(|| self.defaults.clone(), |p| p.apply(&self.defaults));
@@ -195,13 +179,16 @@ impl Service for OcrService {
                 .recognize(&[&image], &options)
                 .map_err(failed)?
                 .remove(0);
-            return Ok(json!({
-                "point": point.map_or(CUSTOM_POINT, |p| &p.name),
+            let body = json!({
                 "text": reading.text,
                 "confidence": reading.confidence,
                 "recognizer": reading.recognizer,
                 "timings": {"decode_ms": decode_ms, "total_ms": started.elapsed().as_secs_f64() * 1e3},
-            }));
+            });
+            return Ok(Handled {
+                output: Output::Json(body),
+                served: Served::at(point.map_or(CUSTOM_POINT, |p| &p.name)),
+            });
         }
         let (result, served) = match point {
             // Still a declared point (no knob overridden): it may step down to meet the deadline.
@@ -219,32 +206,29 @@ impl Service for OcrService {
         };
         let mut timings = json!(result.timings);
         timings["decode_ms"] = json!(decode_ms);
-        let mut answer = json!({
-            "point": served.map_or(CUSTOM_POINT, |(served, _)| &served.name),
+        let body = json!({
             "width": image.width(),
             "height": image.height(),
             "items": result.items,
             "heavy_calls": result.heavy_calls,
             "timings": timings,
         });
-        if let Some((served, requested)) = served
-            && served.name != requested.name
-        {
-            answer["stepped_down_from"] = json!(requested.name);
-        }
-        Ok(answer)
+        let served = match served {
+            Some((served, decided)) => Served::stepped(&served.name, &decided.name),
+            None => Served::at(CUSTOM_POINT),
+        };
+        Ok(Handled {
+            output: Output::Json(body),
+            served,
+        })
     }
 
     fn meets_deadlines(&self) -> bool {
         true
     }
 
-    fn points(&self) -> Vec<PointSpec> {
-        self.pipeline
-            .points()
-            .iter()
-            .filter_map(OcrPoint::spec)
-            .collect()
+    fn points(&self) -> Option<&PointSet> {
+        Some(self.pipeline.point_set())
     }
 
     fn describe(&self) -> Value {
