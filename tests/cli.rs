@@ -45,6 +45,10 @@ fn ocr_prints_one_json_object_per_image() {
         (Some(640), Some(360))
     );
     assert_eq!(texts(result), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+    assert_eq!(
+        result["point"], "cascade0.9@960",
+        "the manifest's default point"
+    );
     let first = &result["items"][0];
     assert_eq!(first["recognizer"], "tiny");
     assert_eq!(first["box"].as_array().unwrap().len(), 4);
@@ -52,6 +56,32 @@ fn ocr_prints_one_json_object_per_image() {
     for key in ["det_ms", "crop_ms", "rec_ms", "total_ms", "decode_ms"] {
         assert!(result["timings"][key].as_f64().is_some(), "{key}");
     }
+}
+
+#[test]
+fn ocr_runs_at_a_named_point_and_names_the_point_its_knobs_make() {
+    let sign = fixture("sign.png");
+    let sign = sign.to_str().unwrap();
+    for (args, point) in [
+        (&["--point", "tiny@640"][..], "tiny@640"),
+        (&["--point", "small@1280", "--rec", "tiny"][..], "tiny@1280"),
+        (&["--det-limit", "640"][..], "cascade0.9@640"),
+        (&["--rec", "small", "--det-limit", "700"][..], "custom"),
+    ] {
+        let (code, lines, stderr) = edgerun(&[&["ocr", sign][..], args].concat());
+        assert_eq!(code, 0, "{args:?}: {stderr}");
+        assert_eq!(lines[0]["point"], point, "{args:?}");
+        assert_eq!(
+            texts(&lines[0]),
+            ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]
+        );
+    }
+    let (code, _, stderr) = edgerun(&["ocr", sign, "--point", "huge"]);
+    assert_ne!(code, 0);
+    assert!(
+        stderr.contains("unknown OCR point \"huge\" (known: tiny@640, cascade0.9@640,"),
+        "{stderr}"
+    );
 }
 
 #[test]

@@ -7,7 +7,9 @@ mod common;
 use std::sync::{Arc, OnceLock};
 
 use base64::Engine as _;
-use common::mqtt::{Client, Mosquitto, config, exclusive};
+use common::mqtt::{
+    Client, Mosquitto, adaptive_server, config, exclusive, until_moved, with_fields,
+};
 use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::models;
 use edgerun::services::generate::{Generate, GenerateService};
@@ -276,45 +278,9 @@ async fn the_generate_service_answers_with_a_png_over_mosquitto() {
     png_round_trip(Some(mosquitto.addr()), "dev-gen-mosquitto").await;
 }
 
-/// A server for the generate service alone, adaptive over `points` (name, quality, p50
-/// ms) with `slo_ms`, sampling telemetry from `clock`'s tree.
-fn adaptive_generate_server(
-    device: &str,
-    clock: &common::ScriptedClock,
-    points: &[(&str, f64, f64)],
-    slo_ms: f64,
-) -> edgerun::serve::ServerHandle {
-    use edgerun::policy::{Controller, Planning, PolicyConfig, ProfiledPoint};
-    use edgerun::serve::PointChoice;
-    let mut cfg = config(device, None, 16);
-    cfg.services.insert("generate".into(), Default::default());
-    cfg.telemetry_root = clock.root().to_path_buf();
-    let profiled = points
-        .iter()
-        .map(|&(name, quality, p50)| ProfiledPoint::new(name, quality, p50, p50))
-        .collect();
-    let policy = PolicyConfig {
-        slo_ms,
-        up_window_s: 1.0,
-        // Real generation times are milliseconds against a profile of seconds: learning
-        // from them would only blur what the scripted clock does.
-        ewma_alpha: 1e-9,
-        ..PolicyConfig::default()
-    };
-    let controller = Controller::new(
-        policy,
-        profiled,
-        Planning::Median,
-        std::time::Instant::now(),
-    )
-    .unwrap();
-    let choices = [(
-        "generate".to_string(),
-        PointChoice::Adaptive(Box::new(controller)),
-    )]
-    .into();
-    let service: Arc<dyn Service> = Arc::new(GenerateService::new(generate().clone()));
-    edgerun::serve::start(cfg, vec![service], choices).expect("server starts")
+/// The generate service over the shared test models.
+fn service() -> Arc<dyn Service> {
+    Arc::new(GenerateService::new(generate().clone()))
 }
 
 /// The image of a JSON answer.
@@ -342,18 +308,12 @@ async fn generation_steps_its_step_count_with_the_clock_inside_serve() {
         ("sid:2", 0.7849, 10_000.0),
         ("sid:4", 0.7891, 20_000.0),
     ];
-    let server = adaptive_generate_server("dev-ga", &clock, &points, 30_000.0);
+    let server = adaptive_server("dev-ga", service(), &clock, &points, 30_000.0);
     let mut client = Client::connect(server.embedded_broker.unwrap(), "generate-adapt").await;
     let topic = "edgerun/dev-ga/generate/request";
     let mut ask = async |extra: Value| {
-        let mut request = json!({"prompt": "K", "seed": 5, "format": "json"});
-        request
-            .as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        client
-            .ask(topic, serde_json::to_vec(&request).unwrap(), None)
-            .await
+        let request = json!({"prompt": "K", "seed": 5, "format": "json"});
+        client.ask(topic, with_fields(request, extra), None).await
     };
     let answer = ask(json!({})).await;
     assert_eq!(answer["point"], "sid:4", "{answer}");
@@ -362,20 +322,6 @@ async fn generation_steps_its_step_count_with_the_clock_inside_serve() {
         answer_image(&answer),
         generate().generate("K", Some("sid:4"), 5).unwrap().image
     );
-    async fn until_moved(
-        ask: &mut impl AsyncFnMut(Value) -> Value,
-        from: &str,
-    ) -> (Value, std::time::Duration) {
-        let started = std::time::Instant::now();
-        loop {
-            let answer = ask(json!({})).await;
-            if answer["point"] != from {
-                return (answer, started.elapsed());
-            }
-            assert!(started.elapsed().as_secs() < 20, "never moved from {from}");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
     clock.cap(0.5);
     let (answer, _) = until_moved(&mut ask, "sid:4").await;
     assert_eq!(answer["point"], "sid:2", "{answer}");
@@ -415,7 +361,7 @@ async fn generation_that_cannot_meet_its_deadline_stops_early_inside_serve() {
     }
     let clock = common::ScriptedClock::new();
     let points = [("sid:1", 0.7676, 0.001), ("sid:4", 0.7891, 0.002)];
-    let server = adaptive_generate_server("dev-gd", &clock, &points, 30_000.0);
+    let server = adaptive_server("dev-gd", service(), &clock, &points, 30_000.0);
     let mut client = Client::connect(server.embedded_broker.unwrap(), "generate-due").await;
     let request = json!({"prompt": "K", "seed": 9, "format": "json", "deadline_ms": 1});
     let answer = client

@@ -5,7 +5,9 @@ mod common;
 
 use std::sync::{Arc, OnceLock};
 
-use common::mqtt::{Client, Mosquitto, config, exclusive};
+use common::mqtt::{
+    Client, Mosquitto, adaptive_server, config, exclusive, until_moved, with_fields,
+};
 use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::models;
 use edgerun::services::legal::{Legal, LegalService, default_corpus};
@@ -235,45 +237,9 @@ fn articles(answer: &Value) -> Vec<String> {
         .collect()
 }
 
-/// A server for the legal service alone, adaptive over `points` (name, quality, p50 ms)
-/// with `slo_ms`, sampling telemetry from `clock`'s tree.
-fn adaptive_legal_server(
-    device: &str,
-    clock: &common::ScriptedClock,
-    points: &[(&str, f64, f64)],
-    slo_ms: f64,
-) -> edgerun::serve::ServerHandle {
-    use edgerun::policy::{Controller, Planning, PolicyConfig, ProfiledPoint};
-    use edgerun::serve::PointChoice;
-    let mut cfg = config(device, None, 16);
-    cfg.services.insert("legal".into(), Default::default());
-    cfg.telemetry_root = clock.root().to_path_buf();
-    let profiled = points
-        .iter()
-        .map(|&(name, quality, p50)| ProfiledPoint::new(name, quality, p50, p50))
-        .collect();
-    let policy = PolicyConfig {
-        slo_ms,
-        up_window_s: 1.0,
-        // Real query times are milliseconds against a profile of seconds: learning from
-        // them would only blur what the scripted clock does.
-        ewma_alpha: 1e-9,
-        ..PolicyConfig::default()
-    };
-    let controller = Controller::new(
-        policy,
-        profiled,
-        Planning::Median,
-        std::time::Instant::now(),
-    )
-    .unwrap();
-    let choices = [(
-        "legal".to_string(),
-        PointChoice::Adaptive(Box::new(controller)),
-    )]
-    .into();
-    let service: Arc<dyn Service> = Arc::new(LegalService::new(legal().clone()));
-    edgerun::serve::start(cfg, vec![service], choices).expect("server starts")
+/// The legal service over the shared test models.
+fn service() -> Arc<dyn Service> {
+    Arc::new(LegalService::new(legal().clone()))
 }
 
 /// Inside `serve`, the controller picks the legal service's stitch and depth from the
@@ -291,17 +257,12 @@ async fn legal_steps_its_stitch_and_depth_with_the_clock_inside_serve() {
         ("sn:l3.2-l6.5", 0.6645, 12_000.0),
         ("sn:l3.1-l6.1", 0.6699, 20_000.0),
     ];
-    let server = adaptive_legal_server("dev-la", &clock, &points, 30_000.0);
+    let server = adaptive_server("dev-la", service(), &clock, &points, 30_000.0);
     let mut client = Client::connect(server.embedded_broker.unwrap(), "legal-adapt").await;
     let topic = "edgerun/dev-la/legal/request";
     let mut ask = async |extra: Value| {
-        let mut request = json!({"query": QUESTION});
-        request
-            .as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
         client
-            .ask(topic, serde_json::to_vec(&request).unwrap(), None)
+            .ask(topic, with_fields(json!({"query": QUESTION}), extra), None)
             .await
     };
     let answer = ask(json!({})).await;
@@ -313,22 +274,6 @@ async fn legal_steps_its_stitch_and_depth_with_the_clock_inside_serve() {
             legal().search(QUESTION, 5, Some("sn:l3.1-l6.1")).unwrap()
         ))
     );
-    // Asks until the point changes (telemetry is sampled every 500 ms); the answer that
-    // changed it, and how long that took.
-    async fn until_moved(
-        ask: &mut impl AsyncFnMut(Value) -> Value,
-        from: &str,
-    ) -> (Value, std::time::Duration) {
-        let started = std::time::Instant::now();
-        loop {
-            let answer = ask(json!({})).await;
-            if answer["point"] != from {
-                return (answer, started.elapsed());
-            }
-            assert!(started.elapsed().as_secs() < 20, "never moved from {from}");
-            tokio::time::sleep(std::time::Duration::from_millis(100)).await;
-        }
-    }
     // Half the clock: the best point would take 40 s; the shorter stitch 24 s fits.
     clock.cap(0.5);
     let (answer, _) = until_moved(&mut ask, "sn:l3.1-l6.1").await;
@@ -377,7 +322,7 @@ async fn a_legal_query_that_cannot_meet_its_deadline_steps_down_inside_serve() {
     }
     let clock = common::ScriptedClock::new();
     let points = [("bm25", 0.6159, 0.001), ("sn:l3.1-l6.1", 0.6699, 0.002)];
-    let server = adaptive_legal_server("dev-ld", &clock, &points, 30_000.0);
+    let server = adaptive_server("dev-ld", service(), &clock, &points, 30_000.0);
     let mut client = Client::connect(server.embedded_broker.unwrap(), "legal-due").await;
     let request = json!({"query": QUESTION, "deadline_ms": 1});
     let answer = client

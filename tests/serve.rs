@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::fixture;
-use common::mqtt::{Client, Mosquitto, config, exclusive, free_port, start};
+use common::mqtt::{Client, Mosquitto, config, exclusive, free_port, start, with_fields};
 use serde_json::{Value, json};
 
 fn sign_png() -> Vec<u8> {
@@ -633,14 +633,8 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
     let scene = base64::engine::general_purpose::STANDARD.encode(sign_png());
     // A request for `image` (a word crop, or a whole scene) with `extra` fields.
     let mut ask = async |image: &str, extra: Value| {
-        let mut request = json!({"image_b64": image, "crops": image == word});
-        request
-            .as_object_mut()
-            .unwrap()
-            .extend(extra.as_object().unwrap().clone());
-        client
-            .ask(topic, serde_json::to_vec(&request).unwrap(), None)
-            .await
+        let request = json!({"image_b64": image, "crops": image == word});
+        client.ask(topic, with_fields(request, extra), None).await
     };
     // A scene with its own knobs first (tiny@640's, but not a declared point, so the
     // controller learns nothing from it): the service learns what its stages cost here,

@@ -13,6 +13,7 @@
 //! services' job.
 
 use std::sync::Mutex;
+use std::time::Instant;
 
 /// Weight of the newest sample in a meter's average. Samples come at least once per
 /// request (recognizer runs by the dozen, a block or a step per stage), so a new load
@@ -53,6 +54,26 @@ impl Meter {
 /// Whether `predicted_ms` of work fits `time_left_ms`, keeping the margin.
 pub fn fits(predicted_ms: f64, time_left_ms: f64) -> bool {
     predicted_ms <= time_left_ms * TIME_LEFT_SHARE
+}
+
+/// Milliseconds left until `deadline` (unbounded without one), less `reserve_ms` kept for
+/// the work after the last stage.
+pub fn ms_left(deadline: Option<Instant>, reserve_ms: f64) -> f64 {
+    deadline.map_or(f64::INFINITY, |deadline| {
+        deadline
+            .saturating_duration_since(Instant::now())
+            .as_secs_f64()
+            * 1e3
+            - reserve_ms
+    })
+}
+
+/// The position of `item` (a reference into `items`) in `items`.
+pub fn index_in<T>(items: &[T], item: &T) -> usize {
+    items
+        .iter()
+        .position(|i| std::ptr::eq(i, item))
+        .expect("the item is one of the items")
 }
 
 /// A declared point as a sequence of stages.

@@ -153,3 +153,63 @@ fn next_id() -> u64 {
     static NEXT: AtomicU64 = AtomicU64::new(1);
     NEXT.fetch_add(1, Ordering::Relaxed)
 }
+
+/// `base` (a JSON object) with `extra`'s fields added, as a request payload.
+pub fn with_fields(mut base: Value, extra: Value) -> Vec<u8> {
+    if let (Value::Object(map), Value::Object(more)) = (&mut base, extra) {
+        map.extend(more);
+    }
+    serde_json::to_vec(&base).expect("JSON serialises")
+}
+
+/// A server for `service` alone on the embedded broker, adaptive over `points` (name,
+/// quality, p50 ms) with `slo_ms`, sampling telemetry from `clock`'s tree. The profile is
+/// meant in seconds against real runs of milliseconds, so the controller barely learns
+/// from them (`ewma_alpha` 1e-9): what it does follows the scripted clock alone. It steps
+/// up after a window of 1 s.
+pub fn adaptive_server(
+    device: &str,
+    service: Arc<dyn Service>,
+    clock: &super::ScriptedClock,
+    points: &[(&str, f64, f64)],
+    slo_ms: f64,
+) -> ServerHandle {
+    use edgerun::policy::{Controller, Planning, PolicyConfig, ProfiledPoint};
+    use edgerun::serve::PointChoice;
+    let name = service.name().to_string();
+    let mut cfg = config(device, None, 16);
+    cfg.services.insert(name.clone(), ServiceConfig::default());
+    cfg.telemetry_root = clock.root().to_path_buf();
+    let profiled = points
+        .iter()
+        .map(|&(name, quality, p50)| ProfiledPoint::new(name, quality, p50, p50))
+        .collect();
+    let policy = PolicyConfig {
+        slo_ms,
+        up_window_s: 1.0,
+        ewma_alpha: 1e-9,
+        ..PolicyConfig::default()
+    };
+    let planning = Planning::for_service(service.meets_deadlines());
+    let controller =
+        Controller::new(policy, profiled, planning, std::time::Instant::now()).unwrap();
+    let choices = [(name, PointChoice::Adaptive(Box::new(controller)))].into();
+    serve::start(cfg, vec![service], choices).expect("server starts")
+}
+
+/// Asks (ordinary requests, 100 ms apart) until the answer's point is no longer `from`
+/// (telemetry is sampled every 500 ms); that answer, and how long it took.
+pub async fn until_moved(
+    ask: &mut impl AsyncFnMut(Value) -> Value,
+    from: &str,
+) -> (Value, Duration) {
+    let started = std::time::Instant::now();
+    loop {
+        let answer = ask(serde_json::json!({})).await;
+        if answer["point"] != from {
+            return (answer, started.elapsed());
+        }
+        assert!(started.elapsed().as_secs() < 20, "never moved from {from}");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}

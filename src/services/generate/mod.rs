@@ -433,23 +433,14 @@ impl Generate {
                 stages,
             })
             .collect();
-        let decided_index = self
-            .points
-            .iter()
-            .position(|p| std::ptr::eq(p, decided))
-            .expect("decided is one of the points");
+        let decided_index = deadline::index_in(&self.points, decided);
         let tokens = self.encode(text)?;
         let mut noise = Noise::new(seed);
         let (mut current, mut done) = (decided_index, 0);
         let mut x: Option<ArrayD<f32>> = None;
         // Every image teaches the meters, with a deadline or not.
         loop {
-            let time_left_ms = deadline.map_or(f64::INFINITY, |deadline| {
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_secs_f64()
-                    * 1e3
-            });
+            let time_left_ms = deadline::ms_left(deadline, 0.0);
             current =
                 deadline::finish_at(&rungs, decided_index, current, done, time_left_ms, |s| {
                     self.meters.get(s.0)?.average()

@@ -415,23 +415,14 @@ impl Legal {
                 stages: &p.chain,
             })
             .collect();
-        let decided_index = self
-            .points
-            .iter()
-            .position(|p| std::ptr::eq(p, decided))
-            .expect("decided is one of the points");
+        let decided_index = deadline::index_in(&self.points, decided);
         let mut encoding = self.blocks.start(&decided.chain, query)?;
         let positions = encoding.positions() as f64;
         let (mut current, mut done) = (decided_index, 0);
         // Every query teaches the meters, with a deadline or not.
         loop {
-            let time_left_ms = deadline.map_or(f64::INFINITY, |deadline| {
-                deadline
-                    .saturating_duration_since(Instant::now())
-                    .as_secs_f64()
-                    * 1e3
-                    - self.meters.finish_ms.average().unwrap_or(0.0)
-            });
+            let finishing_ms = self.meters.finish_ms.average().unwrap_or(0.0);
+            let time_left_ms = deadline::ms_left(deadline, finishing_ms);
             current =
                 deadline::finish_at(&rungs, decided_index, current, done, time_left_ms, |f| {
                     Some(self.meters.block_ms_per_position.get(f)?.average()? * positions)
