@@ -62,10 +62,11 @@ fn ocr_prints_one_json_object_per_image() {
 fn ocr_runs_at_a_named_point_and_names_the_point_its_knobs_make() {
     let sign = fixture("sign.png");
     let sign = sign.to_str().unwrap();
+    // Reading knobs from the manifest is unit-tested in src/services/ocr/points.rs; here,
+    // that the binary applies and names them (each run loads the models: slow under an
+    // emulator, so two runs and a refusal).
     for (args, point) in [
-        (&["--point", "tiny@640"][..], "tiny@640"),
         (&["--point", "small@1280", "--rec", "tiny"][..], "tiny@1280"),
-        (&["--det-limit", "640"][..], "cascade0.9@640"),
         (&["--rec", "small", "--det-limit", "700"][..], "custom"),
     ] {
         let (code, lines, stderr) = edgerun(&[&["ocr", sign][..], args].concat());
