@@ -45,11 +45,36 @@ pub struct ProfileSettings {
     pub rounds: usize,
     /// Whether to draw a progress bar (an interactive `edgerun profile`).
     pub progress: bool,
+    /// Skip the timed rounds of points the warm-up already shows dominated (at least
+    /// [`CLEARLY_DOMINATED`] times slower than a point of no lower quality): they would
+    /// never be chosen, and measuring them only delays adapting. They are left out of the
+    /// result.
+    pub skip_dominated: bool,
 }
 
-/// A measurement that overlapped this many requests in a row is kept anyway: a device
-/// that is never idle must still become adaptive.
-const MAX_RETAKES: usize = 3;
+/// How much slower in the warm-up pass (its fastest sample) than a point of no lower
+/// quality makes a point not worth timing; the warm-up is noisy, so only a wide margin is
+/// safe.
+pub const CLEARLY_DOMINATED: f64 = 3.0;
+
+/// The points (indices) whose warm-up latency is at least [`CLEARLY_DOMINATED`] times that
+/// of another point of no lower quality.
+pub fn clearly_dominated(warm_up_ms: &[f64], qualities: &[f64]) -> Vec<usize> {
+    (0..warm_up_ms.len())
+        .filter(|&i| {
+            (0..warm_up_ms.len()).any(|j| {
+                j != i
+                    && qualities[j] >= qualities[i]
+                    && warm_up_ms[j] * CLEARLY_DOMINATED <= warm_up_ms[i]
+            })
+        })
+        .collect()
+}
+
+/// A measurement that overlapped a request is taken again once, and then kept: a device
+/// that is never idle must still become adaptive (the controller's learning corrects what
+/// the overlap inflated).
+const MAX_RETAKES: usize = 1;
 
 /// What else the process is doing while it measures: requests in service, and whether
 /// to stop.
@@ -155,15 +180,32 @@ pub fn profile_service(
     };
     let mut latencies = vec![Vec::new(); points.len()];
     let mut peak_rss = vec![None; points.len()];
+    let mut warm_up_ms = vec![0.0; points.len()];
     // Round 0 warms each point up (plans for new shapes) and measures its memory alone.
     for (i, (name, _)) in points.iter().enumerate() {
         progress.set_message(format!("{name} (warm-up)"));
-        reset_peak_rss();
-        serve_all(name, &mut Vec::new())?;
+        // Inside a server the mark is the process's, which telemetry reports: left alone,
+        // the reading then covers everything so far.
+        if activity.is_none() {
+            reset_peak_rss();
+        }
+        let mut warm_up = Vec::new();
+        serve_all(name, &mut warm_up)?;
+        // The fastest sample: the first of a new shape also pays for building its plans.
+        warm_up_ms[i] = warm_up.iter().copied().fold(f64::INFINITY, f64::min);
         peak_rss[i] = crate::bench::peak_rss_mib();
     }
+    let qualities: Vec<f64> = points.iter().map(|p| p.1).collect();
+    let skipped = match settings.skip_dominated {
+        true => clearly_dominated(&warm_up_ms, &qualities),
+        false => Vec::new(),
+    };
     for _ in 0..settings.rounds {
         for (i, (name, _)) in points.iter().enumerate() {
+            if skipped.contains(&i) {
+                progress.inc(samples.len() as u64);
+                continue;
+            }
             progress.set_message(name.clone());
             serve_all(name, &mut latencies[i])?;
         }
@@ -173,7 +215,9 @@ pub fn profile_service(
         .iter()
         .zip(&latencies)
         .zip(peak_rss)
-        .map(|(((name, quality), samples), peak)| {
+        .enumerate()
+        .filter(|(i, _)| !skipped.contains(i))
+        .map(|(_, (((name, quality), samples), peak))| {
             let stats = LatencyStats::of(samples);
             ProfiledPoint {
                 mean_ms: stats.mean_ms,
@@ -198,4 +242,22 @@ pub fn profile_service(
 /// where that is not possible (not Linux, or an emulator) the reading covers the whole run.
 fn reset_peak_rss() {
     let _ = std::fs::write("/proc/self/clear_refs", "5");
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_points_far_slower_than_a_better_one_are_skipped() {
+        // A 50-step teacher (worst, slowest), a one-step point, a four-step point.
+        let warm_up_ms = [1000.0, 10.0, 40.0];
+        let qualities = [0.52, 0.77, 0.79];
+        assert_eq!(clearly_dominated(&warm_up_ms, &qualities), [0]);
+        // 2.9x slower than a better point is within the warm-up's noise: kept.
+        assert!(clearly_dominated(&[29.0, 10.0], &[0.5, 0.6]).is_empty());
+        assert_eq!(clearly_dominated(&[30.0, 10.0], &[0.5, 0.6]), [0]);
+        // Slower but better is never dominated.
+        assert!(clearly_dominated(&[100.0, 10.0], &[0.7, 0.6]).is_empty());
+    }
 }

@@ -535,6 +535,8 @@ impl ServeProcess {
                     "64",
                     "--services",
                     "ocr,echo",
+                    // Fleet behaviour only: no measuring in the background.
+                    "--no-adapt",
                 ])
                 .stdout(Stdio::null())
                 .stderr(Stdio::null())
@@ -833,7 +835,16 @@ async fn a_fresh_cache_becomes_adaptive_by_itself_and_a_restart_reuses_it() {
     let stored: Value = serde_json::from_slice(&std::fs::read(&profile_path).unwrap()).unwrap();
     assert_eq!(stored["key"]["threads"], 1);
     let measured = stored["services"]["legal"]["points"].as_array().unwrap();
-    assert_eq!(measured.len(), 13, "every declared point");
+    let names: Vec<&str> = measured
+        .iter()
+        .map(|p| p["name"].as_str().unwrap())
+        .collect();
+    // Points the warm-up shows far slower than a better one are not timed; the best and
+    // the cheapest never are.
+    assert!(
+        names.contains(&"bm25") && names.contains(&"sn:l3.1-l6.1"),
+        "{names:?}"
+    );
     assert!(
         measured.iter().all(|p| p["runs"] == 8),
         "one pass over 8 questions"

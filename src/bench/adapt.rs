@@ -13,7 +13,6 @@
 //! quality of the points that answered, the switches, and what the server's decisions
 //! cost (from its telemetry). Nothing here decides or serves: that is the server's job.
 
-use std::net::{Ipv4Addr, SocketAddr, TcpListener};
 use std::path::PathBuf;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -22,6 +21,7 @@ use anyhow::{Context, Result};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
+use super::server::{DEVICE, Server, ServerSpec, policy_of};
 use super::{Machine, Table, write_json};
 use crate::latency::LatencyStats;
 use crate::models::PointSet;
@@ -30,9 +30,6 @@ use crate::plot::{Timeline, TimelineRun, TimelineSample, timeline_svg};
 use crate::profiler::Sample;
 use crate::services::Payload;
 use crate::telemetry::{Monitor, Sampler};
-
-/// The device id the benchmark's servers use.
-const DEVICE: &str = "bench";
 
 #[derive(Debug, Clone)]
 pub struct AdaptBenchSettings {
@@ -159,11 +156,10 @@ pub fn run(
         settings.service
     );
     let started = Instant::now();
-    let (first, status) = tokio.block_on(Server::start_adaptive(settings))?;
+    let (first, status, measured_because) = tokio.block_on(start_adaptive(settings))?;
     let adaptive_after_s = started.elapsed().as_secs_f64();
-    let measured_because = first.measured_because.clone();
     first.stop();
-    let policy = &status["services"][&settings.service]["policy"];
+    let policy = policy_of(&status, &settings.service);
     let slo_ms = policy["slo_ms"]
         .as_f64()
         .context("the status names no slo_ms")?;
@@ -188,7 +184,7 @@ pub fn run(
         // Let the machine calm down before the next run.
         std::thread::sleep(Duration::from_secs(2));
     }
-    let engine_threads = status["services"][&settings.service]["policy"]["threads"]
+    let engine_threads = policy_of(&status, &settings.service)["threads"]
         .as_u64()
         .map(|t| t as usize);
     let report = AdaptReport {
@@ -215,125 +211,40 @@ pub fn run(
     Ok(report)
 }
 
-/// An `edgerun serve` child on its own embedded broker, killed when dropped.
-struct Server {
-    child: Child,
-    broker: SocketAddr,
-    /// Why the server measured its points first, if it did (from its first status).
-    measured_because: Option<String>,
-}
-
-impl Server {
-    fn spawn(settings: &AdaptBenchSettings) -> Result<Server> {
-        // A free port: bound, read and released (the server binds it a moment later).
-        let port = TcpListener::bind((Ipv4Addr::LOCALHOST, 0))?
-            .local_addr()?
-            .port();
-        let exe = std::env::current_exe().context("finding this binary to start the server")?;
-        let mut command = Command::new(exe);
-        command.args(&settings.global_args).args([
-            "serve",
-            "--services",
-            &settings.service,
-            "--device",
-            DEVICE,
-            "--port",
-            &port.to_string(),
-            "--telemetry-interval",
-            "1",
-        ]);
-        command.arg("--profile").arg(&settings.profile);
-        if let Some(slo) = settings.slo_ms {
-            command.args(["--slo", &format!("{}={slo}", settings.service)]);
-        }
+/// Starts a server as `settings` say and waits until its status says the service is
+/// adaptive; returns it with that status, and why it measured first (if it did).
+async fn start_adaptive(settings: &AdaptBenchSettings) -> Result<(Server, Value, Option<String>)> {
+    let spec = ServerSpec {
+        services: settings.service.clone(),
+        slo: settings
+            .slo_ms
+            .map(|ms| format!("{}={ms}", settings.service)),
+        profile: settings.profile.clone(),
+        global_args: settings.global_args.clone(),
         // The servers' logs go beside the report, for when a run looks wrong.
-        let log = settings.out.with_extension("serve.log");
-        if let Some(dir) = log.parent().filter(|d| !d.as_os_str().is_empty()) {
-            std::fs::create_dir_all(dir)?;
+        log: settings.out.with_extension("serve.log"),
+    };
+    let server = Server::spawn(&spec)?;
+    let mut watcher = server.watch("bench-watch", "status").await?;
+    let deadline = Instant::now() + settings.adaptive_within;
+    let mut measured_because = None;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let (_, status) = watcher
+            .next_answer(left)
+            .await
+            .with_context(|| format!("not adaptive within {:?}", settings.adaptive_within))?;
+        let policy = policy_of(&status, &settings.service);
+        if status["online"] != true {
+            continue;
         }
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&log)?;
-        let child = command
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .context("starting edgerun serve")?;
-        Ok(Server {
-            child,
-            broker: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
-            measured_because: None,
-        })
-    }
-
-    /// Starts a server and waits until its status says the service is adaptive; returns
-    /// it with that status.
-    async fn start_adaptive(settings: &AdaptBenchSettings) -> Result<(Server, Value)> {
-        let mut server = Server::spawn(settings)?;
-        let watcher = server.connect("bench-watch").await?;
-        watcher
-            .raw()
-            .subscribe(
-                format!("edgerun/{DEVICE}/status"),
-                rumqttc::v5::mqttbytes::QoS::AtLeastOnce,
-            )
-            .await?;
-        let mut watcher = watcher;
-        let deadline = Instant::now() + settings.adaptive_within;
-        loop {
-            let left = deadline.saturating_duration_since(Instant::now());
-            let (_, status) = watcher
-                .next_answer(left)
-                .await
-                .with_context(|| format!("not adaptive within {:?}", settings.adaptive_within))?;
-            let policy = &status["services"][&settings.service]["policy"];
-            if status["online"] != true {
-                continue;
-            }
-            if policy["adaptive"] == true {
-                watcher.disconnect().await;
-                return Ok((server, status));
-            }
-            if server.measured_because.is_none() {
-                server.measured_because = policy["why"].as_str().map(str::to_string);
-            }
+        if policy["adaptive"] == true {
+            watcher.disconnect().await;
+            return Ok((server, status, measured_because));
         }
-    }
-
-    /// A client of the server's broker, retrying while it starts.
-    async fn connect(&self, name: &str) -> Result<RequestClient> {
-        let until = Instant::now() + Duration::from_secs(60);
-        loop {
-            // Connecting succeeds only once the broker listens; `connect` waits for SUBACK.
-            if std::net::TcpStream::connect(self.broker).is_ok() {
-                return Ok(RequestClient::connect(self.broker, name).await?);
-            }
-            anyhow::ensure!(Instant::now() < until, "the server's broker never listened");
-            tokio::time::sleep(Duration::from_millis(100)).await;
+        if measured_because.is_none() {
+            measured_because = policy["why"].as_str().map(str::to_string);
         }
-    }
-
-    /// SIGTERM, so that it goes offline cleanly; killed if it takes too long.
-    fn stop(mut self) {
-        let _ = Command::new("kill")
-            .args(["-TERM", &self.child.id().to_string()])
-            .status();
-        let until = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < until {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        }
-    }
-}
-
-impl Drop for Server {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -345,15 +256,10 @@ async fn run_one(
     slo_ms: f64,
     settings: &AdaptBenchSettings,
 ) -> Result<AdaptRun> {
-    let (server, _) = Server::start_adaptive(settings).await?;
+    let (server, _, _) = start_adaptive(settings).await?;
     let mut client = server.connect(&format!("bench-{label}")).await?;
-    let watcher = server.connect(&format!("bench-{label}-telemetry")).await?;
-    watcher
-        .raw()
-        .subscribe(
-            format!("edgerun/{DEVICE}/telemetry"),
-            rumqttc::v5::mqttbytes::QoS::AtMostOnce,
-        )
+    let watcher = server
+        .watch(&format!("bench-{label}-telemetry"), "telemetry")
         .await?;
     let monitor = Monitor::start(Sampler::live(), Duration::from_millis(250));
     let topic = format!("edgerun/{DEVICE}/{}/request", settings.service);

@@ -8,6 +8,8 @@ pub mod legal;
 pub mod mqtt;
 pub mod ocr;
 pub mod points;
+pub mod server;
+pub mod startup;
 
 use std::path::Path;
 

@@ -15,6 +15,7 @@ use crate::bench::ocr::{self, OcrBenchSettings, Reference};
 use crate::engine::EngineConfig;
 use crate::models::{self, ModelDir};
 use crate::profiler::Sample;
+use crate::serve::ServeConfig;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -46,6 +47,9 @@ pub enum Benchmark {
     /// hog starts and stops: share within the SLO, mean quality, switches; JSON and a
     /// timeline SVG.
     Adapt(AdaptBenchArgs),
+    /// `edgerun serve` from an empty profile cache: how long until every service adapts,
+    /// with requests answered meanwhile.
+    Startup(StartupBenchArgs),
     /// Spin CPU threads until killed (the hog `bench adapt` starts).
     #[command(hide = true)]
     Burn(BurnArgs),
@@ -110,6 +114,32 @@ pub struct AdaptBenchArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct StartupBenchArgs {
+    /// The services to start [default: serve's default set].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub services: Option<Vec<String>>,
+    /// Requests per service the stream cycles through.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub samples: usize,
+    /// The profile cache the server starts without (removed first) and measures into.
+    #[arg(
+        long,
+        default_value = "bench-results/startup-profile.json",
+        value_name = "FILE"
+    )]
+    pub profile: PathBuf,
+    /// How long every service may take to become adaptive.
+    #[arg(long, default_value_t = 300.0, value_name = "S")]
+    pub within: f64,
+    #[arg(
+        long,
+        default_value = "bench-results/startup.json",
+        value_name = "FILE"
+    )]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -245,6 +275,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             return Ok(ExitCode::SUCCESS);
         }
         Benchmark::Adapt(a) => return adapt(global, a),
+        Benchmark::Startup(a) => return startup(global, a),
         Benchmark::Generate(a) => {
             let generators = per_thread_count(global, &a.thread_counts, |r| r.generate(Warm::Up))?;
             crate::bench::generate::run(&crate::bench::generate::GenerateBenchSettings {
@@ -338,6 +369,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
         Benchmark::Engines(_)
         | Benchmark::Burn(_)
         | Benchmark::Adapt(_)
+        | Benchmark::Startup(_)
         | Benchmark::Legal(_)
         | Benchmark::Generate(_) => {
             unreachable!("handled above")
@@ -357,41 +389,11 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
     let dir = ModelDir::open(&runtime.models_root, &args.service)?;
     let points = crate::models::PointSet::from_manifest(dir.manifest())?
         .with_context(|| format!("{} has no operating points to adapt", args.service))?;
-    let json = |body: serde_json::Value| Sample {
-        content_type: Some("application/json".into()),
-        payload: crate::services::Payload::Json(body),
-    };
-    let samples: Vec<Sample> = match args.service.as_str() {
-        "ocr" => crate::data::ic15_e2e(args.samples)?
-            .iter()
-            .map(|scene| Sample::image_file(&scene.path))
-            .collect::<Result<_>>()?,
-        "legal" => crate::data::coliee_queries(&["R05"])?
-            .iter()
-            .take(args.samples)
-            .map(|q| json(serde_json::json!({"query": q.text})))
-            .collect(),
-        "generate" => {
-            let alphabet = runtime.generate(Warm::Cold)?.settings().alphabet.clone();
-            alphabet
-                .chars()
-                .take(args.samples)
-                .enumerate()
-                .map(|(seed, c)| json(serde_json::json!({"prompt": c.to_string(), "seed": seed, "format": "json"})))
-                .collect()
-        }
-        other => anyhow::bail!("no benchmark requests for {other:?} (ocr, legal, generate)"),
-    };
+    let samples = bench_requests(&runtime, &args.service, args.samples)?;
     if args.fresh && args.profile.exists() {
         std::fs::remove_file(&args.profile)
             .with_context(|| format!("removing {}", args.profile.display()))?;
     }
-    // The servers get this process's global flags (threads, engine, models): everything
-    // before the `bench` subcommand.
-    let global_args: Vec<String> = std::env::args()
-        .skip(1)
-        .take_while(|a| a != "bench")
-        .collect();
     let name = &args.service;
     let settings = AdaptBenchSettings {
         service: name.clone(),
@@ -405,7 +407,7 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| std::thread::available_parallelism().map_or(2, |n| n.get())),
         slo_ms: args.slo_ms,
         profile: args.profile.clone(),
-        global_args,
+        global_args: global_args(),
         adaptive_within: Duration::from_secs_f64(args.adaptive_within),
         out: args
             .out
@@ -417,5 +419,83 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
             .unwrap_or_else(|| PathBuf::from(format!("bench-results/adapt-{name}.svg"))),
     };
     crate::bench::adapt::run(&samples, &points, &settings)?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The flags the benchmarks' servers are started with: this process's global flags
+/// (threads, engine, models), everything before the `bench` subcommand.
+fn global_args() -> Vec<String> {
+    std::env::args()
+        .skip(1)
+        .take_while(|a| a != "bench")
+        .collect()
+}
+
+/// The first `n` benchmark requests of `service`: ICDAR 2015 scenes, COLIEE R05
+/// questions, or one prompt per character of the generator's alphabet.
+fn bench_requests(runtime: &Runtime, service: &str, n: usize) -> Result<Vec<Sample>> {
+    let json = |body: serde_json::Value| Sample {
+        content_type: Some("application/json".into()),
+        payload: crate::services::Payload::Json(body),
+    };
+    Ok(match service {
+        "ocr" => crate::data::ic15_e2e(n)?
+            .iter()
+            .map(|scene| Sample::image_file(&scene.path))
+            .collect::<Result<_>>()?,
+        "legal" => crate::data::coliee_queries(&["R05"])?
+            .iter()
+            .take(n)
+            .map(|q| json(serde_json::json!({"query": q.text})))
+            .collect(),
+        "generate" => {
+            let alphabet = runtime.generate(Warm::Cold)?.settings().alphabet.clone();
+            alphabet
+                .chars()
+                .take(n)
+                .enumerate()
+                .map(|(seed, c)| {
+                    json(serde_json::json!({"prompt": c.to_string(), "seed": seed, "format": "json"}))
+                })
+                .collect()
+        }
+        "echo" => vec![json(serde_json::json!({"ping": 1}))],
+        other => anyhow::bail!("no benchmark requests for {other:?} (ocr, legal, generate, echo)"),
+    })
+}
+
+/// `bench startup`: the server from an empty cache, with the services' benchmark requests
+/// in turn.
+fn startup(global: &GlobalArgs, args: &StartupBenchArgs) -> Result<ExitCode> {
+    let runtime = Runtime::from_args(global)?;
+    let services = match &args.services {
+        Some(names) => names.clone(),
+        None => ServeConfig::default().services.into_keys().collect(),
+    };
+    let mut per_service = Vec::new();
+    for name in &services {
+        let samples = bench_requests(&runtime, name, args.samples)?;
+        per_service.push(
+            samples
+                .into_iter()
+                .map(|s| (name.clone(), s))
+                .collect::<Vec<_>>(),
+        );
+    }
+    // Interleaved: one request of each service in turn.
+    let longest = per_service.iter().map(Vec::len).max().unwrap_or(0);
+    let requests: Vec<_> = (0..longest)
+        .flat_map(|i| per_service.iter().filter_map(move |s| s.get(i).cloned()))
+        .collect();
+    crate::bench::startup::run(
+        &requests,
+        &crate::bench::startup::StartupSettings {
+            services,
+            profile: args.profile.clone(),
+            global_args: global_args(),
+            within: Duration::from_secs_f64(args.within),
+            out: args.out.clone(),
+        },
+    )?;
     Ok(ExitCode::SUCCESS)
 }

@@ -79,6 +79,7 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
     let settings = ProfileSettings {
         rounds: args.rounds,
         progress: true,
+        skip_dominated: false,
     };
     let points = profile_service(service.as_ref(), &samples, settings, None)?;
     // Other services' profiles stay if they were measured with the same settings.

@@ -58,6 +58,9 @@ pub struct ServeArgs {
     /// its target by itself.
     #[arg(long, value_delimiter = ',', value_name = "NAME=MS,...", value_parser = parse_slo)]
     pub slo: Vec<(String, f64)>,
+    /// Serve every service's default point: no adaptation, and no measuring at start-up.
+    #[arg(long, conflicts_with = "slo")]
+    pub no_adapt: bool,
     /// The profile cache, where `serve` keeps what it measured of each point on this
     /// device [default: the cache folder's profile.json].
     #[arg(long, value_name = "FILE")]
@@ -123,6 +126,11 @@ impl ServeArgs {
         config.telemetry_interval_s = self
             .telemetry_interval
             .unwrap_or(config.telemetry_interval_s);
+        if self.no_adapt {
+            for name in config.services.keys() {
+                config.policy.entry(name.clone()).or_default().adaptive = false;
+            }
+        }
         for (name, slo_ms) in &self.slo {
             if !config.services.contains_key(name) {
                 anyhow::bail!("--slo {name}={slo_ms}: {name:?} is not served");
@@ -237,5 +245,9 @@ mod tests {
         );
         let err = resolve(&["edgerun", "serve", "--slo", "ocr:30"]).unwrap_err();
         assert!(err.to_string().contains("is not NAME=MS"), "{err}");
+        let config =
+            resolve(&["edgerun", "serve", "--services", "ocr,echo", "--no-adapt"]).unwrap();
+        assert!(config.policy.values().all(|p| !p.adaptive));
+        assert_eq!(config.policy.len(), 2);
     }
 }

@@ -292,6 +292,7 @@ fn point_choice(
                 ProfileSettings {
                     rounds: config.profile_rounds,
                     progress: false,
+                    skip_dominated: true,
                 },
                 profile_path.to_path_buf(),
                 key.clone(),
