@@ -417,6 +417,13 @@ mod tests {
         );
         assert!(learn.reason.contains("threads: 4"), "{}", learn.reason);
         assert_eq!(learn.policy.slo_ms, 250.0);
+        // ... and so is one from another build.
+        cache.key.threads = 1;
+        cache.key.build = "debug".into();
+        cache.save(config.profile.as_ref().unwrap()).unwrap();
+        let choices = choose(&config);
+        let learn = learning(&choices["ocr"]);
+        assert!(learn.reason.contains("build: \"debug\""), "{}", learn.reason);
 
         config.policy.get_mut("ocr").unwrap().adaptive = false;
         match &choose(&config)["ocr"] {
