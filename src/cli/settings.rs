@@ -423,7 +423,11 @@ mod tests {
         cache.save(config.profile.as_ref().unwrap()).unwrap();
         let choices = choose(&config);
         let learn = learning(&choices["ocr"]);
-        assert!(learn.reason.contains("build: \"debug\""), "{}", learn.reason);
+        assert!(
+            learn.reason.contains("build: \"debug\""),
+            "{}",
+            learn.reason
+        );
 
         config.policy.get_mut("ocr").unwrap().adaptive = false;
         match &choose(&config)["ocr"] {
