@@ -143,9 +143,18 @@ impl ServeArgs {
     }
 }
 
-pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
-    let config = args.resolve()?;
+/// The configuration with the global engine flags (`--threads`, `--backend`, ...) applied
+/// too, and the runtime built from it: the lanes' thread policy and the controllers'
+/// conditions read the engine from the configuration, so it must be the engine that runs.
+fn resolve_with_runtime(global: &GlobalArgs, args: &ServeArgs) -> Result<(ServeConfig, Runtime)> {
+    let mut config = args.resolve()?;
     let runtime = Runtime::new(global, config.engine.clone())?;
+    config.engine = runtime.engine_config.clone();
+    Ok((config, runtime))
+}
+
+pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
+    let (config, runtime) = resolve_with_runtime(global, args)?;
     let services = config
         .services
         .keys()
@@ -214,6 +223,20 @@ mod tests {
         assert_eq!(names, ["echo", "ocr"]);
         let err = resolve(&["edgerun", "serve", "--services", "ocr,vision"]).unwrap_err();
         assert!(err.to_string().contains("vision"), "{err}");
+    }
+
+    #[test]
+    fn global_engine_flags_reach_the_served_configuration() {
+        let cli = Cli::try_parse_from(["edgerun", "--threads", "2", "serve"]).unwrap();
+        let Command::Serve(serve) = &cli.command else {
+            panic!("not serve");
+        };
+        let (config, runtime) = resolve_with_runtime(&cli.global, serve).unwrap();
+        assert_eq!((config.engine.threads, runtime.threads), (2, 2));
+        assert!(
+            config.engine.adapts_threads(),
+            "two tract threads follow the load"
+        );
     }
 
     #[test]
