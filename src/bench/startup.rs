@@ -21,6 +21,8 @@ use crate::services::Payload;
 #[derive(Debug, Clone)]
 pub struct StartupSettings {
     pub services: Vec<String>,
+    /// Those of `services` with operating points: the ones that must become adaptive.
+    pub elastic: Vec<String>,
     /// The profile cache; removed first.
     pub profile: PathBuf,
     pub global_args: Vec<String>,
@@ -107,7 +109,7 @@ async fn measure(
         .collect();
     let mut latencies: Vec<Vec<f64>> = vec![Vec::new(); services.len()];
     let mut online_after_s = None;
-    let elastic = |s: &ServiceStartup| s.service != "echo";
+    let elastic = |s: &ServiceStartup| settings.elastic.contains(&s.service);
     let mut next = 0usize;
     while started.elapsed() < settings.within {
         // What the statuses said since the last request.

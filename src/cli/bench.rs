@@ -487,9 +487,24 @@ fn startup(global: &GlobalArgs, args: &StartupBenchArgs) -> Result<ExitCode> {
     let requests: Vec<_> = (0..longest)
         .flat_map(|i| per_service.iter().filter_map(move |s| s.get(i).cloned()))
         .collect();
+    let elastic = services
+        .iter()
+        .filter(|name| {
+            ModelDir::open(&runtime.models_root, name)
+                .ok()
+                .and_then(|dir| {
+                    models::PointSet::from_manifest(dir.manifest())
+                        .ok()
+                        .flatten()
+                })
+                .is_some()
+        })
+        .cloned()
+        .collect();
     crate::bench::startup::run(
         &requests,
         &crate::bench::startup::StartupSettings {
+            elastic,
             services,
             profile: args.profile.clone(),
             global_args: global_args(),

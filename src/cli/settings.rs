@@ -284,22 +284,20 @@ fn point_choice(
     };
     let samples = registry::entry(name).and_then(|entry| entry.samples(runtime));
     match samples {
-        Ok((samples, inputs)) if !samples.is_empty() => {
-            PointChoice::Learn(Box::new(Learning::new(
-                policy,
-                samples,
-                inputs,
-                ProfileSettings {
-                    rounds: config.profile_rounds,
-                    progress: false,
-                    skip_dominated: true,
-                },
-                profile_path.to_path_buf(),
-                key.clone(),
-                dir.manifest_sha256().to_string(),
-                reason,
-            )))
-        }
+        Ok((samples, inputs)) if !samples.is_empty() => PointChoice::Learn(Box::new(Learning {
+            policy,
+            samples,
+            inputs,
+            settings: ProfileSettings {
+                rounds: config.profile_rounds,
+                progress: false,
+                skip_dominated: true,
+            },
+            cache: profile_path.to_path_buf(),
+            key: key.clone(),
+            manifest_sha256: dir.manifest_sha256().to_string(),
+            reason,
+        })),
         Ok(_) => fixed(format!("{reason}, and no sample requests to measure with")),
         Err(e) => fixed(format!(
             "{reason}, and its sample requests cannot be read: {e:#}"

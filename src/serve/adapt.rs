@@ -105,11 +105,6 @@ impl LanePolicy {
         self.threads.now()
     }
 
-    /// Whether a controller chooses the points now.
-    pub fn is_adaptive(&self) -> bool {
-        matches!(*self.chooser(), Chooser::Controller(_))
-    }
-
     /// The point for a request that waited `waited_ms` in the queue; `None` means the
     /// service's default (no controller and no pin).
     pub fn decide(

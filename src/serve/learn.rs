@@ -36,29 +36,6 @@ pub struct Learning {
 }
 
 impl Learning {
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        policy: PolicyConfig,
-        samples: Vec<Sample>,
-        inputs: String,
-        settings: ProfileSettings,
-        cache: std::path::PathBuf,
-        key: ProfileKey,
-        manifest_sha256: String,
-        reason: String,
-    ) -> Learning {
-        Learning {
-            policy,
-            samples,
-            inputs,
-            settings,
-            cache,
-            key,
-            manifest_sha256,
-            reason,
-        }
-    }
-
     /// What status says while the points are measured.
     pub fn why_measuring(&self) -> String {
         format!(
