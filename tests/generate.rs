@@ -359,11 +359,18 @@ async fn generation_that_cannot_meet_its_deadline_stops_early_inside_serve() {
     for point in ["sid:4", "sid1:1"] {
         generate().generate("K", Some(point), 0).unwrap();
     }
+    let started = std::time::Instant::now();
+    generate().generate("K", Some("sid:4"), 0).unwrap();
+    // A third of one step on this machine: the wait before the decision leaves time (the
+    // controller plans four steps), no step fits. It scales with the machine, so an
+    // emulator's slower queue cannot spend it before the decision.
+    let step_ms = started.elapsed().as_secs_f64() * 1e3 / 4.0;
+    let deadline_ms = (step_ms / 3.0).ceil().max(1.0);
     let clock = common::ScriptedClock::new();
     let points = [("sid:1", 0.7676, 0.001), ("sid:4", 0.7891, 0.002)];
     let server = adaptive_server("dev-gd", service(), &clock, &points, 30_000.0);
     let mut client = Client::connect(server.embedded_broker.unwrap(), "generate-due").await;
-    let request = json!({"prompt": "K", "seed": 9, "format": "json", "deadline_ms": 1});
+    let request = json!({"prompt": "K", "seed": 9, "format": "json", "deadline_ms": deadline_ms});
     let answer = client
         .ask(
             "edgerun/dev-gd/generate/request",

@@ -320,11 +320,17 @@ async fn a_legal_query_that_cannot_meet_its_deadline_steps_down_inside_serve() {
     for point in legal().points() {
         legal().search(QUESTION, 5, Some(&point.name)).unwrap();
     }
+    let planned = legal().search(QUESTION, 5, Some("sn:l3.1-l6.1")).unwrap();
+    // A third of what the planned encoder takes on this machine: long enough that the wait
+    // before the decision leaves time (the controller, told the point costs microseconds,
+    // plans it), too short for its blocks. It scales with the machine, so an emulator's
+    // slower queue (milliseconds before the decision) cannot spend it first.
+    let deadline_ms = (planned.encode_ms / 3.0).ceil().max(1.0) as u64;
     let clock = common::ScriptedClock::new();
     let points = [("bm25", 0.6159, 0.001), ("sn:l3.1-l6.1", 0.6699, 0.002)];
     let server = adaptive_server("dev-ld", service(), &clock, &points, 30_000.0);
     let mut client = Client::connect(server.embedded_broker.unwrap(), "legal-due").await;
-    let request = json!({"query": QUESTION, "deadline_ms": 1});
+    let request = json!({"query": QUESTION, "deadline_ms": deadline_ms});
     let answer = client
         .ask(
             "edgerun/dev-ld/legal/request",
