@@ -1,42 +1,18 @@
 //! edgerun: an adaptive inference runtime for edge devices.
 //!
-//! The crate is laid out by concern, following a model -> optimized plan -> run pipeline:
+//! The workspace has three crates, with dependencies in one direction only:
 //!
-//! - [`engine`]: loads ONNX files into runnable plans and runs them on `ndarray` tensors
-//!   (tract today; ONNX Runtime fits the same trait).
-//! - [`models`]: the model directory and its manifests; verifies every file before use and
-//!   reads each service's declared operating points ([`models::PointSet`]).
-//! - [`imaging`]: image decoding with size limits and the resampling the models were trained with.
-//! - [`mqtt`]: the MQTT transport: embedded broker, topic layout, request envelopes.
-//! - [`serve`]: `edgerun serve`, wiring transport, bounded queues, adaptation and services
-//!   together; it measures unprofiled services' points in the background ([`serve::learn`]).
-//! - [`services`]: what a device serves (scene-text recognition, statute retrieval, image
-//!   generation), written against [`engine`] and independent of how requests arrive; each
-//!   meets deadlines by stepping down mid-request ([`services::deadline`]).
-//! - [`latency`]: latency summaries for telemetry and benchmarks.
-//! - [`data`]: the shared benchmark data (`EDGERUN_DATA`), for tests and benchmarks only.
-//! - [`bench`]: benchmarks that print a table and write JSON.
-//! - [`telemetry`]: live readings of the device (CPU, memory, temperatures, GPU, power).
-//! - [`policy`]: operating points, their measured profiles, and the controller that picks
-//!   one per request.
-//! - [`profiler`]: `edgerun profile`, measuring each operating point on this device.
-//! - [`plot`]: SVG charts for benchmarks and profiles.
-//! - [`cache`]: where per-device state (profiles, TensorRT engines) is kept.
-//! - [`cli`]: command-line parsing, one entry point per subcommand, and the one table of
-//!   services ([`cli::registry`]) that `serve`, `profile` and `bench` build them from.
+//! - `edgerun-runtime` (`crates/runtime`): engines, models, services, policy, telemetry,
+//!   MQTT and `serve`; what a device runs. Re-exported here module by module.
+//! - `edgerun-bench` (`crates/bench`): benchmarks, charts and the benchmark data; it drives
+//!   the runtime. Re-exported here as [`bench`], [`plot`] and [`data`].
+//! - `edgerun` (this package): the command line ([`cli`]) and the `edgerun` binary, with
+//!   one entry point per subcommand and the one table of services ([`cli::registry`]).
 
-pub mod bench;
-pub mod cache;
+pub use edgerun_bench as bench;
+pub use edgerun_bench::{data, plot};
+pub use edgerun_runtime::{
+    cache, engine, imaging, latency, models, mqtt, policy, profiler, serve, services, telemetry,
+};
+
 pub mod cli;
-pub mod data;
-pub mod engine;
-pub mod imaging;
-pub mod latency;
-pub mod models;
-pub mod mqtt;
-pub mod plot;
-pub mod policy;
-pub mod profiler;
-pub mod serve;
-pub mod services;
-pub mod telemetry;

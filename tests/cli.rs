@@ -6,10 +6,12 @@ use common::{fixture, png_header};
 use serde_json::Value;
 
 fn edgerun(args: &[&str]) -> (i32, Vec<Value>, String) {
-    let out = common::edgerun_command()
-        .args(args)
-        .output()
-        .expect("run edgerun");
+    run(common::edgerun_command().args(args))
+}
+
+/// Runs `command` and parses its stdout as JSON lines: (exit code, lines, stderr).
+fn run(command: &mut std::process::Command) -> (i32, Vec<Value>, String) {
+    let out = command.output().expect("run edgerun");
     let stdout = String::from_utf8(out.stdout).expect("utf-8 stdout");
     let lines = stdout
         .lines()
@@ -62,7 +64,7 @@ fn ocr_prints_one_json_object_per_image() {
 fn ocr_runs_at_a_named_point_and_names_the_point_its_knobs_make() {
     let sign = fixture("sign.png");
     let sign = sign.to_str().unwrap();
-    // Reading knobs from the manifest is unit-tested in src/services/ocr/points.rs; here,
+    // Reading knobs from the manifest is unit-tested in crates/runtime/src/services/ocr/points.rs; here,
     // that the binary applies and names them (each run loads the models: slow under an
     // emulator, so two runs and a refusal).
     for (args, point) in [
@@ -340,14 +342,17 @@ fn generate_writes_the_reference_png_and_refuses_bad_prompts() {
 
 #[test]
 fn legal_prints_the_ranked_articles_and_answers_bad_queries_with_an_error_object() {
-    let (code, lines, stderr) = edgerun(&[
-        "legal",
-        "Is a manifestation of intention induced by fraud voidable?",
-        "-k",
-        "2",
-        "--point",
-        "l6",
-    ]);
+    // What a device serves ships in models/: the benchmark data folder is not needed.
+    let (code, lines, stderr) = run(common::edgerun_command()
+        .env("EDGERUN_DATA", "/nonexistent/edgerun-data")
+        .args([
+            "legal",
+            "Is a manifestation of intention induced by fraud voidable?",
+            "-k",
+            "2",
+            "--point",
+            "l6",
+        ]));
     assert_eq!(code, 0, "{stderr}");
     let answer = &lines[0];
     assert_eq!(answer["point"], "l6");

@@ -20,7 +20,7 @@ use edgerun::engine::{
 };
 use edgerun::models::{self, ModelDir};
 use edgerun::services::generate::Generate;
-use edgerun::services::legal::{Legal, default_corpus};
+use edgerun::services::legal::Legal;
 use edgerun::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 use ndarray::ArrayD;
 
@@ -87,7 +87,7 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
             .unwrap();
     }
     // Two legal questions through every encoder point: every block and the pooling run.
-    let legal = Legal::load(&models::default_root(), &recorder, &default_corpus()).unwrap();
+    let legal = Legal::load(&models::default_root(), &recorder, None).unwrap();
     for point in legal.points().iter().filter(|p| p.space.is_some()) {
         for question in [
             "Is a contract made under duress voidable?",
@@ -159,16 +159,15 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
 fn legal_queries_run_unpadded_on_ort_and_embed_as_on_tract() {
     // tract pads token sequences to 16-token buckets (it plans per shape); ONNX Runtime runs
     // the exact length. Masked positions must not matter, so both give the same vector.
-    let corpus = default_corpus();
     let tract = Legal::load(
         &models::default_root(),
         &TractEngine::new(EngineConfig::default()),
-        &corpus,
+        None,
     )
     .unwrap();
     let recorder =
         Recorder::new(OrtEngine::new(&ort_config(&[Provider::Cpu])).expect("ONNX Runtime"));
-    let ort = Legal::load(&models::default_root(), &recorder, &corpus).unwrap();
+    let ort = Legal::load(&models::default_root(), &recorder, None).unwrap();
     let question = "Is a contract made under duress voidable?";
     let tokens = tract.tokenize(question).unwrap().len();
     assert_eq!(
@@ -202,7 +201,6 @@ fn legal_queries_run_unpadded_on_ort_and_embed_as_on_tract() {
 fn legal_int8_matmuls_on_ort_stay_close_to_f32_and_answer_alike() {
     // Opt-in int8 arithmetic for the int8-stored weights: different numbers, measured
     // closeness. Over the 109 R05 queries the L6 embedding's cosine to f32 was >= 0.991.
-    let corpus = default_corpus();
     let f32_engine = OrtEngine::new(&ort_config(&[Provider::Cpu])).expect("ONNX Runtime");
     let mut config = ort_config(&[Provider::Cpu]);
     config.ort.int8_matmul = vec!["legal/".into()];
@@ -213,8 +211,8 @@ fn legal_int8_matmuls_on_ort_stay_close_to_f32_and_answer_alike() {
         .unwrap()
         .placement();
     assert_eq!(placement.notes, ["6 MatMuls in int8"]);
-    let exact = Legal::load(&models::default_root(), &f32_engine, &corpus).unwrap();
-    let int8 = Legal::load(&models::default_root(), &int8_engine, &corpus).unwrap();
+    let exact = Legal::load(&models::default_root(), &f32_engine, None).unwrap();
+    let int8 = Legal::load(&models::default_root(), &int8_engine, None).unwrap();
     for (question, gold) in [
         (
             "Is a manifestation of intention induced by fraud voidable?",

@@ -10,7 +10,7 @@ use common::mqtt::{
 };
 use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::models;
-use edgerun::services::legal::{Legal, LegalService, default_corpus};
+use edgerun::services::legal::{Legal, LegalService};
 use edgerun::services::{Payload, Service, Serving};
 use serde_json::{Value, json};
 
@@ -18,9 +18,7 @@ fn legal() -> &'static Arc<Legal> {
     static LEGAL: OnceLock<Arc<Legal>> = OnceLock::new();
     LEGAL.get_or_init(|| {
         let engine = TractEngine::new(EngineConfig::default());
-        Arc::new(
-            Legal::load(&models::default_root(), &engine, &default_corpus()).expect("legal models"),
-        )
+        Arc::new(Legal::load(&models::default_root(), &engine, None).expect("legal models"))
     })
 }
 
@@ -198,6 +196,22 @@ async fn the_legal_service_answers_over_mosquitto() {
         .await;
     assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
     server.shutdown().unwrap();
+}
+
+/// The statute text in `models/legal` is the benchmark data's, byte for byte (export/legal
+/// copies it), so the exam queries' gold articles are the articles served.
+#[test]
+fn the_shipped_statute_text_is_the_benchmark_datas() {
+    let shipped = std::fs::read(models::default_root().join("legal/civil_code_en.txt")).unwrap();
+    let data =
+        std::fs::read(edgerun::data::root().join("legal/coliee/text/civil_code_en-1to724-2.txt"));
+    assert!(
+        shipped == data.unwrap(),
+        "models/legal/civil_code_en.txt differs"
+    );
+    assert_eq!(legal().articles().len(), 768);
+    assert_eq!(legal().articles()[0].id, "1");
+    assert_eq!(legal().articles()[767].id, "724-2");
 }
 
 #[test]

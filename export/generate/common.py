@@ -289,7 +289,7 @@ def edm_loss(model, x0, ids, p_mean=-1.2, p_std=1.2):
 
 
 # --- noise ---------------------------------------------------------------------
-# The runtime's noise stream (src/services/generate/noise.rs): SplitMix64 integers, the top
+# The runtime's noise stream (crates/runtime/src/services/generate/noise.rs): SplitMix64 integers, the top
 # 53 bits as a uniform in [0, 1), Box-Muller on consecutive pairs (cosine first).
 NOISE_NAME = "splitmix64-box-muller"
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)

@@ -106,7 +106,7 @@ def session(path):
 
 
 def reference_image(text_enc, gen, prompt, seed, sampler, sigmas, guidance):
-    """The runtime's pipeline in numpy + ONNX Runtime (see src/services/generate/mod.rs)."""
+    """The runtime's pipeline in numpy + ONNX Runtime (see crates/runtime/src/services/generate/mod.rs)."""
     size = 3 * HEIGHT * WIDTH
     tokens = text_enc.run(None, {"ids": encode_prompt(prompt)[None]})[0]
     steps = len(sigmas) if sampler == "renoise" else 1

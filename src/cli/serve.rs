@@ -27,8 +27,8 @@ pub struct ServeArgs {
     /// An existing broker, `mqtt://host:port`; without one an embedded broker is started.
     #[arg(long, value_name = "URL")]
     pub broker: Option<String>,
-    /// Serve only these services (default: the configuration's, or echo, ocr and, where its
-    /// corpus is present, legal).
+    /// Serve only these services (default: the configuration's, or all of them: echo, ocr,
+    /// legal and generate).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub services: Option<Vec<String>>,
     #[arg(long)]

@@ -21,7 +21,7 @@ use crate::serve::learn::Learning;
 use crate::serve::{PointChoice, ServeConfig};
 use crate::services::Service;
 use crate::services::generate::Generate;
-use crate::services::legal::{self, Legal};
+use crate::services::legal::Legal;
 use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 
 /// What every subcommand runs with.
@@ -91,12 +91,11 @@ impl Runtime {
 }
 
 impl Runtime {
-    /// Loads the legal retriever over the corpus at `corpus` (the COLIEE Civil Code under the
-    /// data folder when `None`).
+    /// Loads the legal retriever over the Civil Code that ships in `models/legal`, or over
+    /// the copy at `corpus`.
     pub fn legal(&self, corpus: Option<&Path>, warm: Warm) -> Result<Legal> {
-        let corpus = corpus.map_or_else(legal::default_corpus, Path::to_path_buf);
-        let legal = Legal::load(&self.models_root, self.engine.as_ref(), &corpus)
-            .with_context(|| format!("loading the legal service (corpus {})", corpus.display()))?;
+        let legal = Legal::load(&self.models_root, self.engine.as_ref(), corpus)
+            .context("loading the legal service")?;
         if warm == Warm::Up {
             legal.warm_up()?;
         }

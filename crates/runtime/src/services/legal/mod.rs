@@ -26,7 +26,7 @@ use std::time::Instant;
 use serde::{Deserialize, Serialize};
 
 use self::bm25::{Bm25, Bm25Params};
-pub use self::corpus::{Article, Query};
+pub use self::corpus::Article;
 use self::encoder::Blocks;
 use self::index::SpaceIndex;
 use self::scoring::SentenceMap;
@@ -175,20 +175,21 @@ pub const SAMPLE_QUERIES: &[&str] = &[
      contract, unless otherwise agreed, without prejudice to third parties.",
 ];
 
-/// The default corpus: the COLIEE English Civil Code under the data folder.
-pub fn default_corpus() -> PathBuf {
-    crate::data::root().join("legal/coliee/text/civil_code_en-1to724-2.txt")
-}
-
 impl Legal {
-    /// Loads `models/legal` with `engine` and the corpus at `corpus`.
+    /// Loads `models/legal` with `engine`. The articles come from the statute text that ships
+    /// there (manifest role `corpus`, checked against its sha256) unless `corpus` names
+    /// another copy; either must be the text the shipped index was built from.
     pub fn load(
         models_root: &Path,
         engine: &dyn Engine,
-        corpus: &Path,
+        corpus: Option<&Path>,
     ) -> Result<Legal, LegalError> {
         let dir = ModelDir::open(models_root, "legal")?;
-        let articles = corpus::read_code(corpus)?;
+        let (articles, corpus) = match corpus {
+            Some(path) => (corpus::read_code(path)?, path.to_path_buf()),
+            None => shipped_code(&dir)?,
+        };
+        let corpus = corpus.as_path();
         let mut ranges = Vec::with_capacity(articles.len());
         let mut start = 0;
         for a in &articles {
@@ -503,4 +504,17 @@ fn snippet(text: &str, chars: usize) -> String {
         Some((cut, _)) => format!("{}...", &flat[..cut]),
         None => flat,
     }
+}
+
+/// The statute text in `models/legal`: the manifest's `corpus` file, read through its sha256.
+fn shipped_code(dir: &ModelDir) -> Result<(Vec<Article>, PathBuf), LegalError> {
+    let file = dir
+        .manifest()
+        .files
+        .iter()
+        .find(|f| f.role == "corpus")
+        .ok_or_else(|| LegalError::Model("the manifest lists no `corpus` file".into()))?;
+    let path = dir.dir().join(&file.file);
+    let text = dir.read_verified_text(&file.file)?;
+    Ok((corpus::code_from_text(&text, &path)?, path))
 }

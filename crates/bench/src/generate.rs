@@ -12,8 +12,8 @@ use anyhow::Result;
 use serde::Serialize;
 
 use super::{Machine, Table, write_json};
-use crate::latency::LatencyStats;
-use crate::services::generate::{Generate, SAMPLE_PROMPTS as PROMPTS};
+use edgerun_runtime::latency::LatencyStats;
+use edgerun_runtime::services::generate::{Generate, SAMPLE_PROMPTS as PROMPTS};
 
 pub struct GenerateBenchSettings {
     /// The pipeline loaded once per thread count.

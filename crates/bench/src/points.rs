@@ -11,8 +11,8 @@ use serde::Serialize;
 use super::ocr::read_scenes;
 use super::{Machine, Table, write_json};
 use crate::data;
-use crate::latency::LatencyStats;
-use crate::services::ocr::{OcrOptions, OcrPipeline, OcrPoint};
+use edgerun_runtime::latency::LatencyStats;
+use edgerun_runtime::services::ocr::{OcrOptions, OcrPipeline, OcrPoint};
 
 /// The metric stored as `quality_metric` in the manifest.
 pub const OCR_QUALITY_METRIC: &str = "ICDAR 2015 end-to-end word accuracy: share of care words \

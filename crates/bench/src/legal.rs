@@ -17,11 +17,12 @@ use serde::Serialize;
 
 use super::{Machine, Table, create_parent_dir, write_json};
 use crate::data;
-use crate::latency::LatencyStats;
+use crate::data::Query;
 use crate::plot::{ParetoPoint, pareto_svg};
-use crate::policy::pareto_front;
-use crate::services::legal::scoring::{self, ScoringSettings, Signals};
-use crate::services::legal::{Legal, LegalPoint, Query};
+use edgerun_runtime::latency::LatencyStats;
+use edgerun_runtime::policy::pareto_front;
+use edgerun_runtime::services::legal::scoring::{self, ScoringSettings, Signals};
+use edgerun_runtime::services::legal::{Legal, LegalPoint};
 
 /// The quality the manifest's points carry.
 pub const QUALITY_METRIC: &str = "COLIEE 2024 (R05) statute retrieval: macro F2 of the returned article set (score-gap rule), 109 queries";

@@ -125,19 +125,12 @@ impl Default for ServiceConfig {
     }
 }
 
-/// Echo, OCR and image generation always; legal retrieval too where its default corpus is
-/// present (it is the service's document collection, not a model, so it does not ship in
-/// `models/`).
+/// Every service: echo, OCR, legal retrieval and image generation (all ship in `models/`).
 fn default_services() -> BTreeMap<String, ServiceConfig> {
-    let mut services = BTreeMap::from([
-        ("echo".to_string(), ServiceConfig::default()),
-        ("ocr".to_string(), ServiceConfig::default()),
-        ("generate".to_string(), ServiceConfig::default()),
-    ]);
-    if crate::services::legal::default_corpus().is_file() {
-        services.insert("legal".to_string(), ServiceConfig::default());
-    }
-    services
+    ["echo", "ocr", "legal", "generate"]
+        .into_iter()
+        .map(|name| (name.to_string(), ServiceConfig::default()))
+        .collect()
 }
 
 impl Default for ServeConfig {
@@ -319,15 +312,12 @@ workers = 2
     #[test]
     fn the_example_deployment_config_is_valid() {
         use crate::engine::{Backend, Provider};
-        let c: ServeConfig = toml::from_str(include_str!("../../deploy/edgerun.toml")).unwrap();
+        let c: ServeConfig =
+            toml::from_str(include_str!("../../../../deploy/edgerun.toml")).unwrap();
         c.validate().unwrap();
         assert_eq!(c.device, "orin-07");
-        assert_eq!(
-            c.services["legal"].corpus.as_deref(),
-            Some(std::path::Path::new(
-                "/usr/local/share/edgerun/civil_code_en-1to724-2.txt"
-            ))
-        );
+        assert_eq!(c.services["legal"].corpus, None);
+        assert_eq!(c.services["legal"].workers, 2);
         assert_eq!(c.engine.threads, 2);
         assert_eq!(c.engine.backend, Backend::Ort);
         assert_eq!(

@@ -1,11 +1,13 @@
 //! The shared benchmark data, for tests and benchmarks; the runtime never reads it.
 //!
 //! Everything is found through [`root`] (env `EDGERUN_DATA`, default `../shared/data`), and
-//! nothing is copied into the repository.
+//! nothing is copied into the repository (the statute text the legal service serves ships
+//! in `models/legal`, and a test checks it is this data's, byte for byte).
 
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context, Result, bail};
+use edgerun_runtime::services::legal::corpus::article_line;
 
 /// The data folder: `EDGERUN_DATA`, else `../shared/data`.
 pub fn root() -> PathBuf {
@@ -121,14 +123,13 @@ pub const COLIEE_TRAIN_YEARS: &[&str] = &[
 ];
 
 /// The COLIEE statute-retrieval queries of the given exam years, with their gold articles.
-pub fn coliee_queries(years: &[&str]) -> Result<Vec<crate::services::legal::Query>> {
+pub fn coliee_queries(years: &[&str]) -> Result<Vec<Query>> {
     let mut queries = Vec::new();
     for year in years {
         let path = root().join(format!("legal/coliee/train/riteval_{year}_en.xml"));
         let xml = std::fs::read_to_string(&path)
             .with_context(|| format!("reading {} (set EDGERUN_DATA?)", path.display()))?;
-        let parsed = crate::services::legal::corpus::parse_queries(&xml)
-            .map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+        let parsed = parse_queries(&xml).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
         queries.extend(parsed);
     }
     if queries.is_empty() {
@@ -137,9 +138,55 @@ pub fn coliee_queries(years: &[&str]) -> Result<Vec<crate::services::legal::Quer
     Ok(queries)
 }
 
+/// An exam query with its gold articles.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Query {
+    pub id: String,
+    pub text: String,
+    pub gold: Vec<String>,
+}
+
+/// Parses a COLIEE `riteval_*.xml` file: `<pair id><t1>gold articles</t1><t2>query</t2>`.
+pub fn parse_queries(xml: &str) -> Result<Vec<Query>, String> {
+    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
+    let mut queries = Vec::new();
+    for pair in doc.descendants().filter(|n| n.has_tag_name("pair")) {
+        let id = pair.attribute("id").ok_or("a <pair> without id")?;
+        let child_text = |tag: &str| {
+            pair.children()
+                .find(|c| c.has_tag_name(tag))
+                .and_then(|c| c.text())
+                .ok_or_else(|| format!("{id}: no <{tag}>"))
+        };
+        let gold = child_text("t1")?
+            .lines()
+            .filter_map(|l| article_line(l.trim()))
+            .map(|(id, _)| id.to_string())
+            .collect();
+        queries.push(Query {
+            id: id.to_string(),
+            text: child_text("t2")?.trim().to_string(),
+            gold,
+        });
+    }
+    Ok(queries)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn parses_queries_with_gold_articles() {
+        let xml = "<?xml version=\"1.0\"?><dataset><pair id=\"R05-01-A\" label=\"Y\"><t1>\n(Heading)\n\
+Article 537(1) If one party promises...\n(2) The validity...\nArticle 3-2 If the person...\n</t1>\
+<t2>\nThe validity of a contract.\n</t2></pair></dataset>";
+        let queries = parse_queries(xml).unwrap();
+        assert_eq!(queries.len(), 1);
+        assert_eq!(queries[0].id, "R05-01-A");
+        assert_eq!(queries[0].text, "The validity of a contract.");
+        assert_eq!(queries[0].gold, ["537", "3-2"]);
+    }
 
     #[test]
     fn gt_text_may_contain_commas() {

@@ -1,7 +1,7 @@
-//! The statute text and the exam queries, parsed from the COLIEE files.
+//! The statute text, parsed from the COLIEE file that ships in `models/legal`.
 //!
-//! The corpus is the service's document collection: the service reads it at start from a
-//! configurable path. The rules here are the ones `export/legal/common.py` uses to build the
+//! The corpus is the service's document collection: it ships in `models/legal` (the
+//! manifest's `corpus` file), and a configured path may replace it. The rules here are the ones `export/legal/common.py` uses to build the
 //! shipped index, so both agree on article order and sentences.
 
 use std::path::Path;
@@ -34,17 +34,9 @@ impl Article {
     }
 }
 
-/// An exam query with its gold articles.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Query {
-    pub id: String,
-    pub text: String,
-    pub gold: Vec<String>,
-}
-
 /// `Article 398-2  text` -> (`398-2`, `text`); also `Article 537(1) text`, as gold
 /// articles are quoted in the query files.
-fn article_line(line: &str) -> Option<(&str, &str)> {
+pub fn article_line(line: &str) -> Option<(&str, &str)> {
     let rest = line.strip_prefix("Article ")?;
     let id_len = rest
         .find(|c: char| !(c.is_ascii_digit() || c == '-'))
@@ -125,7 +117,12 @@ pub fn read_code(path: &Path) -> Result<Vec<Article>, LegalError> {
         path: path.to_path_buf(),
         message: source.to_string(),
     })?;
-    let articles = parse_code(&text);
+    code_from_text(&text, path)
+}
+
+/// Parses the code read from `path`; a text with no articles is an error.
+pub fn code_from_text(text: &str, path: &Path) -> Result<Vec<Article>, LegalError> {
+    let articles = parse_code(text);
     if articles.is_empty() {
         return Err(LegalError::Corpus {
             path: path.to_path_buf(),
@@ -133,32 +130,6 @@ pub fn read_code(path: &Path) -> Result<Vec<Article>, LegalError> {
         });
     }
     Ok(articles)
-}
-
-/// Parses a COLIEE `riteval_*.xml` file: `<pair id><t1>gold articles</t1><t2>query</t2>`.
-pub fn parse_queries(xml: &str) -> Result<Vec<Query>, String> {
-    let doc = roxmltree::Document::parse(xml).map_err(|e| e.to_string())?;
-    let mut queries = Vec::new();
-    for pair in doc.descendants().filter(|n| n.has_tag_name("pair")) {
-        let id = pair.attribute("id").ok_or("a <pair> without id")?;
-        let child_text = |tag: &str| {
-            pair.children()
-                .find(|c| c.has_tag_name(tag))
-                .and_then(|c| c.text())
-                .ok_or_else(|| format!("{id}: no <{tag}>"))
-        };
-        let gold = child_text("t1")?
-            .lines()
-            .filter_map(|l| article_line(l.trim()))
-            .map(|(id, _)| id.to_string())
-            .collect();
-        queries.push(Query {
-            id: id.to_string(),
-            text: child_text("t2")?.trim().to_string(),
-            gold,
-        });
-    }
-    Ok(queries)
 }
 
 #[cfg(test)]
@@ -195,17 +166,5 @@ Articles 38 to 84  Deleted\r\nArticle 208  Deleted\r\n(Age)\r\nArticle 4  The ag
             articles[3].embedding_text(),
             "Age: The age of majority is 18."
         );
-    }
-
-    #[test]
-    fn parses_queries_with_gold_articles() {
-        let xml = "<?xml version=\"1.0\"?><dataset><pair id=\"R05-01-A\" label=\"Y\"><t1>\n(Heading)\n\
-Article 537(1) If one party promises...\n(2) The validity...\nArticle 3-2 If the person...\n</t1>\
-<t2>\nThe validity of a contract.\n</t2></pair></dataset>";
-        let queries = parse_queries(xml).unwrap();
-        assert_eq!(queries.len(), 1);
-        assert_eq!(queries[0].id, "R05-01-A");
-        assert_eq!(queries[0].text, "The validity of a contract.");
-        assert_eq!(queries[0].gold, ["537", "3-2"]);
     }
 }

@@ -12,12 +12,14 @@ use serde::Serialize;
 
 use super::{Machine, Table, peak_rss_mib, percentile, write_json};
 use crate::data;
-use crate::engine::record::{OwnedInput, Recorder};
-use crate::engine::{Backend, Backends, EngineConfig, Input, Model, Provider, TractEngine};
-use crate::models::{self, ModelDir};
-use crate::services::generate::Generate;
-use crate::services::legal::{Legal, default_corpus};
-use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
+use edgerun_runtime::engine::record::{OwnedInput, Recorder};
+use edgerun_runtime::engine::{
+    Backend, Backends, EngineConfig, Input, Model, Provider, TractEngine,
+};
+use edgerun_runtime::models::{self, ModelDir};
+use edgerun_runtime::services::generate::Generate;
+use edgerun_runtime::services::legal::Legal;
+use edgerun_runtime::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
 
 pub struct EngineBenchSettings {
     pub models_root: PathBuf,
@@ -61,7 +63,7 @@ pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
             let config = EngineConfig {
                 threads,
                 backend,
-                ort: crate::engine::OrtConfig {
+                ort: edgerun_runtime::engine::OrtConfig {
                     providers: vec![Provider::Cpu],
                     ..settings.config.ort.clone()
                 },
@@ -120,7 +122,7 @@ fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<OwnedInput>)
     for scene in data::ic15_e2e(2)? {
         ocr.read_image(&super::ocr::load(&scene.path)?, &both_recognizers)?;
     }
-    let legal = Legal::load(root, &recorder, &default_corpus())?;
+    let legal = Legal::load(root, &recorder, None)?;
     for point in legal.points().iter().filter(|p| p.space.is_some()) {
         legal.embed(&point.name, "Is a contract made under duress voidable?")?;
     }

@@ -221,8 +221,10 @@ pub fn all_onnx_files(root: &Path) -> Result<Vec<(ModelDir, String)>, ModelError
     Ok(found)
 }
 
-/// The models folder to use: `EDGERUN_MODELS` if set, else `./models` if it exists, else
-/// the `models/` of the source tree this binary was built from.
+/// The models folder to use, the first of: `EDGERUN_MODELS`; `./models` if it exists;
+/// `../share/edgerun/models` beside the running binary (an installed package:
+/// `/usr/bin/edgerun` finds `/usr/share/edgerun/models`); the `models/` of the source tree
+/// this binary was built from.
 pub fn default_root() -> PathBuf {
     if let Some(dir) = std::env::var_os("EDGERUN_MODELS") {
         return PathBuf::from(dir);
@@ -231,7 +233,13 @@ pub fn default_root() -> PathBuf {
     if local.join("ocr").is_dir() {
         return local;
     }
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("models")
+    let installed = std::env::current_exe()
+        .ok()
+        .and_then(|exe| Some(exe.parent()?.parent()?.join("share/edgerun/models")));
+    if let Some(dir) = installed.filter(|d| d.join("ocr").is_dir()) {
+        return dir;
+    }
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("../../models")
 }
 
 #[cfg(test)]

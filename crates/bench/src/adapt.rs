@@ -23,13 +23,13 @@ use serde_json::Value;
 
 use super::server::{DEVICE, Server, ServerSpec, policy_of};
 use super::{Machine, Table, write_json};
-use crate::latency::LatencyStats;
-use crate::models::PointSet;
-use crate::mqtt::client::{Reply, RequestClient};
 use crate::plot::{Timeline, TimelineRun, TimelineSample, timeline_svg};
-use crate::profiler::Sample;
-use crate::services::Payload;
-use crate::telemetry::{Monitor, Sampler};
+use edgerun_runtime::latency::LatencyStats;
+use edgerun_runtime::models::PointSet;
+use edgerun_runtime::mqtt::client::{Reply, RequestClient};
+use edgerun_runtime::profiler::Sample;
+use edgerun_runtime::services::Payload;
+use edgerun_runtime::telemetry::{Monitor, Sampler};
 
 #[derive(Debug, Clone)]
 pub struct AdaptBenchSettings {

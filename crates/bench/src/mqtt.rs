@@ -15,11 +15,11 @@ use serde_json::json;
 
 use super::{LatencyStats, Machine, Table, write_json};
 use crate::data;
-use crate::mqtt::client::RequestClient;
-use crate::serve::{self, ServeConfig, ServiceConfig};
-use crate::services::echo::EchoService;
-use crate::services::ocr::{OcrOptions, OcrPipeline, OcrService, RecognizerChoice};
-use crate::services::{Payload, Service, Serving};
+use edgerun_runtime::mqtt::client::RequestClient;
+use edgerun_runtime::serve::{self, ServeConfig, ServiceConfig};
+use edgerun_runtime::services::echo::EchoService;
+use edgerun_runtime::services::ocr::{OcrOptions, OcrPipeline, OcrService, RecognizerChoice};
+use edgerun_runtime::services::{Payload, Service, Serving};
 
 #[derive(Debug, Clone)]
 pub struct MqttBenchSettings {
@@ -88,7 +88,7 @@ pub fn run(pipeline: Arc<OcrPipeline>, settings: &MqttBenchSettings) -> Result<M
             recognizer: RecognizerChoice::Tiny,
             ..OcrOptions::default()
         },
-        crate::imaging::DEFAULT_MAX_PIXELS,
+        edgerun_runtime::imaging::DEFAULT_MAX_PIXELS,
     ));
     let in_process_per_s = in_process_ocr(ocr.as_ref(), &crops)?;
 
@@ -169,7 +169,7 @@ pub fn run(pipeline: Arc<OcrPipeline>, settings: &MqttBenchSettings) -> Result<M
 fn percentile(samples: &[f64], p: f64) -> f64 {
     let mut sorted = samples.to_vec();
     sorted.sort_by(f64::total_cmp);
-    crate::latency::percentile(&sorted, p)
+    edgerun_runtime::latency::percentile(&sorted, p)
 }
 
 fn in_process_echo(payload: &[u8], n: usize) -> Result<LatencyStats> {

@@ -13,8 +13,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{LatencyStats, Machine, Table, write_json};
 use crate::data::{self, GtWord, SceneImage, WordCrop, word_key};
-use crate::imaging;
-use crate::services::ocr::{
+use edgerun_runtime::imaging;
+use edgerun_runtime::services::ocr::{
     OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind, TextItem,
 };
 

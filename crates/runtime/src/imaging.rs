@@ -463,7 +463,7 @@ mod tests {
     }
 
     fn opencv_fixtures() -> std::path::PathBuf {
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/opencv")
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tests/fixtures/opencv")
     }
 
     fn assert_same_pixels(got: &RgbImage, want: &RgbImage, what: &str) {

@@ -13,10 +13,10 @@ use serde::Serialize;
 
 use super::server::{DEVICE, Server, ServerSpec, policy_of};
 use super::{Machine, Table, write_json};
-use crate::latency::LatencyStats;
-use crate::mqtt::client::Reply;
-use crate::profiler::Sample;
-use crate::services::Payload;
+use edgerun_runtime::latency::LatencyStats;
+use edgerun_runtime::mqtt::client::Reply;
+use edgerun_runtime::profiler::Sample;
+use edgerun_runtime::services::Payload;
 
 #[derive(Debug, Clone)]
 pub struct StartupSettings {

@@ -193,7 +193,7 @@ pub fn profile_service(
         serve_all(name, &mut warm_up)?;
         // The fastest sample: the first of a new shape also pays for building its plans.
         warm_up_ms[i] = warm_up.iter().copied().fold(f64::INFINITY, f64::min);
-        peak_rss[i] = crate::bench::peak_rss_mib();
+        peak_rss[i] = crate::telemetry::peak_rss_mib();
     }
     let qualities: Vec<f64> = points.iter().map(|p| p.1).collect();
     let skipped = match settings.skip_dominated {

@@ -1,12 +1,21 @@
-//! Benchmarks: each measures on this machine, prints a table and writes JSON.
-//! Speed targets live here, never in tests. Ratios are measured within one run.
+//! edgerun's tooling: benchmarks, their charts and the benchmark data.
+//!
+//! Each benchmark measures on this machine, prints a table and writes JSON; speed targets
+//! live here, never in tests, and ratios are measured within one run. They drive the shipped
+//! runtime ([`edgerun_runtime`]): `serve` over MQTT or the library functions it calls.
+//! The runtime never depends on this crate (what a device serves needs no benchmark data).
+//!
+//! - [`data`]: the shared benchmark data (`EDGERUN_DATA`), for tests and benchmarks only.
+//! - [`plot`]: SVG charts for benchmarks and profiles.
 
 pub mod adapt;
+pub mod data;
 pub mod engines;
 pub mod generate;
 pub mod legal;
 pub mod mqtt;
 pub mod ocr;
+pub mod plot;
 pub mod points;
 pub mod server;
 pub mod startup;
@@ -16,7 +25,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use serde::Serialize;
 
-pub use crate::latency::{LatencyStats, percentile};
+pub use edgerun_runtime::latency::{LatencyStats, percentile};
 
 /// The machine a benchmark ran on, recorded with its results.
 #[derive(Debug, Clone, Serialize)]
@@ -57,13 +66,7 @@ impl std::fmt::Display for Machine {
     }
 }
 
-/// Peak resident memory of this process so far (VmHWM), in MiB; `None` off Linux.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
-}
+pub use edgerun_runtime::telemetry::peak_rss_mib;
 
 /// A plain-text table with aligned columns.
 pub struct Table {

@@ -12,7 +12,7 @@ use anyhow::{Context, Result};
 use rumqttc::v5::mqttbytes::QoS;
 use serde_json::Value;
 
-use crate::mqtt::client::RequestClient;
+use edgerun_runtime::mqtt::client::RequestClient;
 
 /// The device id the benchmarks' servers use.
 pub const DEVICE: &str = "bench";
