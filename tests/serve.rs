@@ -861,3 +861,120 @@ async fn a_fresh_cache_becomes_adaptive_by_itself_and_a_restart_reuses_it() {
 
     watcher.disconnect().await;
 }
+
+/// `edgerun request` as a script runs it, against mosquitto with a password file: it asks
+/// before the device is up, retries with the same correlation data, and prints the answer
+/// once the device serves; an error answer exits 1 with its code, no answer exits 2, a bad
+/// password is a clear error at once (exit 2), and the fleet topic is answered too.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn edgerun_request_retries_until_answered_and_exits_with_what_happened() {
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::with_users(&[("dev", "s3cret"), ("client", "hunter2")]);
+    let dir = tempfile::tempdir().unwrap();
+    let client_password = dir.path().join("client-password");
+    std::fs::write(&client_password, "hunter2\n").unwrap();
+    let broker = format!("mqtt://{}", mosquitto.addr());
+    let request = |args: &[&str]| {
+        let mut command = common::edgerun_command();
+        command
+            .args(["request", "--broker", &broker, "--username", "client"])
+            .arg("--password-file")
+            .arg(&client_password)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped());
+        command
+    };
+    let finish = |child: std::process::Child| {
+        let out = child.wait_with_output().unwrap();
+        let stdout = String::from_utf8(out.stdout).unwrap();
+        let stderr = String::from_utf8(out.stderr).unwrap();
+        (out.status.code().unwrap(), stdout, stderr)
+    };
+    // Asked before the device is up: the first attempt reaches nobody.
+    let early = request(&[
+        "echo",
+        r#"{"a": 1}"#,
+        "--device",
+        "dev-rq",
+        "--timeout-s",
+        "1.5",
+    ])
+    .args(["--attempts", "6"])
+    .spawn()
+    .unwrap();
+    tokio::time::sleep(Duration::from_millis(2000)).await;
+    let mut cfg = config("dev-rq", Some(mosquitto.addr()), 8);
+    cfg.services.clear();
+    cfg.services.insert("echo".into(), Default::default());
+    cfg.username = Some("dev".into());
+    // The device's password comes from the environment-free path: a file.
+    let device_password = dir.path().join("device-password");
+    std::fs::write(&device_password, "s3cret\n").unwrap();
+    cfg.password_file = Some(device_password);
+    let services: Vec<std::sync::Arc<dyn edgerun::services::Service>> =
+        vec![std::sync::Arc::new(edgerun::services::echo::EchoService)];
+    let server = edgerun::serve::start(cfg, services, Default::default()).unwrap();
+    let (code, stdout, stderr) = tokio::task::spawn_blocking(move || finish(early))
+        .await
+        .unwrap();
+    assert_eq!(code, 0, "{stderr}");
+    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer["echo"], json!({"a": 1}), "{answer}");
+    assert_eq!(answer["device"], "dev-rq", "{answer}");
+
+    let fleet = request(&["echo", "-", "--fleet"])
+        .stdin(Stdio::piped())
+        .spawn();
+    let mut fleet = fleet.unwrap();
+    use std::io::Write as _;
+    fleet
+        .stdin
+        .take()
+        .unwrap()
+        .write_all(b"plain words")
+        .unwrap();
+    let (code, stdout, stderr) = finish(fleet);
+    assert_eq!(code, 0, "{stderr}");
+    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer["bytes"], 11, "{answer}");
+    assert_eq!(answer["content_type"], "text/plain", "{answer}");
+
+    let (code, stdout, stderr) = finish(
+        request(&["echo", r#"{"point": "huge"}"#, "--device", "dev-rq"])
+            .spawn()
+            .unwrap(),
+    );
+    assert_eq!(code, 1, "{stdout}");
+    let answer: Value = serde_json::from_str(stdout.trim()).unwrap();
+    assert_eq!(answer["error"]["code"], "bad_request", "{answer}");
+    assert!(
+        stderr.starts_with("edgerun request: bad_request: unknown point \"huge\""),
+        "{stderr}"
+    );
+
+    let nobody = [
+        "echo",
+        "--device",
+        "nobody",
+        "--timeout-s",
+        "0.3",
+        "--attempts",
+        "2",
+    ];
+    let (code, stdout, stderr) = finish(request(&nobody).spawn().unwrap());
+    assert_eq!((code, stdout.as_str()), (2, ""), "{stderr}");
+    assert_eq!(
+        stderr.trim(),
+        "edgerun request: no answer on edgerun/nobody/echo/request after 2 attempt(s) of 0.3 s"
+    );
+
+    std::fs::write(&client_password, "wrong\n").unwrap();
+    let (code, _, stderr) = finish(request(&["echo", "--device", "dev-rq"]).spawn().unwrap());
+    assert_eq!(code, 2, "{stderr}");
+    assert!(
+        stderr.contains("cannot connect to the broker") && stderr.contains("NotAuthorized"),
+        "{stderr}"
+    );
+    server.shutdown().unwrap();
+}

@@ -8,6 +8,7 @@ mod legal;
 mod ocr;
 mod profile;
 pub mod registry;
+mod request;
 mod serve;
 pub mod settings;
 
@@ -23,6 +24,7 @@ pub use self::generate::GenerateArgs;
 pub use self::legal::LegalArgs;
 pub use self::ocr::OcrArgs;
 pub use self::profile::ProfileArgs;
+pub use self::request::RequestArgs;
 pub use self::serve::ServeArgs;
 
 /// Adaptive inference runtime for edge devices.
@@ -91,6 +93,9 @@ pub enum Command {
     Profile(ProfileArgs),
     /// Run a benchmark: print a table and write JSON.
     Bench(BenchArgs),
+    /// Ask a serving device (or the fleet) over MQTT and print the answer; retries on
+    /// timeout with the same correlation data.
+    Request(RequestArgs),
 }
 
 /// Recognizer choice as typed on the command line.
@@ -110,6 +115,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Generate(args) => generate::run(&cli.global, &args),
         Command::Profile(args) => profile::run(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
+        Command::Request(args) => request::run(&args),
     }
 }
 

@@ -31,10 +31,13 @@ pub struct ServeArgs {
     /// legal and generate).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub services: Option<Vec<String>>,
+    /// Username for the broker.
     #[arg(long)]
     pub username: Option<String>,
-    #[arg(long)]
-    pub password: Option<String>,
+    /// A file whose first line is the broker password (or set EDGERUN_MQTT_PASSWORD; the
+    /// command line never carries it, where `ps` would show it).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: Option<PathBuf>,
     /// Address of the embedded broker (default 127.0.0.1:1883).
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
@@ -107,7 +110,10 @@ impl ServeArgs {
             config.services = chosen;
         }
         config.username = self.username.clone().or(config.username);
-        config.password = self.password.clone().or(config.password);
+        if self.password_file.is_some() {
+            config.password_file = self.password_file.clone();
+            config.password = None;
+        }
         if let Some(bind) = self.bind {
             config.embedded_bind = bind;
         }

@@ -73,6 +73,11 @@ impl Mosquitto {
         Mosquitto(edgerun::bench::mqtt::Mosquitto::start_on(port).expect("mosquitto starts"))
     }
 
+    /// Admitting only `users` (name, password).
+    pub fn with_users(users: &[(&str, &str)]) -> Mosquitto {
+        Mosquitto(edgerun::bench::mqtt::Mosquitto::with_users(users).expect("mosquitto starts"))
+    }
+
     pub fn addr(&self) -> SocketAddr {
         self.0.addr
     }

@@ -283,15 +283,46 @@ impl Mosquitto {
     }
 
     pub fn start_on(port: u16) -> Result<Mosquitto> {
+        Self::start_with(port, &[])
+    }
+
+    /// On a free port, admitting only `users` (name, password), from a password file made
+    /// with `mosquitto_passwd`.
+    pub fn with_users(users: &[(&str, &str)]) -> Result<Mosquitto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        Self::start_with(port, users)
+    }
+
+    fn start_with(port: u16, users: &[(&str, &str)]) -> Result<Mosquitto> {
         let dir =
             std::env::temp_dir().join(format!("edgerun-mosquitto-{}-{port}", std::process::id()));
         std::fs::create_dir_all(&dir)?;
+        let mut access = "allow_anonymous true\n".to_string();
+        if !users.is_empty() {
+            let passwords = dir.join("passwords");
+            std::fs::write(&passwords, "")?;
+            for (user, password) in users {
+                let made = Command::new("mosquitto_passwd")
+                    .arg("-b")
+                    .arg(&passwords)
+                    .args([user, password])
+                    .status()
+                    .context("running mosquitto_passwd")?;
+                if !made.success() {
+                    bail!("mosquitto_passwd failed for {user}");
+                }
+            }
+            access = format!(
+                "allow_anonymous false\npassword_file {}\n",
+                passwords.display()
+            );
+        }
         let conf = dir.join("mosquitto.conf");
         std::fs::write(
             &conf,
-            format!(
-                "listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\nset_tcp_nodelay true\n"
-            ),
+            format!("listener {port} 127.0.0.1\n{access}persistence false\nset_tcp_nodelay true\n"),
         )?;
         let mut child = Command::new("mosquitto")
             .arg("-c")

@@ -1,5 +1,6 @@
 //! A requesting client: sends requests with a response topic and correlation data and
-//! hands back the answers. Used by the benchmark and the tests; a device never needs it.
+//! hands back the answers. Used by `edgerun request`, the benchmarks and the tests; a
+//! serving device never needs it.
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -12,6 +13,20 @@ use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
+
+use super::connect::{BrokerUrl, Credentials};
+
+/// Why the client could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum ConnectFailed {
+    /// The broker refused us or could not be reached (the first error, not retried).
+    #[error("cannot connect to the broker: {0}")]
+    Connection(String),
+    #[error("no answer to the reply-topic subscription within 10 s")]
+    NotSubscribed,
+    #[error(transparent)]
+    Client(#[from] ClientError),
+}
 
 /// An MQTT v5 client that asks and collects answers.
 pub struct RequestClient {
@@ -94,8 +109,25 @@ fn answer_body(payload: &[u8], properties: Option<&PublishProperties>) -> Value 
 
 impl RequestClient {
     /// Connects (TCP_NODELAY on) and subscribes to its own reply topic.
-    pub async fn connect(addr: SocketAddr, name: &str) -> Result<RequestClient, ClientError> {
-        let mut options = MqttOptions::new(name, addr.ip().to_string(), addr.port());
+    pub async fn connect(addr: SocketAddr, name: &str) -> Result<RequestClient, ConnectFailed> {
+        let url = BrokerUrl {
+            host: addr.ip().to_string(),
+            port: addr.port(),
+        };
+        RequestClient::connect_to(&url, name, None).await
+    }
+
+    /// Connects to `url` as `name`, with `credentials` if given, and subscribes to its own
+    /// reply topic, `replies/{name}`.
+    pub async fn connect_to(
+        url: &BrokerUrl,
+        name: &str,
+        credentials: Option<&Credentials>,
+    ) -> Result<RequestClient, ConnectFailed> {
+        let mut options = MqttOptions::new(name, url.host.clone(), url.port);
+        if let Some(c) = credentials {
+            options.set_credentials(c.username.clone(), c.password.clone());
+        }
         options.set_keep_alive(Duration::from_secs(10));
         options.set_max_packet_size(Some(64 << 20));
         let mut network = rumqttc::NetworkOptions::new();
@@ -118,19 +150,31 @@ impl RequestClient {
                     }
                     Ok(Event::Incoming(Packet::SubAck(_))) => {
                         if let Some(tx) = subscribed_tx.take() {
-                            let _ = tx.send(());
+                            let _ = tx.send(Ok(()));
                         }
                     }
                     Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
                     Ok(_) => {}
-                    Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+                    // Before the first subscription: a refused or unreachable broker is the
+                    // caller's error. After it: reconnect.
+                    Err(e) => match subscribed_tx.take() {
+                        Some(tx) => {
+                            let _ = tx.send(Err(e.to_string()));
+                            return;
+                        }
+                        None => tokio::time::sleep(Duration::from_millis(50)).await,
+                    },
                 }
             }
         });
         client
             .subscribe(reply_topic.clone(), QoS::AtLeastOnce)
             .await?;
-        let _ = tokio::time::timeout(Duration::from_secs(10), subscribed).await;
+        match tokio::time::timeout(Duration::from_secs(10), subscribed).await {
+            Ok(Ok(Ok(()))) => {}
+            Ok(Ok(Err(why))) => return Err(ConnectFailed::Connection(why)),
+            Ok(Err(_)) | Err(_) => return Err(ConnectFailed::NotSubscribed),
+        }
         Ok(RequestClient {
             client,
             answers,

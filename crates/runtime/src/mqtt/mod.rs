@@ -6,9 +6,11 @@
 
 pub mod broker;
 pub mod client;
+pub mod connect;
 pub mod envelope;
 pub mod topics;
 
 pub use broker::EmbeddedBroker;
+pub use connect::{BrokerUrl, Credentials};
 pub use envelope::{Reply, Request};
 pub use topics::Topics;

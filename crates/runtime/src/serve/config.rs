@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
+use crate::mqtt::{BrokerUrl, Credentials};
 use crate::policy::PolicyConfig;
 
 /// `edgerun serve`'s settings. Every field has a default, so an empty file is valid.
@@ -21,7 +22,10 @@ pub struct ServeConfig {
     /// `mqtt://host:port` of an existing broker; none starts the embedded one.
     pub broker: Option<String>,
     pub username: Option<String>,
+    /// The password in the file itself; prefer `password_file` or `EDGERUN_MQTT_PASSWORD`.
     pub password: Option<String>,
+    /// A file whose first line is the password (mode 0600, owned by the service user).
+    pub password_file: Option<PathBuf>,
     /// Where the embedded broker listens (loopback unless configured otherwise).
     pub embedded_bind: SocketAddr,
     /// Requests with bigger payloads are answered `too_large`.
@@ -141,6 +145,7 @@ impl Default for ServeConfig {
             broker: None,
             username: None,
             password: None,
+            password_file: None,
             embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_payload_bytes: 8 << 20,
             max_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -197,24 +202,20 @@ impl ServeConfig {
         let Some(url) = &self.broker else {
             return Ok(None);
         };
-        let rest = url
-            .strip_prefix("mqtt://")
-            .or_else(|| url.strip_prefix("tcp://"))
-            .unwrap_or(url);
-        let (host, port) = match rest.rsplit_once(':') {
-            Some((host, port)) => (
-                host,
-                port.parse()
-                    .map_err(|_| ConfigError::Invalid(format!("bad port in broker URL {url:?}")))?,
-            ),
-            None => (rest, 1883),
-        };
-        if host.is_empty() {
-            return Err(ConfigError::Invalid(format!(
-                "no host in broker URL {url:?}"
-            )));
-        }
-        Ok(Some((host.to_string(), port)))
+        let url = BrokerUrl::parse(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        Ok(Some((url.host, url.port)))
+    }
+
+    /// The credentials to connect with: `username` and the password from the configuration,
+    /// `password_file`, or the environment (`EDGERUN_MQTT_PASSWORD`).
+    pub fn credentials(&self) -> Result<Option<Credentials>, ConfigError> {
+        crate::mqtt::connect::credentials(
+            self.username.as_deref(),
+            self.password.as_deref(),
+            self.password_file.as_deref(),
+            |key| std::env::var(key).ok(),
+        )
+        .map_err(|e| ConfigError::Invalid(e.to_string()))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -267,6 +268,7 @@ impl ServeConfig {
             return invalid("telemetry_interval_s must lie in 0.01..=86400".into());
         }
         self.broker_address()?;
+        self.credentials()?;
         Ok(())
     }
 }

@@ -210,7 +210,7 @@ async fn serve(
         let notify = status_changed.clone();
         learn::spawn(learn_jobs, activity.clone(), move || notify.notify_one());
     }
-    let (client, eventloop) = connect(&config, &topics, &host, port);
+    let (client, eventloop) = connect(&config, &topics, &host, port)?;
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<Incoming>();
     // The connection is driven by a task of its own, so that publishing (which waits for
     // room in the client's request channel) never waits on the loop that would drain it.
@@ -332,7 +332,7 @@ fn connect(
     topics: &Topics,
     host: &str,
     port: u16,
-) -> (AsyncClient, EventLoop) {
+) -> Result<(AsyncClient, EventLoop)> {
     let mut options = MqttOptions::new(format!("edgerun-{}", config.device), host, port);
     options.set_keep_alive(Duration::from_secs(10));
     // A persistent session: requests received but not yet answered are redelivered after
@@ -355,13 +355,13 @@ fn connect(
         true,
         None,
     ));
-    if let (Some(user), Some(password)) = (&config.username, &config.password) {
-        options.set_credentials(user, password);
+    if let Some(credentials) = config.credentials()? {
+        options.set_credentials(credentials.username, credentials.password);
     }
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
     options.set_network_options(network);
-    AsyncClient::new(options, 64)
+    Ok(AsyncClient::new(options, 64))
 }
 
 async fn subscribe(
