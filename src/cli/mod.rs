@@ -6,6 +6,7 @@ mod bench;
 mod generate;
 mod legal;
 mod ocr;
+mod passwd;
 mod profile;
 pub mod registry;
 mod request;
@@ -23,6 +24,7 @@ pub use self::bench::BenchArgs;
 pub use self::generate::GenerateArgs;
 pub use self::legal::LegalArgs;
 pub use self::ocr::OcrArgs;
+pub use self::passwd::PasswdArgs;
 pub use self::profile::ProfileArgs;
 pub use self::request::RequestArgs;
 pub use self::serve::ServeArgs;
@@ -96,6 +98,8 @@ pub enum Command {
     /// Ask a serving device (or the fleet) over MQTT and print the answer; retries on
     /// timeout with the same correlation data.
     Request(RequestArgs),
+    /// Add a user to the embedded broker's password file (password on standard input).
+    Passwd(PasswdArgs),
 }
 
 /// Recognizer choice as typed on the command line.
@@ -116,6 +120,7 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
         Command::Profile(args) => profile::run(&cli.global, &args),
         Command::Bench(args) => bench::run(&cli.global, &args),
         Command::Request(args) => request::run(&args),
+        Command::Passwd(args) => passwd::run(&args),
     }
 }
 

@@ -17,7 +17,7 @@ use clap::Args;
 use serde_json::Value;
 
 use crate::mqtt::client::{ConnectFailed, Reply, RequestClient};
-use crate::mqtt::{BrokerUrl, Topics};
+use crate::mqtt::{BrokerUrl, TlsSettings, Topics};
 use crate::serve::config::ServeConfig;
 
 #[derive(Debug, Args)]
@@ -49,6 +49,15 @@ pub struct RequestArgs {
     /// A file whose first line is the broker password (or set EDGERUN_MQTT_PASSWORD).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// For mqtts:// brokers: a PEM file of CA certificates to trust besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// For mutual TLS: this client's PEM certificate (with --key-file).
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// For mutual TLS: this client's PEM private key.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
     /// Seconds to wait for the answer to each attempt.
     #[arg(long, default_value_t = 30.0, value_name = "S")]
     pub timeout_s: f64,
@@ -137,6 +146,12 @@ pub fn run(args: &RequestArgs) -> Result<ExitCode> {
     let credentials = crate::mqtt::connect::credentials(username, password, password_file, |k| {
         std::env::var(k).ok()
     })?;
+    let tls = TlsSettings {
+        ca_file: args.ca_file.clone().or(config.tls.ca_file.clone()),
+        cert_file: args.cert_file.clone().or(config.tls.cert_file.clone()),
+        key_file: args.key_file.clone().or(config.tls.key_file.clone()),
+        ..config.tls.clone()
+    };
     let prefix = args.prefix.as_deref().unwrap_or(&config.prefix);
     let device = args.device.as_deref().unwrap_or(&config.device);
     let topics = Topics::new(prefix, device);
@@ -152,7 +167,7 @@ pub fn run(args: &RequestArgs) -> Result<ExitCode> {
         .enable_all()
         .build()?;
     let answer = runtime.block_on(async {
-        let client = RequestClient::connect_to(&url, &id, credentials.as_ref()).await?;
+        let client = RequestClient::connect_to(&url, &id, credentials.as_ref(), &tls).await?;
         Ok::<_, ConnectFailed>(ask(client, &topic, &id, body, args).await)
     });
     let answer = match answer {

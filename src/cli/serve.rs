@@ -38,6 +38,19 @@ pub struct ServeArgs {
     /// command line never carries it, where `ps` would show it).
     #[arg(long, value_name = "FILE")]
     pub password_file: Option<PathBuf>,
+    /// For mqtts:// brokers: a PEM file of CA certificates to trust besides the system's.
+    #[arg(long, value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// For mutual TLS: this device's PEM certificate (with --key-file).
+    #[arg(long, value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// For mutual TLS: this device's PEM private key.
+    #[arg(long, value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// The embedded broker's users (made with `edgerun passwd`); required to listen
+    /// beyond loopback. This device connects as --username.
+    #[arg(long, value_name = "FILE")]
+    pub embedded_password_file: Option<PathBuf>,
     /// Address of the embedded broker (default 127.0.0.1:1883).
     #[arg(long, value_name = "ADDR")]
     pub bind: Option<SocketAddr>,
@@ -110,6 +123,16 @@ impl ServeArgs {
             config.services = chosen;
         }
         config.username = self.username.clone().or(config.username);
+        if let Some(file) = &self.embedded_password_file {
+            config.embedded_password_file = Some(file.clone());
+        }
+        if let Some(ca) = &self.ca_file {
+            config.tls.ca_file = Some(ca.clone());
+        }
+        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
+            config.tls.cert_file = Some(cert.clone());
+            config.tls.key_file = Some(key.clone());
+        }
         if self.password_file.is_some() {
             config.password_file = self.password_file.clone();
             config.password = None;

@@ -319,11 +319,19 @@ impl Mosquitto {
                 passwords.display()
             );
         }
-        let conf = dir.join("mosquitto.conf");
-        std::fs::write(
-            &conf,
-            format!("listener {port} 127.0.0.1\n{access}persistence false\nset_tcp_nodelay true\n"),
-        )?;
+        let conf =
+            format!("listener {port} 127.0.0.1\n{access}persistence false\nset_tcp_nodelay true\n");
+        Self::with_conf(port, dir, &conf)
+    }
+
+    /// With the configuration `conf` (written into `dir`, which is removed when dropped),
+    /// ready once `port` accepts connections: for listeners of one's own (TLS, several
+    /// ports).
+    pub fn with_conf(port: u16, dir: PathBuf, conf: &str) -> Result<Mosquitto> {
+        std::fs::create_dir_all(&dir)?;
+        let conf_path = dir.join("mosquitto.conf");
+        std::fs::write(&conf_path, conf)?;
+        let conf = conf_path;
         let mut child = Command::new("mosquitto")
             .arg("-c")
             .arg(&conf)

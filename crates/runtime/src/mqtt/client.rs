@@ -14,7 +14,8 @@ use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
 
-use super::connect::{BrokerUrl, Credentials};
+use super::connect::{BrokerUrl, ConnectError, Credentials, TlsSettings};
+use rumqttc::{TlsConfiguration, Transport};
 
 /// Why the client could not start.
 #[derive(Debug, thiserror::Error)]
@@ -26,6 +27,8 @@ pub enum ConnectFailed {
     NotSubscribed,
     #[error(transparent)]
     Client(#[from] ClientError),
+    #[error(transparent)]
+    Settings(#[from] ConnectError),
 }
 
 /// An MQTT v5 client that asks and collects answers.
@@ -113,20 +116,26 @@ impl RequestClient {
         let url = BrokerUrl {
             host: addr.ip().to_string(),
             port: addr.port(),
+            tls: false,
         };
-        RequestClient::connect_to(&url, name, None).await
+        RequestClient::connect_to(&url, name, None, &TlsSettings::default()).await
     }
 
-    /// Connects to `url` as `name`, with `credentials` if given, and subscribes to its own
-    /// reply topic, `replies/{name}`.
+    /// Connects to `url` as `name`, with `credentials` if given (and `tls` for an
+    /// `mqtts://` URL), and subscribes to its own reply topic, `replies/{name}`.
     pub async fn connect_to(
         url: &BrokerUrl,
         name: &str,
         credentials: Option<&Credentials>,
+        tls: &TlsSettings,
     ) -> Result<RequestClient, ConnectFailed> {
         let mut options = MqttOptions::new(name, url.host.clone(), url.port);
         if let Some(c) = credentials {
             options.set_credentials(c.username.clone(), c.password.clone());
+        }
+        if url.tls {
+            let config = tls.client_config()?;
+            options.set_transport(Transport::tls_with_config(TlsConfiguration::Rustls(config)));
         }
         options.set_keep_alive(Duration::from_secs(10));
         options.set_max_packet_size(Some(64 << 20));

@@ -11,6 +11,6 @@ pub mod envelope;
 pub mod topics;
 
 pub use broker::EmbeddedBroker;
-pub use connect::{BrokerUrl, Credentials};
+pub use connect::{BrokerUrl, Credentials, TlsSettings};
 pub use envelope::{Reply, Request};
 pub use topics::Topics;

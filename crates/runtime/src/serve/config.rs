@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
-use crate::mqtt::{BrokerUrl, Credentials};
+use crate::mqtt::{BrokerUrl, Credentials, TlsSettings};
 use crate::policy::PolicyConfig;
 
 /// `edgerun serve`'s settings. Every field has a default, so an empty file is valid.
@@ -26,8 +26,13 @@ pub struct ServeConfig {
     pub password: Option<String>,
     /// A file whose first line is the password (mode 0600, owned by the service user).
     pub password_file: Option<PathBuf>,
+    /// Trusted CAs and the client certificate for an `mqtts://` broker.
+    pub tls: TlsSettings,
     /// Where the embedded broker listens (loopback unless configured otherwise).
     pub embedded_bind: SocketAddr,
+    /// The embedded broker's users (`user:argon2-hash` lines, `edgerun passwd`); required
+    /// beyond loopback. This device connects to it as `username` too.
+    pub embedded_password_file: Option<PathBuf>,
     /// Requests with bigger payloads are answered `too_large`.
     pub max_payload_bytes: usize,
     /// Decoded images with more pixels are answered `too_large`.
@@ -146,6 +151,8 @@ impl Default for ServeConfig {
             username: None,
             password: None,
             password_file: None,
+            tls: TlsSettings::default(),
+            embedded_password_file: None,
             embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_payload_bytes: 8 << 20,
             max_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -197,13 +204,13 @@ impl ServeConfig {
         })
     }
 
-    /// The broker's host and port, if one is configured.
-    pub fn broker_address(&self) -> Result<Option<(String, u16)>, ConfigError> {
+    /// The broker to join, if one is configured (none: the embedded broker).
+    pub fn broker_url(&self) -> Result<Option<BrokerUrl>, ConfigError> {
         let Some(url) = &self.broker else {
             return Ok(None);
         };
         let url = BrokerUrl::parse(url).map_err(|e| ConfigError::Invalid(e.to_string()))?;
-        Ok(Some((url.host, url.port)))
+        Ok(Some(url))
     }
 
     /// The credentials to connect with: `username` and the password from the configuration,
@@ -267,8 +274,30 @@ impl ServeConfig {
         if !(0.01..=86_400.0).contains(&self.telemetry_interval_s) {
             return invalid("telemetry_interval_s must lie in 0.01..=86400".into());
         }
-        self.broker_address()?;
+        if let Some(url) = self.broker_url()?
+            && url.tls
+        {
+            self.tls
+                .client_config()
+                .map_err(|e| ConfigError::Invalid(e.to_string()))?;
+        }
         self.credentials()?;
+        if self.broker.is_none() {
+            if !self.embedded_bind.ip().is_loopback() && self.embedded_password_file.is_none() {
+                return invalid(format!(
+                    "the embedded broker listens on {} only with authentication: set \
+                     embedded_password_file (made with `edgerun passwd FILE USER`)",
+                    self.embedded_bind
+                ));
+            }
+            if self.embedded_password_file.is_some() && self.username.is_none() {
+                return invalid(
+                    "with embedded_password_file, set username (and its password) for this \
+                     device's own connection"
+                        .into(),
+                );
+            }
+        }
         Ok(())
     }
 }
@@ -300,15 +329,17 @@ workers = 2
         .unwrap();
         assert_eq!(c.device, "pi-7");
         assert_eq!(c.services["ocr"].workers, 2);
-        assert_eq!(c.broker_address().unwrap(), Some(("10.0.0.2".into(), 1884)));
+        let url = c.broker_url().unwrap().unwrap();
+        assert_eq!(
+            (url.host.as_str(), url.port, url.tls),
+            ("10.0.0.2", 1884, false)
+        );
         let c = ServeConfig {
             broker: Some("broker.local".into()),
             ..ServeConfig::default()
         };
-        assert_eq!(
-            c.broker_address().unwrap(),
-            Some(("broker.local".into(), 1883))
-        );
+        let url = c.broker_url().unwrap().unwrap();
+        assert_eq!((url.host.as_str(), url.port), ("broker.local", 1883));
     }
 
     #[test]
@@ -346,6 +377,36 @@ workers = 2
         let bad = "[engine]\nbackend = \"gpu\"\n";
         let err = toml::from_str::<ServeConfig>(bad).unwrap_err().to_string();
         assert!(err.contains("unknown variant `gpu`"), "{err}");
+    }
+
+    #[test]
+    fn the_embedded_broker_leaves_loopback_only_with_authentication() {
+        let open = ServeConfig {
+            embedded_bind: SocketAddr::from(([0, 0, 0, 0], 1883)),
+            ..ServeConfig::default()
+        };
+        let err = open.validate().unwrap_err().to_string();
+        assert!(
+            err.contains("listens on 0.0.0.0:1883 only with authentication"),
+            "{err}"
+        );
+        let no_user = ServeConfig {
+            embedded_password_file: Some("/etc/edgerun/broker-users".into()),
+            ..open.clone()
+        };
+        let err = no_user.validate().unwrap_err().to_string();
+        assert!(err.contains("set username"), "{err}");
+        let guarded = ServeConfig {
+            username: Some("cam-1".into()),
+            ..no_user
+        };
+        guarded.validate().unwrap();
+        // Joining another broker, the embedded one's settings do not apply.
+        let joined = ServeConfig {
+            broker: Some("mqtt://10.0.0.2".into()),
+            ..open
+        };
+        joined.validate().unwrap();
     }
 
     #[test]

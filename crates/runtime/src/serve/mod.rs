@@ -21,10 +21,11 @@ use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result};
+use anyhow::{Context, Result, bail};
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{LastWill, Packet, Publish};
-use rumqttc::v5::{AsyncClient, Event, EventLoop, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, Publish};
+use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
+use rumqttc::{TlsConfiguration, TlsError, Transport};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
@@ -35,7 +36,7 @@ pub use self::config::{ServeConfig, ServiceConfig};
 use self::learn::LearnJob;
 use self::stats::ServiceStats;
 use crate::mqtt::envelope::Request;
-use crate::mqtt::{EmbeddedBroker, Topics};
+use crate::mqtt::{BrokerUrl, EmbeddedBroker, Topics};
 use crate::profiler::Activity;
 use crate::services::{Output, Service, ServiceError, Serving};
 use crate::telemetry::{Monitor, Sampler};
@@ -149,14 +150,22 @@ async fn serve(
     mut shutdown: oneshot::Receiver<()>,
     ready: std::sync::mpsc::Sender<Option<SocketAddr>>,
 ) -> Result<()> {
-    let (embedded, host, port) = match config.broker_address()? {
-        Some((host, port)) => (None, host, port),
+    let (embedded, broker) = match config.broker_url()? {
+        Some(url) => (None, url),
         None => {
-            let broker =
-                EmbeddedBroker::start(config.embedded_bind, config.max_payload_bytes * 2 + 65_536)
-                    .await?;
+            let broker = EmbeddedBroker::start(
+                config.embedded_bind,
+                config.max_payload_bytes * 2 + 65_536,
+                config.embedded_password_file.as_deref(),
+            )
+            .await?;
             let addr = broker.local_addr();
-            (Some(broker), addr.ip().to_string(), addr.port())
+            let url = BrokerUrl {
+                host: addr.ip().to_string(),
+                port: addr.port(),
+                tls: false,
+            };
+            (Some(broker), url)
         }
     };
     let topics = Topics::new(&config.prefix, &config.device);
@@ -210,11 +219,11 @@ async fn serve(
         let notify = status_changed.clone();
         learn::spawn(learn_jobs, activity.clone(), move || notify.notify_one());
     }
-    let (client, eventloop) = connect(&config, &topics, &host, port)?;
+    let (client, eventloop) = connect(&config, &topics, &broker)?;
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<Incoming>();
     // The connection is driven by a task of its own, so that publishing (which waits for
     // room in the client's request channel) never waits on the loop that would drain it.
-    let pump = tokio::spawn(pump(eventloop, incoming_tx, format!("{host}:{port}")));
+    let pump = tokio::spawn(pump(eventloop, incoming_tx, broker.to_string()));
     let started = Instant::now();
     let mut telemetry = tokio::time::interval(Duration::from_secs_f64(config.telemetry_interval_s));
     let mut server = Dispatcher {
@@ -247,6 +256,13 @@ async fn serve(
                     say_ready(&mut ready);
                 }
                 Incoming::Publish(publish) => server.dispatch(*publish).await,
+                // Before the first connection, a refusal that retrying cannot mend (bad
+                // credentials, an untrusted or expired certificate, the wrong host) ends
+                // the start with its reason instead of a silent retry loop.
+                Incoming::Refused(why) if ready.is_some() => {
+                    bail!("cannot connect to the broker {broker}: {why}")
+                }
+                Incoming::Refused(_) => {}
             },
             _ = &mut ready_by, if ready.is_some() => say_ready(&mut ready),
             _ = status_changed.notified() => publish_status(&client, &topics, &lanes, true).await,
@@ -293,6 +309,33 @@ enum Incoming {
     /// (Re)connected: subscribe and announce.
     Connected,
     Publish(Box<Publish>),
+    /// The broker refused us for a reason retrying will not mend (still retried).
+    Refused(String),
+}
+
+/// Whether a connection error is one that retrying cannot mend: the broker refused our
+/// credentials or identity, or the TLS handshake failed on a certificate (untrusted,
+/// expired, issued for another host) or on our own client certificate.
+fn is_refusal(error: &ConnectionError) -> bool {
+    match error {
+        ConnectionError::ConnectionRefused(code) => !matches!(
+            code,
+            ConnectReturnCode::ServerUnavailable
+                | ConnectReturnCode::ServiceUnavailable
+                | ConnectReturnCode::ServerBusy
+                | ConnectReturnCode::UseAnotherServer
+                | ConnectReturnCode::ServerMoved
+                | ConnectReturnCode::QuotaExceeded
+                | ConnectReturnCode::ConnectionRateExceeded
+        ),
+        // rustls reports a rejected certificate or a handshake alert through the stream's
+        // I/O error; a reset or a timeout during the handshake is only the network.
+        ConnectionError::Tls(TlsError::Io(e)) => e
+            .get_ref()
+            .is_some_and(|inner| inner.downcast_ref::<rustls::Error>().is_some()),
+        ConnectionError::Tls(_) => true,
+        _ => false,
+    }
 }
 
 /// Drives the MQTT connection: reconnects with backoff, forwards what arrives, and ends
@@ -319,6 +362,9 @@ async fn pump(mut eventloop: EventLoop, incoming: mpsc::UnboundedSender<Incoming
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => {}
             Err(e) => {
+                if is_refusal(&e) && incoming.send(Incoming::Refused(e.to_string())).is_err() {
+                    return;
+                }
                 tracing::warn!("MQTT connection to {broker}: {e}; retrying in {backoff:?}");
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
@@ -330,10 +376,17 @@ async fn pump(mut eventloop: EventLoop, incoming: mpsc::UnboundedSender<Incoming
 fn connect(
     config: &ServeConfig,
     topics: &Topics,
-    host: &str,
-    port: u16,
+    broker: &BrokerUrl,
 ) -> Result<(AsyncClient, EventLoop)> {
-    let mut options = MqttOptions::new(format!("edgerun-{}", config.device), host, port);
+    let mut options = MqttOptions::new(
+        format!("edgerun-{}", config.device),
+        broker.host.clone(),
+        broker.port,
+    );
+    if broker.tls {
+        let tls = TlsConfiguration::Rustls(config.tls.client_config()?);
+        options.set_transport(Transport::tls_with_config(tls));
+    }
     options.set_keep_alive(Duration::from_secs(10));
     // A persistent session: requests received but not yet answered are redelivered after
     // a reconnect instead of being lost.
