@@ -343,6 +343,27 @@ workers = 2
     }
 
     #[test]
+    fn the_packaged_config_is_the_defaults() {
+        let text = include_str!("../../../../deploy/package.toml");
+        let c: ServeConfig = toml::from_str(text).unwrap();
+        c.validate().unwrap();
+        assert_eq!(
+            serde_json::to_value(&c).unwrap(),
+            serde_json::to_value(ServeConfig::default()).unwrap()
+        );
+        // Each commented key is one the configuration knows: uncommented, it still parses.
+        let uncommented: String = text
+            .lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains(" = ") || l.starts_with('['))
+            .map(|l| l.split(" #").next().unwrap().to_string() + "\n")
+            .collect();
+        let c: ServeConfig = toml::from_str(&uncommented).unwrap();
+        assert_eq!(c.broker.as_deref(), Some("mqtts://broker.plant:8883"));
+        assert_eq!(c.policy["legal"].slo_ms, Some(30.0));
+    }
+
+    #[test]
     fn the_example_deployment_config_is_valid() {
         use crate::engine::{Backend, Provider};
         let c: ServeConfig =
