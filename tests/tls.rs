@@ -357,3 +357,50 @@ async fn the_embedded_broker_admits_only_the_users_of_its_password_file() {
     assert!(stderr.contains("cannot connect to the broker"), "{stderr}");
     server.shutdown().unwrap();
 }
+
+/// The embedded broker's own TLS listener (beside its loopback one, which the device itself
+/// uses), requiring client certificates: a client with one is answered over mqtts://, one
+/// without is refused.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_embedded_broker_serves_mutual_tls_on_its_own_listener() {
+    let _serial = exclusive().await;
+    let pki = Pki::new();
+    let port = free_port();
+    let mut cfg = config("dev-etls", None, 8);
+    cfg.services.clear();
+    cfg.services.insert("echo".into(), Default::default());
+    cfg.embedded_tls = Some(edgerun::mqtt::broker::EmbeddedTls {
+        bind: ([127, 0, 0, 1], port).into(),
+        cert_file: pki.path("server.pem"),
+        key_file: pki.path("server.key"),
+        ca_file: Some(pki.ca.clone()),
+        require_client_cert: true,
+    });
+    let services: Vec<Arc<dyn Service>> = vec![Arc::new(EchoService)];
+    let server = serve::start(cfg, services, Default::default()).unwrap();
+    let broker = format!("mqtts://localhost:{port}");
+    let ca = pki.ca.to_str().unwrap().to_string();
+    let (cert, key) = (pki.path("client.pem"), pki.path("client.key"));
+    let ask = [
+        "echo",
+        "{}",
+        "--device",
+        "dev-etls",
+        "--broker",
+        &broker,
+        "--ca-file",
+        &ca,
+    ];
+    let mut with_cert = ask.to_vec();
+    with_cert.extend(["--cert-file", cert.to_str().unwrap()]);
+    with_cert.extend(["--key-file", key.to_str().unwrap()]);
+    let (code, stdout, stderr) = request(&with_cert).await;
+    assert_eq!(code, 0, "{stderr}");
+    assert_eq!(stdout.trim(), r#"{"echo":{},"device":"dev-etls"}"#);
+    let mut without = ask.to_vec();
+    without.extend(["--attempts", "1", "--timeout-s", "2"]);
+    let (code, _, stderr) = request(&without).await;
+    assert_eq!(code, 2, "{stderr}");
+    assert!(stderr.contains("cannot connect to the broker"), "{stderr}");
+    server.shutdown().unwrap();
+}

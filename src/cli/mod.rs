@@ -3,6 +3,7 @@
 //! Nothing here does inference itself.
 
 mod bench;
+mod broker;
 mod generate;
 mod legal;
 mod ocr;

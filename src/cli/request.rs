@@ -16,8 +16,9 @@ use base64::Engine as _;
 use clap::Args;
 use serde_json::Value;
 
+use super::broker::BrokerArgs;
 use crate::mqtt::client::{ConnectFailed, Reply, RequestClient};
-use crate::mqtt::{BrokerUrl, TlsSettings, Topics};
+use crate::mqtt::{BrokerUrl, Topics};
 use crate::serve::config::ServeConfig;
 
 #[derive(Debug, Args)]
@@ -34,30 +35,14 @@ pub struct RequestArgs {
     /// Ask the fleet (any one member answers) instead of one device.
     #[arg(long)]
     pub fleet: bool,
-    /// The broker [default: the configuration's, or the embedded one, mqtt://127.0.0.1:1883].
-    #[arg(long, value_name = "URL")]
-    pub broker: Option<String>,
+    #[command(flatten)]
+    pub connection: BrokerArgs,
     /// A serve configuration to take the broker, prefix, device and credentials from.
     #[arg(long, value_name = "FILE")]
     pub config: Option<PathBuf>,
     /// First topic level [default: the configuration's, or edgerun].
     #[arg(long)]
     pub prefix: Option<String>,
-    /// Username for the broker.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// A file whose first line is the broker password (or set EDGERUN_MQTT_PASSWORD).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-    /// For mqtts:// brokers: a PEM file of CA certificates to trust besides the system's.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// For mutual TLS: this client's PEM certificate (with --key-file).
-    #[arg(long, value_name = "FILE", requires = "key_file")]
-    pub cert_file: Option<PathBuf>,
-    /// For mutual TLS: this client's PEM private key.
-    #[arg(long, value_name = "FILE", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
     /// Seconds to wait for the answer to each attempt.
     #[arg(long, default_value_t = 30.0, value_name = "S")]
     pub timeout_s: f64,
@@ -128,30 +113,18 @@ pub fn run(args: &RequestArgs) -> Result<ExitCode> {
     if args.attempts == 0 || !args.timeout_s.is_finite() || args.timeout_s <= 0.0 {
         bail!("--attempts must be at least 1 and --timeout-s positive");
     }
-    let config = match &args.config {
+    let mut config = match &args.config {
         Some(path) => ServeConfig::from_file(path)?,
         None => ServeConfig::default(),
     };
-    let broker = args
+    args.connection.apply(&mut config);
+    let broker = config
         .broker
         .clone()
-        .or(config.broker.clone())
         .unwrap_or_else(|| config.embedded_bind.to_string());
     let url = BrokerUrl::parse(&broker)?;
-    let username = args.username.as_deref().or(config.username.as_deref());
-    let (password, password_file) = match &args.password_file {
-        Some(file) => (None, Some(file.as_path())),
-        None => (config.password.as_deref(), config.password_file.as_deref()),
-    };
-    let credentials = crate::mqtt::connect::credentials(username, password, password_file, |k| {
-        std::env::var(k).ok()
-    })?;
-    let tls = TlsSettings {
-        ca_file: args.ca_file.clone().or(config.tls.ca_file.clone()),
-        cert_file: args.cert_file.clone().or(config.tls.cert_file.clone()),
-        key_file: args.key_file.clone().or(config.tls.key_file.clone()),
-        ..config.tls.clone()
-    };
+    let credentials = config.credentials()?;
+    let tls = config.tls.clone();
     let prefix = args.prefix.as_deref().unwrap_or(&config.prefix);
     let device = args.device.as_deref().unwrap_or(&config.device);
     let topics = Topics::new(prefix, device);

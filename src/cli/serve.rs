@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use clap::Args;
 
 use super::GlobalArgs;
+use super::broker::BrokerArgs;
 use super::registry;
 use super::settings::{Runtime, Warm, point_choices};
 use crate::serve::{self, ServeConfig, ServiceConfig};
@@ -24,29 +25,12 @@ pub struct ServeArgs {
     /// First topic level.
     #[arg(long)]
     pub prefix: Option<String>,
-    /// An existing broker, `mqtt://host:port`; without one an embedded broker is started.
-    #[arg(long, value_name = "URL")]
-    pub broker: Option<String>,
+    #[command(flatten)]
+    pub connection: BrokerArgs,
     /// Serve only these services (default: the configuration's, or all of them: echo, ocr,
     /// legal and generate).
     #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
     pub services: Option<Vec<String>>,
-    /// Username for the broker.
-    #[arg(long)]
-    pub username: Option<String>,
-    /// A file whose first line is the broker password (or set EDGERUN_MQTT_PASSWORD; the
-    /// command line never carries it, where `ps` would show it).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: Option<PathBuf>,
-    /// For mqtts:// brokers: a PEM file of CA certificates to trust besides the system's.
-    #[arg(long, value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// For mutual TLS: this device's PEM certificate (with --key-file).
-    #[arg(long, value_name = "FILE", requires = "key_file")]
-    pub cert_file: Option<PathBuf>,
-    /// For mutual TLS: this device's PEM private key.
-    #[arg(long, value_name = "FILE", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
     /// The embedded broker's users (made with `edgerun passwd`); required to listen
     /// beyond loopback. This device connects as --username.
     #[arg(long, value_name = "FILE")]
@@ -112,7 +96,7 @@ impl ServeArgs {
         };
         set(&mut config.device, &self.device);
         set(&mut config.prefix, &self.prefix);
-        config.broker = self.broker.clone().or(config.broker);
+        self.connection.apply(&mut config);
         if let Some(names) = &self.services {
             let mut chosen = std::collections::BTreeMap::new();
             for name in names {
@@ -122,20 +106,8 @@ impl ServeArgs {
             }
             config.services = chosen;
         }
-        config.username = self.username.clone().or(config.username);
         if let Some(file) = &self.embedded_password_file {
             config.embedded_password_file = Some(file.clone());
-        }
-        if let Some(ca) = &self.ca_file {
-            config.tls.ca_file = Some(ca.clone());
-        }
-        if let (Some(cert), Some(key)) = (&self.cert_file, &self.key_file) {
-            config.tls.cert_file = Some(cert.clone());
-            config.tls.key_file = Some(key.clone());
-        }
-        if self.password_file.is_some() {
-            config.password_file = self.password_file.clone();
-            config.password = None;
         }
         if let Some(bind) = self.bind {
             config.embedded_bind = bind;

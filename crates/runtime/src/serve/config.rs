@@ -8,6 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use crate::engine::EngineConfig;
+use crate::mqtt::broker::{EmbeddedTls, unauthenticated_exposure};
 use crate::mqtt::{BrokerUrl, Credentials, TlsSettings};
 use crate::policy::PolicyConfig;
 
@@ -33,6 +34,8 @@ pub struct ServeConfig {
     /// The embedded broker's users (`user:argon2-hash` lines, `edgerun passwd`); required
     /// beyond loopback. This device connects to it as `username` too.
     pub embedded_password_file: Option<PathBuf>,
+    /// A TLS listener of the embedded broker besides `embedded_bind`.
+    pub embedded_tls: Option<EmbeddedTls>,
     /// Requests with bigger payloads are answered `too_large`.
     pub max_payload_bytes: usize,
     /// Decoded images with more pixels are answered `too_large`.
@@ -153,6 +156,7 @@ impl Default for ServeConfig {
             password_file: None,
             tls: TlsSettings::default(),
             embedded_password_file: None,
+            embedded_tls: None,
             embedded_bind: SocketAddr::from(([127, 0, 0, 1], 1883)),
             max_payload_bytes: 8 << 20,
             max_pixels: crate::imaging::DEFAULT_MAX_PIXELS,
@@ -283,12 +287,12 @@ impl ServeConfig {
         }
         self.credentials()?;
         if self.broker.is_none() {
-            if !self.embedded_bind.ip().is_loopback() && self.embedded_password_file.is_none() {
-                return invalid(format!(
-                    "the embedded broker listens on {} only with authentication: set \
-                     embedded_password_file (made with `edgerun passwd FILE USER`)",
-                    self.embedded_bind
-                ));
+            if let Some(why) = unauthenticated_exposure(
+                self.embedded_bind,
+                self.embedded_password_file.as_deref(),
+                self.embedded_tls.as_ref(),
+            ) {
+                return invalid(why);
             }
             if self.embedded_password_file.is_some() && self.username.is_none() {
                 return invalid(
@@ -408,7 +412,7 @@ workers = 2
         };
         let err = open.validate().unwrap_err().to_string();
         assert!(
-            err.contains("listens on 0.0.0.0:1883 only with authentication"),
+            err.contains("listens on 0.0.0.0:1883 (beyond loopback)"),
             "{err}"
         );
         let no_user = ServeConfig {

@@ -157,6 +157,7 @@ async fn serve(
                 config.embedded_bind,
                 config.max_payload_bytes * 2 + 65_536,
                 config.embedded_password_file.as_deref(),
+                config.embedded_tls.as_ref(),
             )
             .await?;
             let addr = broker.local_addr();
