@@ -17,7 +17,7 @@ done
 # find /usr/share/edgerun/models by itself.
 port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
 log=$(mktemp)
-(cd / && env -u EDGERUN_MODELS /usr/bin/edgerun serve --config /etc/edgerun/edgerun.toml \
+(cd / && exec env -u EDGERUN_MODELS /usr/bin/edgerun serve --config /etc/edgerun/edgerun.toml \
    --device deb-check --port "$port" --services legal,echo >"$log" 2>&1) &
 server=$!
 for _ in $(seq 120); do
@@ -29,6 +29,7 @@ answer=$(cd / && /usr/bin/edgerun request legal \
   '{"query": "Is a manifestation of intention induced by fraud voidable?", "k": 1}' \
   --device deb-check --broker "mqtt://127.0.0.1:$port" --timeout-s 60)
 echo "check-package: answer: $answer"
+# `exec` above makes $server the installed binary itself: SIGTERM stops it cleanly.
 kill -TERM "$server"; wait "$server" || true
 case "$answer" in
   *'"article":"96"'*) ;;
