@@ -265,6 +265,13 @@ async fn ocr_throughput(
     Ok(crops.len() as f64 / started.elapsed().as_secs_f64())
 }
 
+/// A loopback port nothing listens on now.
+fn free_port() -> Result<u16> {
+    Ok(std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port())
+}
+
 /// Debian's mosquitto on a loopback port with TCP_NODELAY, stopped when dropped; for the
 /// benchmark and the tests.
 pub struct Mosquitto {
@@ -276,10 +283,7 @@ pub struct Mosquitto {
 impl Mosquitto {
     /// On a free port.
     pub fn start() -> Result<Mosquitto> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        Self::start_on(port)
+        Self::start_with(free_port()?, &[])
     }
 
     pub fn start_on(port: u16) -> Result<Mosquitto> {
@@ -289,10 +293,7 @@ impl Mosquitto {
     /// On a free port, admitting only `users` (name, password), from a password file made
     /// with `mosquitto_passwd`.
     pub fn with_users(users: &[(&str, &str)]) -> Result<Mosquitto> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0")?
-            .local_addr()?
-            .port();
-        Self::start_with(port, users)
+        Self::start_with(free_port()?, users)
     }
 
     fn start_with(port: u16, users: &[(&str, &str)]) -> Result<Mosquitto> {
@@ -331,10 +332,9 @@ impl Mosquitto {
         std::fs::create_dir_all(&dir)?;
         let conf_path = dir.join("mosquitto.conf");
         std::fs::write(&conf_path, conf)?;
-        let conf = conf_path;
         let mut child = Command::new("mosquitto")
             .arg("-c")
-            .arg(&conf)
+            .arg(&conf_path)
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()

@@ -803,3 +803,26 @@ impl Worker {
         Ok(output)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn refusals_are_told_apart_from_a_broker_that_is_away() {
+        let io = |kind| std::io::Error::from(kind);
+        let refused = |code| ConnectionError::ConnectionRefused(code);
+        assert!(is_refusal(&refused(ConnectReturnCode::NotAuthorized)));
+        assert!(is_refusal(&refused(ConnectReturnCode::BadUserNamePassword)));
+        assert!(!is_refusal(&refused(ConnectReturnCode::ServerUnavailable)));
+        assert!(!is_refusal(&refused(ConnectReturnCode::ServerBusy)));
+        assert!(!is_refusal(&ConnectionError::Io(io(
+            std::io::ErrorKind::ConnectionRefused
+        ))));
+        let expired = rustls::Error::InvalidCertificate(rustls::CertificateError::Expired);
+        let rejected = std::io::Error::new(std::io::ErrorKind::InvalidData, expired);
+        assert!(is_refusal(&ConnectionError::Tls(TlsError::Io(rejected))));
+        let reset = io(std::io::ErrorKind::ConnectionReset);
+        assert!(!is_refusal(&ConnectionError::Tls(TlsError::Io(reset))));
+    }
+}
