@@ -11,7 +11,7 @@ fn main() -> ExitCode {
         Ok(code) => code,
         Err(err) => {
             eprintln!("edgerun: error: {err:#}");
-            ExitCode::from(2)
+            edgerun::cli::exit_code_for(&err)
         }
     }
 }

@@ -8,7 +8,9 @@ use std::time::Duration;
 
 use base64::Engine as _;
 use common::fixture;
-use common::mqtt::{Client, Mosquitto, config, exclusive, free_port, start, with_fields};
+use common::mqtt::{
+    Client, Mosquitto, config, exclusive, free_port, start, wait_retained, with_fields,
+};
 use serde_json::{Value, json};
 
 fn sign_png() -> Vec<u8> {
@@ -352,51 +354,6 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
 }
 
 /// Waits (up to 60 s) for a message on `topic` that satisfies `accept`.
-async fn wait_retained(
-    addr: std::net::SocketAddr,
-    topic: &str,
-    accept: impl Fn(&Value) -> bool,
-) -> Value {
-    let deadline = std::time::Instant::now() + Duration::from_secs(60);
-    let mut seen = String::new();
-    while std::time::Instant::now() < deadline {
-        let output = tokio::task::spawn_blocking({
-            let topic = topic.to_string();
-            move || {
-                Command::new("mosquitto_sub")
-                    .args([
-                        "-h",
-                        "127.0.0.1",
-                        "-p",
-                        &addr.port().to_string(),
-                        "-t",
-                        &topic,
-                        "-V",
-                        "mqttv5",
-                        "-C",
-                        "1",
-                        "-W",
-                        "2",
-                    ])
-                    .stderr(Stdio::null())
-                    .output()
-                    .expect("mosquitto_sub is installed")
-            }
-        })
-        .await
-        .unwrap();
-        seen = String::from_utf8_lossy(&output.stdout).into_owned();
-        if let Some(value) = seen
-            .lines()
-            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
-            .find(|v| accept(v))
-        {
-            return value;
-        }
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
-    panic!("no accepted message on {topic}; last seen: {seen}")
-}
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn mosquitto_pub_and_sub_drive_the_server() {
@@ -516,85 +473,6 @@ async fn a_fleet_on_mosquitto_shares_the_requests() {
     assert_eq!(devices, HashSet::from(["fleet-1", "fleet-2"]));
     one.shutdown().unwrap();
     two.shutdown().unwrap();
-}
-
-/// An `edgerun serve` process on `broker`, killed (SIGKILL) when dropped.
-struct ServeProcess(std::process::Child);
-
-impl ServeProcess {
-    fn start(broker: std::net::SocketAddr, device: &str) -> ServeProcess {
-        ServeProcess(
-            common::edgerun_command()
-                .args([
-                    "serve",
-                    "--broker",
-                    &format!("mqtt://{broker}"),
-                    "--device",
-                    device,
-                    "--queue",
-                    "64",
-                    "--services",
-                    "ocr,echo",
-                    // Fleet behaviour only: no measuring in the background.
-                    "--no-adapt",
-                ])
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .unwrap(),
-        )
-    }
-}
-
-impl Drop for ServeProcess {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn when_a_fleet_member_is_killed_mid_stream_every_request_is_still_answered() {
-    let _serial = exclusive().await;
-    let mosquitto = Mosquitto::start();
-    let addr = mosquitto.addr();
-    let one = ServeProcess::start(addr, "kill-1");
-    let _two = ServeProcess::start(addr, "kill-2");
-    wait_retained(addr, "edgerun/kill-1/status", |s| s["online"] == true).await;
-    wait_retained(addr, "edgerun/kill-2/status", |s| s["online"] == true).await;
-    let mut client = Client::connect(addr, "kill-client").await;
-    // Full images: the stream lasts seconds, so the kill lands with requests in flight.
-    for i in 0..24 {
-        client
-            .send(
-                "edgerun/fleet/ocr/request",
-                &format!("k{i}"),
-                sign_png(),
-                Some("image/png"),
-                None,
-            )
-            .await;
-    }
-    tokio::time::sleep(Duration::from_millis(1500)).await;
-    drop(one); // SIGKILL: no offline status, unacknowledged requests stay with its session
-    // The broker publishes the last will.
-    wait_retained(addr, "edgerun/kill-1/status", |s| s["online"] == false).await;
-    // Back with the same id: the broker redelivers what the dead process never acknowledged.
-    let _one_again = ServeProcess::start(addr, "kill-1");
-    let answers = client.collect(24, Duration::from_secs(180)).await;
-    let mut missing: Vec<String> = (0..24)
-        .map(|i| format!("k{i}"))
-        .filter(|id| !answers.contains_key(id))
-        .collect();
-    if !missing.is_empty() {
-        // Redelivered answers may trail; wait for the rest.
-        let more = client.collect(missing.len(), Duration::from_secs(60)).await;
-        missing.retain(|id| !more.contains_key(id));
-    }
-    assert!(missing.is_empty(), "never answered: {missing:?}");
-    for (id, (_, body)) in &answers {
-        assert_eq!(texts(body).len(), 3, "{id}: {body}");
-    }
 }
 
 /// A controller over a hand-made profile: the SLO admits the middle point only, so

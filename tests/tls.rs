@@ -286,6 +286,34 @@ async fn a_bad_password_ends_the_start_with_the_refusal() {
     );
 }
 
+/// The same refusal through the binary, as systemd runs it: the start fails with the
+/// reason on stderr and exit code 78 (EX_CONFIG), which the unit does not restart on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn serve_refused_by_the_broker_exits_with_ex_config() {
+    let _serial = exclusive().await;
+    let mosquitto = Mosquitto::with_users(&[("dev", "s3cret")]);
+    let broker = format!("mqtt://{}", mosquitto.addr());
+    let output = tokio::task::spawn_blocking(move || {
+        common::edgerun_command()
+            .args(["serve", "--broker", &broker, "--username", "dev"])
+            .args(["--device", "dev-exit", "--services", "echo", "--no-adapt"])
+            .env("EDGERUN_MQTT_PASSWORD", "wrong")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .output()
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let stderr = String::from_utf8_lossy(&output.stderr);
+    assert_eq!(output.status.code(), Some(78), "{stderr}");
+    let expected = format!(
+        "edgerun: error: cannot connect to the broker mqtt://{}: Connection refused, return code: `NotAuthorized`",
+        mosquitto.addr()
+    );
+    assert!(stderr.lines().any(|l| l == expected), "{stderr}");
+}
+
 /// The embedded broker with a password file made by `edgerun passwd`: the device and a
 /// client with their passwords are admitted; a wrong password and an anonymous client are
 /// refused.

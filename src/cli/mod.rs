@@ -125,6 +125,20 @@ pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `EX_CONFIG` of sysexits.h: the settings cannot work (an invalid configuration, or a
+/// broker that refuses these credentials or certificates). The systemd unit does not
+/// restart on it (`RestartPreventExitStatus`): starting again would fail the same way.
+pub const EXIT_CONFIG: u8 = 78;
+
+/// The exit code for a command that failed with `error`: [`EXIT_CONFIG`] for settings
+/// that cannot work, 2 for anything else (a missing file, a broker that is away, ...).
+pub fn exit_code_for(error: &anyhow::Error) -> ExitCode {
+    let settings_cannot_work = error.chain().any(|cause| {
+        cause.is::<crate::serve::BrokerRefused>() || cause.is::<crate::serve::config::ConfigError>()
+    });
+    ExitCode::from(if settings_cannot_work { EXIT_CONFIG } else { 2 })
+}
+
 /// Logs go to stderr so stdout stays machine-readable.
 pub fn init_logging(verbose: u8) {
     let default = match verbose {
@@ -138,4 +152,23 @@ pub fn init_logging(verbose: u8) {
         .with_env_filter(filter)
         .with_writer(std::io::stderr)
         .try_init();
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn settings_that_cannot_work_exit_with_ex_config() {
+        let refused = crate::serve::BrokerRefused {
+            broker: "mqtts://b:8883".into(),
+            reason: "invalid peer certificate: Expired".into(),
+        };
+        let code = |e: anyhow::Error| exit_code_for(&e);
+        assert_eq!(code(refused.into()), ExitCode::from(EXIT_CONFIG));
+        let invalid = crate::serve::config::ConfigError::Invalid("device".into());
+        let wrapped = anyhow::Error::from(invalid).context("starting the server");
+        assert_eq!(code(wrapped), ExitCode::from(EXIT_CONFIG));
+        assert_eq!(code(anyhow::anyhow!("models not found")), ExitCode::from(2));
+    }
 }

@@ -218,3 +218,66 @@ pub async fn until_moved(
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
+
+/// The next message on `topic` that `accept` takes (a retained one at once), read with
+/// `mosquitto_sub`; panics after 60 s with the last one seen.
+pub async fn wait_retained(
+    addr: SocketAddr,
+    topic: &str,
+    accept: impl Fn(&Value) -> bool,
+) -> Value {
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let mut seen = String::new();
+    while std::time::Instant::now() < deadline {
+        let output = tokio::task::spawn_blocking({
+            let topic = topic.to_string();
+            move || {
+                std::process::Command::new("mosquitto_sub")
+                    .args(["-h", "127.0.0.1", "-p", &addr.port().to_string()])
+                    .args(["-t", &topic, "-V", "mqttv5", "-C", "1", "-W", "2"])
+                    .stderr(std::process::Stdio::null())
+                    .output()
+                    .expect("mosquitto_sub is installed")
+            }
+        })
+        .await
+        .unwrap();
+        seen = String::from_utf8_lossy(&output.stdout).into_owned();
+        if let Some(value) = seen
+            .lines()
+            .filter_map(|l| serde_json::from_str::<Value>(l).ok())
+            .find(|v| accept(v))
+        {
+            return value;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    panic!("no accepted message on {topic}; last seen: {seen}")
+}
+
+/// An `edgerun serve` process on `broker` serving `services`, killed (SIGKILL) when
+/// dropped.
+pub struct ServeProcess(std::process::Child);
+
+impl ServeProcess {
+    pub fn start(broker: SocketAddr, device: &str, services: &str) -> ServeProcess {
+        ServeProcess(
+            super::edgerun_command()
+                .args(["serve", "--broker", &format!("mqtt://{broker}")])
+                .args(["--device", device, "--queue", "64", "--services", services])
+                // Fleet behaviour only: no measuring in the background.
+                .arg("--no-adapt")
+                .stdout(std::process::Stdio::null())
+                .stderr(std::process::Stdio::null())
+                .spawn()
+                .unwrap(),
+        )
+    }
+}
+
+impl Drop for ServeProcess {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -10,7 +10,9 @@
 //! [`Placement`] instead of ONNX Runtime quietly running everything on the CPU.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use ndarray::ArrayD;
 use ort::environment::Environment;
@@ -95,7 +97,7 @@ impl OrtEngine {
 /// The one ONNX Runtime environment of this process, with the library it came from.
 fn environment(library: &Path) -> Result<Environment, EngineError> {
     static ENVIRONMENT: Mutex<Option<(PathBuf, Environment)>> = Mutex::new(None);
-    let mut slot = ENVIRONMENT.lock().unwrap_or_else(|e| e.into_inner());
+    let mut slot = ENVIRONMENT.lock();
     if let Some((loaded, environment)) = slot.as_ref() {
         return if loaded == library {
             Ok(environment.clone())
@@ -257,7 +259,7 @@ impl Model for OrtModel {
             .map(session_input)
             .collect::<ort::Result<Vec<_>>>()
             .map_err(|e| self.run_error(e))?;
-        let mut session = self.session.lock().unwrap_or_else(|e| e.into_inner());
+        let mut session = self.session.lock();
         let outputs = session
             .run(values.as_slice())
             .map_err(|e| self.run_error(e))?;

@@ -4,7 +4,9 @@
 //! tool for measuring, never part of serving.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use ndarray::ArrayD;
 
@@ -59,7 +61,7 @@ impl<E: Engine> Recorder<E> {
 
     /// The inputs recorded so far; recording goes on.
     pub fn runs(&self) -> Runs {
-        self.runs.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.runs.lock().clone()
     }
 }
 
@@ -88,7 +90,6 @@ impl Model for RecordingModel {
         let owned = inputs.iter().map(OwnedInput::of).collect();
         self.runs
             .lock()
-            .unwrap_or_else(|e| e.into_inner())
             .entry(self.name.clone())
             .or_default()
             .push(owned);

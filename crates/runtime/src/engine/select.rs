@@ -6,7 +6,9 @@
 //! of a few runs is compared, and the slower copy is dropped. The measurement and the choice
 //! are kept in the model's [`Placement`] notes.
 
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 use std::time::Instant;
 
 use ndarray::{ArrayD, IxDyn};
@@ -119,12 +121,7 @@ impl AutoModel {
     /// Calls `f` with the chosen engine's model and the note on why, or (not measured yet)
     /// with the first candidate and no note.
     fn with_current<R>(&self, f: impl FnOnce(&dyn Model, Option<&str>) -> R) -> R {
-        match self
-            .chosen
-            .lock()
-            .unwrap_or_else(|e| e.into_inner())
-            .as_ref()
-        {
+        match self.chosen.lock().as_ref() {
             Some((model, note)) => f(model.as_ref(), Some(note)),
             None => f(self.candidates[0].as_ref(), None),
         }
@@ -133,7 +130,7 @@ impl AutoModel {
     /// The chosen engine's model, choosing now (on these shapes) if not yet done.
     fn choose(&self, shapes: &[(ElementType, &[usize])]) -> Result<Arc<dyn Model>, EngineError> {
         // Held while measuring: concurrent first requests wait rather than measure twice.
-        let mut chosen = self.chosen.lock().unwrap_or_else(|e| e.into_inner());
+        let mut chosen = self.chosen.lock();
         if let Some((model, _)) = chosen.as_ref() {
             return Ok(model.clone());
         }

@@ -6,7 +6,9 @@
 
 use std::collections::HashMap;
 use std::io::Cursor;
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
 
 use ndarray::ArrayD;
 use tract_onnx::prelude::tract_linalg::multithread::{Executor, multithread_tract_scope};
@@ -80,7 +82,7 @@ struct TractModel {
 
 impl TractModel {
     fn plan_for(&self, key: &ShapeKey) -> Result<Plan, EngineError> {
-        if let Some(plan) = self.plans.lock().expect("plan cache poisoned").get(key) {
+        if let Some(plan) = self.plans.lock().get(key) {
             return Ok(plan);
         }
         // Built outside the lock: optimising a large graph takes a while and other shapes
@@ -89,10 +91,7 @@ impl TractModel {
             model: self.name.clone(),
             message: format!("cannot build a plan for shapes {key:?}: {e:#}"),
         })?;
-        self.plans
-            .lock()
-            .expect("plan cache poisoned")
-            .insert(key.clone(), plan.clone());
+        self.plans.lock().insert(key.clone(), plan.clone());
         Ok(plan)
     }
 

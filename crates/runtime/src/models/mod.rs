@@ -96,6 +96,13 @@ pub struct ManifestPoint {
     pub knobs: toml::Table,
 }
 
+impl Manifest {
+    /// Reads a manifest's TOML text (nothing is checked against the files).
+    pub fn parse(text: &str) -> Result<Manifest, toml::de::Error> {
+        toml::from_str(text)
+    }
+}
+
 /// One file of a service's model folder.
 #[derive(Debug, Clone, Deserialize)]
 pub struct ManifestEntry {
@@ -129,7 +136,7 @@ impl ModelDir {
             path: path.clone(),
             source,
         })?;
-        let manifest = toml::from_str(&text).map_err(|source| ModelError::ManifestParse {
+        let manifest = Manifest::parse(&text).map_err(|source| ModelError::ManifestParse {
             path,
             source: Box::new(source),
         })?;

@@ -7,7 +7,9 @@
 //! Choosing is [`crate::policy`]'s job and reading the device is [`crate::telemetry`]'s;
 //! this module only connects them to the worker threads.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::Arc;
+
+use parking_lot::{Mutex, MutexGuard};
 use std::time::Instant;
 
 use serde_json::{Value, json};
@@ -79,10 +81,10 @@ impl LanePolicy {
         }
     }
 
-    /// The chooser, whatever a panic elsewhere left behind: every change to it is one
-    /// assignment, so a poisoned lock still guards a whole value.
+    /// The chooser. A panic while it is held leaves it usable (parking_lot locks do not
+    /// poison): every change to it is one assignment, so it always holds a whole value.
     fn chooser(&self) -> MutexGuard<'_, Chooser> {
-        self.chooser.lock().unwrap_or_else(|e| e.into_inner())
+        self.chooser.lock()
     }
 
     /// From now on, choose with `controller` (its points were just measured).
@@ -194,5 +196,52 @@ impl ThreadUse {
         } else {
             self.configured
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::policy::{Planning, PolicyConfig, ProfiledPoint};
+    use crate::telemetry::Sampler;
+
+    #[test]
+    fn a_panic_while_the_controller_is_held_leaves_it_serving() {
+        let points = vec![
+            ProfiledPoint::new("fast", 0.5, 10.0, 12.0),
+            ProfiledPoint::new("good", 0.9, 40.0, 45.0),
+        ];
+        let config = PolicyConfig {
+            slo_ms: 100.0,
+            ..PolicyConfig::default()
+        };
+        let controller =
+            Controller::new(config, points, Planning::for_service(false), Instant::now()).unwrap();
+        // A tree without /proc: the sampler reads nothing, the controller sees an idle device.
+        let empty = tempfile::tempdir().unwrap();
+        let monitor = Arc::new(Monitor::start(
+            Sampler::new(empty.path()),
+            Duration::from_secs(3600),
+        ));
+        let threads = ThreadUse {
+            configured: 1,
+            adapt: false,
+        };
+        let choice = PointChoice::Adaptive(Box::new(controller));
+        let policy = Arc::new(LanePolicy::new(&choice, monitor, threads, 1));
+        let holder = policy.clone();
+        let panicked = std::thread::spawn(move || {
+            let _held = holder.chooser();
+            panic!("failing while the controller is locked");
+        })
+        .join();
+        assert!(panicked.is_err());
+        let decision = policy.decide(&Steering::default(), 0.0).unwrap().unwrap();
+        assert_eq!(decision.point, "good");
+        policy.observe("good", 41.0);
+        assert_eq!(policy.state()["adaptive"], true);
+        assert_eq!(policy.due_in_ms(&Steering::default()), Some(100.0));
     }
 }

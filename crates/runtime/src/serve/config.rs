@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use super::replay::ReplayLimits;
 use crate::engine::EngineConfig;
 use crate::mqtt::broker::{EmbeddedTls, unauthenticated_exposure};
 use crate::mqtt::{BrokerUrl, Credentials, TlsSettings};
@@ -56,6 +57,8 @@ pub struct ServeConfig {
     /// Passes over the sample requests per point when `serve` measures the points itself
     /// (after a warm-up pass).
     pub profile_rounds: usize,
+    /// Recent answers kept to answer a request's copies (redeliveries, retries) again.
+    pub answer_cache: ReplayLimits,
 }
 
 /// A service's adaptation as configured; what is left out takes the service manifest's
@@ -167,6 +170,7 @@ impl Default for ServeConfig {
             profile: None,
             policy: BTreeMap::new(),
             profile_rounds: 2,
+            answer_cache: ReplayLimits::default(),
         }
     }
 }
@@ -202,8 +206,13 @@ impl ServeConfig {
             path: path.display().to_string(),
             source,
         })?;
-        toml::from_str(&text).map_err(|source| ConfigError::Parse {
-            path: path.display().to_string(),
+        ServeConfig::parse(&text, &path.display().to_string())
+    }
+
+    /// Reads a configuration's TOML text; `origin` names it in errors.
+    pub fn parse(text: &str, origin: &str) -> Result<ServeConfig, ConfigError> {
+        toml::from_str(text).map_err(|source| ConfigError::Parse {
+            path: origin.to_string(),
             source: Box::new(source),
         })
     }

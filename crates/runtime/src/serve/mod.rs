@@ -1,29 +1,36 @@
 //! `edgerun serve`: answer inference requests over MQTT, alone or in a fleet.
 //!
-//! One async task owns the MQTT connection: it takes requests off the wire, hands them to
-//! each service's bounded queue (answering `busy` at once when it is full), publishes the
-//! answers the worker threads send back, and only then acknowledges the request, so a
-//! crash or disconnect means redelivery rather than loss. Inference never runs on the async
-//! threads. Before each request a worker asks the service's controller for an operating
-//! point ([`adapt`]); telemetry of the device is sampled in the background and published
-//! with the controllers' state. This module wires transport, queues, policy and services
-//! together; it computes nothing itself.
+//! One async task owns the server's two MQTT connections: the device's persistent session
+//! (its own request topics, status with the last will, telemetry) and a fleet session that
+//! ends with its connection (the fleet's shared subscriptions only, so a member that dies
+//! stops receiving fleet work as soon as the broker notices). The task takes requests off
+//! the wire, answers again what it answered recently ([`replay`]), hands the rest to each
+//! service's bounded queue ([`lane`]; `busy` at once when it is full), publishes the answers
+//! the workers send back, and only then acknowledges the request, so a crash or disconnect
+//! means redelivery (or, for fleet work, the client's retry) rather than loss. Inference
+//! never runs on the async threads. Before each request a worker asks the service's
+//! controller for an operating point ([`adapt`]); telemetry of the device is sampled in
+//! the background and published with the controllers' state. This module wires
+//! transport, queues, policy and services together; it computes nothing itself.
 
 pub mod adapt;
 pub mod config;
+mod lane;
 pub mod learn;
+pub mod replay;
 mod stats;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, TrySendError, sync_channel};
-use std::sync::{Arc, Mutex};
+use std::sync::mpsc::TrySendError;
 use std::time::{Duration, Instant};
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
+use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, Publish};
+use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, Publish, PublishProperties};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, TlsError, Transport};
 use serde_json::{Value, json};
@@ -33,40 +40,60 @@ use self::adapt::LanePolicy;
 pub use self::adapt::PointChoice;
 pub use self::adapt::ThreadUse;
 pub use self::config::{ServeConfig, ServiceConfig};
+use self::lane::{Answer, Job, Lane, error_body};
 use self::learn::LearnJob;
-use self::stats::ServiceStats;
+use self::replay::{Admission, Replay, RequestKey};
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{BrokerUrl, EmbeddedBroker, Topics};
 use crate::profiler::Activity;
-use crate::services::{Output, Service, ServiceError, Serving};
+use crate::services::{Output, Service, ServiceError};
 use crate::telemetry::{Monitor, Sampler};
 
 /// How often the device is sampled for the controllers (telemetry publishes less often).
 const SAMPLE_INTERVAL: Duration = Duration::from_millis(500);
 
-/// A request waiting for a worker, with the PUBLISH to acknowledge once it is answered.
-struct Job {
-    request: Request,
-    publish: Publish,
-    /// The connection it arrived on: packet ids mean nothing on a later connection.
+/// Which of the server's two MQTT connections something travels on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Link {
+    /// The device's persistent session: requests to this device, status, telemetry.
+    Device,
+    /// The fleet's shared subscriptions, on a session that ends with its connection.
+    Fleet,
+}
+
+impl Link {
+    const BOTH: [Link; 2] = [Link::Device, Link::Fleet];
+
+    fn index(self) -> usize {
+        self as usize
+    }
+}
+
+/// Where a request came in: its acknowledgement goes back on that connection only
+/// (packet ids mean nothing on a later one).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Origin {
+    link: Link,
     connection: u64,
 }
 
-/// An answer on its way back to the MQTT task.
-struct Answer {
-    request: Request,
+/// What finishing a request takes besides its answer.
+struct Receipt {
     publish: Publish,
-    connection: u64,
-    body: Output,
+    origin: Origin,
+    /// Its key in the replay cache, when it was admitted there as new.
+    key: Option<RequestKey>,
 }
 
-/// One service with its queue and statistics.
-struct Lane {
-    service: Arc<dyn Service>,
-    queue: SyncSender<Job>,
-    stats: Arc<ServiceStats>,
-    policy: Arc<LanePolicy>,
+/// An answer as it was published, kept to be published again to a request's copies.
+#[derive(Clone)]
+struct Sent {
+    payload: Bytes,
+    properties: PublishProperties,
 }
+
+/// A copy of a request in flight, waiting to be acknowledged once the original is answered.
+type Waiting = (Publish, Origin);
 
 /// A running server. [`ServerHandle::shutdown`] stops it and waits; dropping the handle
 /// also stops it, without waiting.
@@ -170,14 +197,14 @@ async fn serve(
         }
     };
     let topics = Topics::new(&config.prefix, &config.device);
-    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer>();
+    let (answers_tx, mut answers) = mpsc::unbounded_channel::<Answer<Receipt>>();
     let monitor = Arc::new(Monitor::start(
         Sampler::new(&config.telemetry_root),
         SAMPLE_INTERVAL,
     ));
     let activity = Arc::new(Activity::default());
     let mut learn_jobs = Vec::new();
-    let lanes: BTreeMap<String, Lane> = services
+    let lanes: BTreeMap<String, Lane<Receipt>> = services
         .into_iter()
         .filter_map(|service| {
             let name = service.name().to_string();
@@ -205,7 +232,7 @@ async fn serve(
                     learning,
                 });
             }
-            let lane = start_lane(
+            let lane = lane::start(
                 service,
                 &settings,
                 policy,
@@ -220,23 +247,33 @@ async fn serve(
         let notify = status_changed.clone();
         learn::spawn(learn_jobs, activity.clone(), move || notify.notify_one());
     }
-    let (client, eventloop) = connect(&config, &topics, &broker)?;
-    let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<Incoming>();
-    // The connection is driven by a task of its own, so that publishing (which waits for
-    // room in the client's request channel) never waits on the loop that would drain it.
-    let pump = tokio::spawn(pump(eventloop, incoming_tx, broker.to_string()));
+    let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<(Link, Incoming)>();
+    let mut clients = Vec::new();
+    let mut pumps = Vec::new();
+    for link in Link::BOTH {
+        let (client, eventloop) = connect(&config, &topics, &broker, link)?;
+        clients.push(client);
+        // Each connection is driven by a task of its own, so that publishing (which waits
+        // for room in the client's request channel) never waits on the loop that drains it.
+        let pump_task = pump(eventloop, link, incoming_tx.clone(), broker.to_string());
+        pumps.push(tokio::spawn(pump_task));
+    }
+    drop(incoming_tx);
     let started = Instant::now();
     let mut telemetry = tokio::time::interval(Duration::from_secs_f64(config.telemetry_interval_s));
     let mut server = Dispatcher {
-        client: &client,
+        clients: &clients,
         topics: &topics,
         lanes: &lanes,
         config: &config,
-        connection: 0,
+        connections: [0; 2],
         outstanding: 0,
+        replay: Replay::new(config.answer_cache),
     };
-    // Ready once subscribed on a first connection (so a client that connects right after
-    // `start` returns is heard), or after 10 s of trying: the server keeps reconnecting.
+    let device = &clients[Link::Device.index()];
+    // Ready once both connections have subscribed a first time (so a client that connects
+    // right after `start` returns is heard), or after 10 s of trying: the server keeps
+    // reconnecting.
     let mut ready = Some(ready);
     let ready_by = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(ready_by);
@@ -247,42 +284,48 @@ async fn serve(
     };
     loop {
         tokio::select! {
-            Some(event) = incoming.recv() => match event {
+            Some((link, event)) = incoming.recv() => match event {
                 Incoming::Connected => {
-                    server.connection += 1;
-                    if let Err(e) = subscribe(&client, &topics, &lanes).await {
+                    server.connections[link.index()] += 1;
+                    if let Err(e) = subscribe(server.client(link), &topics, &lanes, link).await {
                         tracing::warn!("subscribing: {e}");
                     }
-                    publish_status(&client, &topics, &lanes, true).await;
-                    say_ready(&mut ready);
+                    if link == Link::Device {
+                        publish_status(device, &topics, &lanes, true).await;
+                    }
+                    if server.connections.iter().all(|&n| n > 0) {
+                        say_ready(&mut ready);
+                    }
                 }
-                Incoming::Publish(publish) => server.dispatch(*publish).await,
+                Incoming::Publish(publish) => server.dispatch(*publish, link).await,
                 // Before the first connection, a refusal that retrying cannot mend (bad
                 // credentials, an untrusted or expired certificate, the wrong host) ends
                 // the start with its reason instead of a silent retry loop.
-                Incoming::Refused(why) if ready.is_some() => {
-                    bail!("cannot connect to the broker {broker}: {why}")
+                Incoming::Refused(reason) if ready.is_some() => {
+                    let broker = broker.to_string();
+                    return Err(BrokerRefused { broker, reason }.into());
                 }
                 Incoming::Refused(_) => {}
             },
             _ = &mut ready_by, if ready.is_some() => say_ready(&mut ready),
-            _ = status_changed.notified() => publish_status(&client, &topics, &lanes, true).await,
+            _ = status_changed.notified() => publish_status(device, &topics, &lanes, true).await,
             Some(answer) = answers.recv() => server.answer_from_worker(answer).await,
             _ = telemetry.tick() => {
                 // Dropped rather than waited for while the broker is away.
-                let body = telemetry_body(&topics, &lanes, &monitor, started);
-                let _ = client.try_publish(topics.telemetry(), QoS::AtMostOnce, false, body);
+                let body = telemetry_body(&topics, &lanes, &monitor, started, &server.replay);
+                let _ = device.try_publish(topics.telemetry(), QoS::AtMostOnce, false, body);
             }
             _ = &mut shutdown => break,
         }
     }
     // Stop taking requests, answer what is already queued (for a while), then go offline.
-    // Whatever is still unanswered stays unacknowledged and is redelivered to this device's
-    // session when it returns. Measuring in the background stops at its next sample.
+    // Whatever is still unanswered stays unacknowledged: a device request is redelivered
+    // to this device's session when it returns, a fleet request is retried by its client.
+    // Measuring in the background stops at its next sample.
     activity.stop();
     let _ = tokio::time::timeout(
         Duration::from_secs(1),
-        unsubscribe(&client, &topics, &lanes),
+        unsubscribe(&clients, &topics, &lanes),
     )
     .await;
     let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
@@ -293,19 +336,37 @@ async fn serve(
         }
     }
     let goodbye = async {
-        publish_status(&client, &topics, &lanes, false).await;
-        let _ = client.disconnect().await;
+        publish_status(device, &topics, &lanes, false).await;
+        for client in &clients {
+            let _ = client.disconnect().await;
+        }
     };
     let _ = tokio::time::timeout(Duration::from_secs(2), goodbye).await;
-    // The pump stops once the DISCONNECT is out; it is not waited for beyond that.
-    let _ = tokio::time::timeout(Duration::from_secs(2), pump).await;
+    // The pumps stop once their DISCONNECT is out; they are not waited for beyond that.
+    let _ = tokio::time::timeout(Duration::from_secs(2), futures_join(pumps)).await;
     if let Some(broker) = embedded {
         broker.stop().await;
     }
     Ok(())
 }
 
-/// What the connection task passes on.
+/// Waits for every task (their results are of no interest).
+async fn futures_join(tasks: Vec<tokio::task::JoinHandle<()>>) {
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+/// The broker refused this device for a reason retrying cannot mend (credentials,
+/// certificates): starting again with the same settings fails the same way.
+#[derive(Debug, thiserror::Error)]
+#[error("cannot connect to the broker {broker}: {reason}")]
+pub struct BrokerRefused {
+    pub broker: String,
+    pub reason: String,
+}
+
+/// What a connection's task passes on.
 enum Incoming {
     /// (Re)connected: subscribe and announce.
     Connected,
@@ -339,60 +400,92 @@ fn is_refusal(error: &ConnectionError) -> bool {
     }
 }
 
-/// Drives the MQTT connection: reconnects with backoff, forwards what arrives, and ends
+/// Drives one MQTT connection: reconnects with backoff, forwards what arrives, and ends
 /// after sending a DISCONNECT (polling on would reconnect).
-async fn pump(mut eventloop: EventLoop, incoming: mpsc::UnboundedSender<Incoming>, broker: String) {
+async fn pump(
+    mut eventloop: EventLoop,
+    link: Link,
+    incoming: mpsc::UnboundedSender<(Link, Incoming)>,
+    broker: String,
+) {
     let mut backoff = Duration::from_millis(100);
     loop {
-        match eventloop.poll().await {
+        let event = match eventloop.poll().await {
             Ok(Event::Incoming(Packet::ConnAck(ack))) => {
                 backoff = Duration::from_millis(100);
                 tracing::info!(
-                    "connected to {broker} (session present: {})",
+                    "{link:?} session connected to {broker} (session present: {})",
                     ack.session_present
                 );
-                if incoming.send(Incoming::Connected).is_err() {
-                    return;
-                }
+                Incoming::Connected
             }
-            Ok(Event::Incoming(Packet::Publish(publish))) => {
-                if incoming.send(Incoming::Publish(Box::new(publish))).is_err() {
-                    return;
-                }
-            }
+            Ok(Event::Incoming(Packet::Publish(publish))) => Incoming::Publish(Box::new(publish)),
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
-            Ok(_) => {}
+            Ok(_) => continue,
             Err(e) => {
-                if is_refusal(&e) && incoming.send(Incoming::Refused(e.to_string())).is_err() {
+                if is_refusal(&e)
+                    && incoming
+                        .send((link, Incoming::Refused(e.to_string())))
+                        .is_err()
+                {
                     return;
                 }
-                tracing::warn!("MQTT connection to {broker}: {e}; retrying in {backoff:?}");
+                tracing::warn!(
+                    "MQTT connection to {broker} ({link:?} session): {e}; retrying in {backoff:?}"
+                );
                 tokio::time::sleep(backoff).await;
                 backoff = (backoff * 2).min(Duration::from_secs(5));
+                continue;
             }
+        };
+        if incoming.send((link, event)).is_err() {
+            return;
         }
     }
 }
 
+/// The client of one of the two connections.
 fn connect(
     config: &ServeConfig,
     topics: &Topics,
     broker: &BrokerUrl,
+    link: Link,
 ) -> Result<(AsyncClient, EventLoop)> {
-    let mut options = MqttOptions::new(
-        format!("edgerun-{}", config.device),
-        broker.host.clone(),
-        broker.port,
-    );
+    let client_id = match link {
+        Link::Device => format!("edgerun-{}", config.device),
+        Link::Fleet => format!("edgerun-{}-fleet", config.device),
+    };
+    let mut options = MqttOptions::new(client_id, broker.host.clone(), broker.port);
     if broker.tls {
         let tls = TlsConfiguration::Rustls(config.tls.client_config()?);
         options.set_transport(Transport::tls_with_config(tls));
     }
     options.set_keep_alive(Duration::from_secs(10));
-    // A persistent session: requests received but not yet answered are redelivered after
-    // a reconnect instead of being lost.
-    options.set_clean_start(false);
-    options.set_session_expiry_interval(Some(300));
+    match link {
+        Link::Device => {
+            // A persistent session: requests to this device received but not yet answered
+            // are redelivered after a reconnect instead of being lost.
+            options.set_clean_start(false);
+            options.set_session_expiry_interval(Some(300));
+            let offline = serde_json::to_vec(&json!({"online": false, "device": config.device}))
+                .expect("json");
+            options.set_last_will(LastWill::new(
+                topics.status(),
+                offline,
+                QoS::AtLeastOnce,
+                true,
+                None,
+            ));
+        }
+        Link::Fleet => {
+            // A session that ends with the connection: brokers keep handing shared-
+            // subscription messages to a member's session while it exists (mosquitto does
+            // for its whole expiry), so a dead member must have none. What it held
+            // unacknowledged is recovered by the client's retry (docs/serving.md).
+            options.set_clean_start(true);
+            options.set_session_expiry_interval(None);
+        }
+    }
     options.set_manual_acks(true);
     // At most this many requests in flight to us (every queue full, every worker busy, and
     // room to answer more `busy`); the broker holds back the rest.
@@ -400,15 +493,6 @@ fn connect(
     options.set_receive_maximum(Some((capacity * 2).clamp(16, 1024) as u16));
     // Big enough for any payload we answer `too_large` rather than never seeing.
     options.set_max_packet_size(Some((config.max_payload_bytes * 2 + 65_536) as u32));
-    let offline =
-        serde_json::to_vec(&json!({"online": false, "device": config.device})).expect("json");
-    options.set_last_will(LastWill::new(
-        topics.status(),
-        offline,
-        QoS::AtLeastOnce,
-        true,
-        None,
-    ));
     if let Some(credentials) = config.credentials()? {
         options.set_credentials(credentials.username, credentials.password);
     }
@@ -418,27 +502,50 @@ fn connect(
     Ok(AsyncClient::new(options, 64))
 }
 
+/// What `link` subscribes to: this device's request topics, or the fleet's.
 async fn subscribe(
     client: &AsyncClient,
     topics: &Topics,
-    lanes: &BTreeMap<String, Lane>,
+    lanes: &BTreeMap<String, Lane<Receipt>>,
+    link: Link,
 ) -> Result<()> {
-    client
-        .subscribe(topics.device_requests(), QoS::AtLeastOnce)
-        .await?;
-    for name in lanes.keys() {
-        client
-            .subscribe(topics.fleet_subscription(name), QoS::AtLeastOnce)
-            .await?;
+    match link {
+        Link::Device => {
+            client
+                .subscribe(topics.device_requests(), QoS::AtLeastOnce)
+                .await?
+        }
+        Link::Fleet => {
+            for name in lanes.keys() {
+                client
+                    .subscribe(topics.fleet_subscription(name), QoS::AtLeastOnce)
+                    .await?;
+            }
+        }
     }
     Ok(())
+}
+
+async fn unsubscribe(
+    clients: &[AsyncClient],
+    topics: &Topics,
+    lanes: &BTreeMap<String, Lane<Receipt>>,
+) {
+    let _ = clients[Link::Device.index()]
+        .unsubscribe(topics.device_requests())
+        .await;
+    for name in lanes.keys() {
+        let _ = clients[Link::Fleet.index()]
+            .unsubscribe(topics.fleet_subscription(name))
+            .await;
+    }
 }
 
 /// Publishes the retained status; a failure is logged (the last will still covers us).
 async fn publish_status(
     client: &AsyncClient,
     topics: &Topics,
-    lanes: &BTreeMap<String, Lane>,
+    lanes: &BTreeMap<String, Lane<Receipt>>,
     online: bool,
 ) {
     let services: serde_json::Map<String, Value> = lanes
@@ -464,18 +571,12 @@ async fn publish_status(
     }
 }
 
-async fn unsubscribe(client: &AsyncClient, topics: &Topics, lanes: &BTreeMap<String, Lane>) {
-    let _ = client.unsubscribe(topics.device_requests()).await;
-    for name in lanes.keys() {
-        let _ = client.unsubscribe(topics.fleet_subscription(name)).await;
-    }
-}
-
 fn telemetry_body(
     topics: &Topics,
-    lanes: &BTreeMap<String, Lane>,
+    lanes: &BTreeMap<String, Lane<Receipt>>,
     monitor: &Monitor,
     started: Instant,
+    replay: &Replay<Sent, Waiting>,
 ) -> Vec<u8> {
     let services: serde_json::Map<String, Value> = lanes
         .iter()
@@ -485,35 +586,64 @@ fn telemetry_body(
             (name.clone(), stats)
         })
         .collect();
+    let (entries, bytes) = replay.usage();
+    let limits = replay.limits();
     let body = json!({
         "topic": topics.telemetry(),
         "uptime_s": started.elapsed().as_secs_f64(),
         "device": *monitor.latest(),
         "services": services,
+        "answer_cache": {
+            "entries": entries,
+            "bytes": bytes,
+            "max_entries": limits.entries,
+            "max_bytes": limits.bytes,
+        },
     });
     serde_json::to_vec(&body).expect("json")
 }
 
+/// Whether an answer may be sent again to a copy of its request instead of computing it
+/// again: not when it only says the request could not be served this time.
+fn is_replayable(body: &Output) -> bool {
+    let Output::Json(json) = body else {
+        return true;
+    };
+    let code = json.pointer("/error/code").and_then(Value::as_str);
+    !matches!(code, Some("busy" | "expired" | "internal"))
+}
+
 /// The MQTT task's view of the server: where requests go and how answers leave.
 struct Dispatcher<'a> {
-    client: &'a AsyncClient,
+    /// The device's and the fleet's client, by [`Link::index`].
+    clients: &'a [AsyncClient],
     topics: &'a Topics,
-    lanes: &'a BTreeMap<String, Lane>,
+    lanes: &'a BTreeMap<String, Lane<Receipt>>,
     config: &'a ServeConfig,
-    /// Counts connections; an acknowledgement only goes out on the connection its
-    /// request came in on.
-    connection: u64,
+    /// Counts each link's connections; an acknowledgement only goes out on the connection
+    /// its request came in on.
+    connections: [u64; 2],
     /// Requests handed to workers and not answered yet.
     outstanding: usize,
+    replay: Replay<Sent, Waiting>,
 }
 
 impl Dispatcher<'_> {
-    /// Takes one PUBLISH: answers at once what cannot be queued, queues the rest.
-    async fn dispatch(&mut self, publish: Publish) {
+    fn client(&self, link: Link) -> &AsyncClient {
+        &self.clients[link.index()]
+    }
+
+    /// Takes one PUBLISH: answers at once what cannot be queued or was answered before,
+    /// queues the rest.
+    async fn dispatch(&mut self, publish: Publish, link: Link) {
+        let origin = Origin {
+            link,
+            connection: self.connections[link.index()],
+        };
         let topic = String::from_utf8_lossy(&publish.topic).into_owned();
         let Some(name) = self.topics.service_of(&topic) else {
             tracing::warn!("message on unexpected topic {topic:?} ignored");
-            self.ack(&publish, self.connection).await;
+            self.ack(&publish, origin).await;
             return;
         };
         let request = Request::from_publish(
@@ -536,18 +666,20 @@ impl Dispatcher<'_> {
         };
         if publish.retain {
             refuse("is a retained message (it would be replayed on every subscribe)");
-            return self.ack(&publish, self.connection).await;
+            return self.ack(&publish, origin).await;
         }
         if request.reply.is_none() {
             refuse("has no valid response topic or reply_to");
-            return self.ack(&publish, self.connection).await;
+            return self.ack(&publish, origin).await;
         }
-        let connection = self.connection;
         let error = |code, message: String| Answer {
             body: error_body(&ServiceError::new(code, message)),
             request: request.clone(),
-            publish: publish.clone(),
-            connection,
+            receipt: Receipt {
+                publish: publish.clone(),
+                origin,
+                key: None,
+            },
         };
         let Some(lane) = lane else {
             let answer = error("unknown_service", format!("no service {name:?} here"));
@@ -562,11 +694,37 @@ impl Dispatcher<'_> {
             );
             return self.answer(error("too_large", message)).await;
         }
+        let key = RequestKey::of(&request);
+        if let Some(key) = &key {
+            match self.replay.admit(key, (publish.clone(), origin)) {
+                Admission::New => {}
+                Admission::Replay(sent) => {
+                    // Its client may have missed the first answer: it is sent again.
+                    lane.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    lane.stats.answered.fetch_add(1, Ordering::Relaxed);
+                    self.publish_answer(&request, sent, link).await;
+                    return self.ack(&publish, origin).await;
+                }
+                // The original's answer, on the same reply topic with the same correlation,
+                // answers the copy too; the copy is acknowledged once it is out.
+                Admission::Joined => {
+                    lane.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    return;
+                }
+                Admission::Surplus((publish, origin)) => {
+                    lane.stats.replayed.fetch_add(1, Ordering::Relaxed);
+                    return self.ack(&publish, origin).await;
+                }
+            }
+        }
         lane.stats.queued.fetch_add(1, Ordering::Relaxed);
         let job = Job {
             request,
-            publish,
-            connection,
+            receipt: Receipt {
+                publish,
+                origin,
+                key,
+            },
         };
         match lane.queue.try_send(job) {
             Ok(()) => self.outstanding += 1,
@@ -577,230 +735,88 @@ impl Dispatcher<'_> {
                 self.answer(Answer {
                     body: error_body(&busy),
                     request: job.request,
-                    publish: job.publish,
-                    connection: job.connection,
+                    receipt: job.receipt,
                 })
                 .await;
             }
         }
     }
 
-    async fn answer_from_worker(&mut self, answer: Answer) {
+    async fn answer_from_worker(&mut self, answer: Answer<Receipt>) {
         self.outstanding = self.outstanding.saturating_sub(1);
         self.answer(answer).await;
     }
 
-    /// Publishes the answer, then acknowledges the request it answers.
-    async fn answer(&self, mut answer: Answer) {
-        if let Some(lane) = self.lanes.get(&answer.request.service) {
+    /// Publishes the answer, then acknowledges the request it answers and any copies that
+    /// waited for it; keeps it for copies still to come.
+    async fn answer(&mut self, mut answer: Answer<Receipt>) {
+        let request = &answer.request;
+        let Receipt {
+            publish,
+            origin,
+            key,
+        } = answer.receipt;
+        if let Some(lane) = self.lanes.get(&request.service) {
             lane.stats.answered.fetch_add(1, Ordering::Relaxed);
         }
+        let replayable = is_replayable(&answer.body);
         if let Value::Object(map) = answer.body.json_mut() {
             // In a fleet, which device answered.
             map.insert("device".into(), Value::String(self.config.device.clone()));
         }
-        if let Some(reply) = &answer.request.reply {
+        let sent = request.reply.as_ref().map(|reply| {
             let (payload, properties) = reply.encode(answer.body);
-            let published = self
-                .client
-                .publish_with_properties(
-                    reply.topic.clone(),
-                    QoS::AtLeastOnce,
-                    false,
-                    payload,
-                    properties,
-                )
+            Sent {
+                payload: Bytes::from(payload),
+                properties,
+            }
+        });
+        if let Some(sent) = &sent {
+            self.publish_answer(request, sent.clone(), origin.link)
                 .await;
-            if let Err(e) = published {
-                tracing::warn!("answering on {:?}: {e}", reply.topic);
+        }
+        self.ack(&publish, origin).await;
+        if let Some(key) = key {
+            let kept = sent.filter(|_| replayable).map(|sent| {
+                let size = sent.payload.len() + 64;
+                (sent, size)
+            });
+            for (copy, origin) in self.replay.complete(&key, kept) {
+                self.ack(&copy, origin).await;
             }
         }
-        self.ack(&answer.publish, answer.connection).await;
     }
 
-    /// Acknowledges a request that came in on `connection`. On a later connection its
-    /// packet id may name another request; the broker redelivers it instead (a resumed
-    /// session) or has forgotten it (a new one), so no acknowledgement is sent.
-    async fn ack(&self, publish: &Publish, connection: u64) {
-        if connection != self.connection {
+    /// Publishes an answer to `request`'s reply topic, on the link the request came in on.
+    async fn publish_answer(&self, request: &Request, sent: Sent, link: Link) {
+        let Some(reply) = &request.reply else {
+            return;
+        };
+        let published = self
+            .client(link)
+            .publish_with_properties(
+                reply.topic.clone(),
+                QoS::AtLeastOnce,
+                false,
+                sent.payload,
+                sent.properties,
+            )
+            .await;
+        if let Err(e) = published {
+            tracing::warn!("answering on {:?}: {e}", reply.topic);
+        }
+    }
+
+    /// Acknowledges a request that came in on `origin`. On a later connection its packet
+    /// id may name another request; the broker redelivers it instead (a resumed session)
+    /// or has forgotten it (a new one), so no acknowledgement is sent.
+    async fn ack(&self, publish: &Publish, origin: Origin) {
+        if origin.connection != self.connections[origin.link.index()] {
             return;
         }
-        if let Err(e) = self.client.ack(publish).await {
+        if let Err(e) = self.client(origin.link).ack(publish).await {
             tracing::warn!("acknowledging a request: {e}");
         }
-    }
-}
-
-fn error_body(error: &ServiceError) -> Output {
-    Output::Json(json!({"error": {"code": error.code, "message": error.message}}))
-}
-
-/// Starts a service's worker threads behind a queue of `settings.queue` requests.
-fn start_lane(
-    service: Arc<dyn Service>,
-    settings: &ServiceConfig,
-    policy: Arc<LanePolicy>,
-    activity: Arc<Activity>,
-    answers: mpsc::UnboundedSender<Answer>,
-) -> Lane {
-    let (queue, jobs) = sync_channel::<Job>(settings.queue);
-    let jobs = Arc::new(Mutex::new(jobs));
-    let stats = Arc::new(ServiceStats::default());
-    for index in 0..settings.workers {
-        let (service, jobs, stats, policy, activity, answers) = (
-            service.clone(),
-            jobs.clone(),
-            stats.clone(),
-            policy.clone(),
-            activity.clone(),
-            answers.clone(),
-        );
-        let worker = Worker {
-            service,
-            policy,
-            activity,
-            stats,
-        };
-        std::thread::Builder::new()
-            .name(format!("{}-worker-{index}", worker.service.name()))
-            .spawn(move || worker.work(&jobs, &answers))
-            .expect("spawning a worker thread");
-    }
-    Lane {
-        service,
-        queue,
-        stats,
-        policy,
-    }
-}
-
-/// What a worker thread serves with.
-struct Worker {
-    service: Arc<dyn Service>,
-    policy: Arc<LanePolicy>,
-    /// Where serving is marked, so that background measurements can tell they overlapped.
-    activity: Arc<Activity>,
-    stats: Arc<ServiceStats>,
-}
-
-impl Worker {
-    /// Takes jobs until the queue closes, answers each one exactly once.
-    fn work(&self, jobs: &Mutex<Receiver<Job>>, answers: &mpsc::UnboundedSender<Answer>) {
-        let stats = &self.stats;
-        loop {
-            let job = match jobs.lock().unwrap_or_else(|e| e.into_inner()).recv() {
-                Ok(job) => job,
-                Err(_) => return,
-            };
-            stats.queued.fetch_sub(1, Ordering::Relaxed);
-            let Job {
-                request,
-                publish,
-                connection,
-            } = job;
-            let body = if request.is_expired(Instant::now()) {
-                stats.expired.fetch_add(1, Ordering::Relaxed);
-                error_body(&ServiceError::new(
-                    "expired",
-                    "the request's message expiry passed while it waited",
-                ))
-            } else {
-                let result = {
-                    let _serving = self.activity.serving();
-                    self.serve_one(&request)
-                };
-                stats.record_latency(request.received_at.elapsed().as_secs_f64() * 1e3);
-                match result {
-                    Ok(body) => body,
-                    Err(error) => {
-                        stats.errors.fetch_add(1, Ordering::Relaxed);
-                        error_body(&error)
-                    }
-                }
-            };
-            let answer = Answer {
-                request,
-                publish,
-                connection,
-                body,
-            };
-            if answers.send(answer).is_err() {
-                return; // the server is shutting down; unacknowledged requests are redelivered
-            }
-        }
-    }
-}
-
-impl Worker {
-    /// Serves one request at the point its controller (or its pin) chooses, and teaches the
-    /// controller how long it took. The answer says which point served it and why. Unless
-    /// pinned, the request is due at its deadline or the SLO (counted from its arrival), and
-    /// a service that can step down mid-request to meet it does.
-    fn serve_one(&self, request: &Request) -> Result<Output, ServiceError> {
-        let (service, policy) = (self.service.as_ref(), self.policy.as_ref());
-        let steering = request
-            .steering
-            .as_ref()
-            .map_err(|message| ServiceError::new("bad_request", message))?;
-        let waited_ms = request.received_at.elapsed().as_secs_f64() * 1e3;
-        let deciding = Instant::now();
-        let decision = policy.decide(steering, waited_ms)?;
-        let mut decision_time = deciding.elapsed();
-        let point = decision
-            .as_ref()
-            .map(|d| d.point.as_str())
-            .or(steering.point.as_deref());
-        let deadline = match steering.point {
-            Some(_) => None,
-            None => policy
-                .due_in_ms(steering)
-                .and_then(|ms| Duration::try_from_secs_f64(ms.max(0.0) / 1e3).ok())
-                .and_then(|due| request.received_at.checked_add(due)),
-        };
-        let started = Instant::now();
-        let handled = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            let serving = Serving { point, deadline };
-            service.answer(request.content_type.as_deref(), &request.body, serving)
-        }))
-        .unwrap_or_else(|_| Err(ServiceError::new("internal", "the service panicked")))?;
-        let service_ms = started.elapsed().as_secs_f64() * 1e3;
-        if let Some(decision) = &decision {
-            // A request that overrode the point's knobs ran something else: nothing to
-            // learn. One that stepped down to meet its deadline and did exactly the work of
-            // the point it names teaches the controller about that point: counted against
-            // the decided point, its shorter run would read as the device getting faster.
-            // One that also abandoned work of the decided point teaches nothing.
-            let served = &handled.served;
-            let decided = Some(decision.point.as_str());
-            let served_as_decided = served.point.as_deref() == decided;
-            let stepped_cleanly =
-                served.stepped_down_from.as_deref() == decided && !served.abandoned_work;
-            if (served_as_decided || stepped_cleanly)
-                && let Some(point) = &served.point
-            {
-                let observing = Instant::now();
-                policy.observe(point, service_ms);
-                decision_time += observing.elapsed();
-            }
-            self.stats
-                .record_decision(decision_time.as_secs_f64() * 1e6);
-        }
-        let mut output = handled.into_output();
-        let json = output.json_mut();
-        if decision.is_none() && steering.deadline_ms.is_some() {
-            // Not adaptive: say so, rather than let the client believe its deadline was
-            // planned for.
-            json["policy"] = policy.state();
-        }
-        if let Some(decision) = decision {
-            json["policy"] = json!({
-                "reason": decision.reason,
-                "predicted_ms": decision.predicted_ms,
-                "waited_ms": waited_ms,
-                "threads": policy.threads_now(),
-            });
-        }
-        Ok(output)
     }
 }
 

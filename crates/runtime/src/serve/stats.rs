@@ -1,8 +1,9 @@
 //! Per-service counters and recent latencies, for telemetry. Counting only: what to do
 //! about the numbers is not decided here.
 
-use std::sync::Mutex;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+
+use parking_lot::Mutex;
 
 use heapless::HistoryBuf;
 use serde_json::{Value, json};
@@ -20,6 +21,13 @@ pub struct ServiceStats {
     pub errors: AtomicU64,
     pub busy: AtomicU64,
     pub expired: AtomicU64,
+    /// Copies of requests answered from the replay cache or joined to their original
+    /// in flight, instead of being computed again.
+    pub replayed: AtomicU64,
+    /// Requests whose handling panicked (answered `internal`).
+    pub panics: AtomicU64,
+    /// Worker loops that unwound and were started again.
+    pub restarts: AtomicU64,
     pub queued: AtomicUsize,
     latencies_ms: Mutex<HistoryBuf<f64, WINDOW>>,
     /// What choosing the point cost per request (decide, then observe), in microseconds.
@@ -28,18 +36,18 @@ pub struct ServiceStats {
 
 impl ServiceStats {
     pub fn record_latency(&self, ms: f64) {
-        lock(&self.latencies_ms).write(ms);
+        self.latencies_ms.lock().write(ms);
     }
 
     pub fn record_decision(&self, us: f64) {
-        lock(&self.decisions_us).write(us);
+        self.decisions_us.lock().write(us);
     }
 
     /// Telemetry for this service: counts, queue depth, latency p50/p95 over recent requests.
     pub fn snapshot(&self) -> Value {
-        let recent: Vec<f64> = lock(&self.latencies_ms).oldest_ordered().copied().collect();
+        let recent: Vec<f64> = self.latencies_ms.lock().oldest_ordered().copied().collect();
         let latency = LatencyStats::of(&recent);
-        let mut decisions: Vec<f64> = lock(&self.decisions_us).oldest_ordered().copied().collect();
+        let mut decisions: Vec<f64> = self.decisions_us.lock().oldest_ordered().copied().collect();
         decisions.sort_by(f64::total_cmp);
         let decision_us = decisions.last().map(|&max| {
             json!({"p50": percentile(&decisions, 50.0), "p99": percentile(&decisions, 99.0), "max": max})
@@ -51,17 +59,14 @@ impl ServiceStats {
             "errors": load(&self.errors),
             "busy": load(&self.busy),
             "expired": load(&self.expired),
+            "replayed": load(&self.replayed),
+            "panics": load(&self.panics),
+            "worker_restarts": load(&self.restarts),
             "queue_depth": self.queued.load(Ordering::Relaxed),
             "latency_ms": {"p50": latency.median_ms, "p95": latency.p95_ms, "window": latency.count},
             "decision_us": decision_us,
         })
     }
-}
-
-/// A history, whatever a panic elsewhere left behind: a write is one slot, so a poisoned
-/// lock still guards whole values.
-fn lock<T>(history: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
-    history.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 #[cfg(test)]

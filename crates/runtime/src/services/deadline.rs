@@ -12,7 +12,7 @@
 //! This module only does arithmetic; running models and reading the clock are the
 //! services' job.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 use std::time::Instant;
 
 /// Weight of the newest sample in a meter's average. Samples come at least once per
@@ -39,7 +39,7 @@ impl Meter {
             return;
         }
         // A panic elsewhere cannot leave a meter half-written: the value is one f64.
-        let mut average = self.average.lock().unwrap_or_else(|e| e.into_inner());
+        let mut average = self.average.lock();
         *average = Some(match *average {
             Some(old) => (1.0 - METER_EWMA_ALPHA) * old + METER_EWMA_ALPHA * sample,
             None => sample,
@@ -47,7 +47,7 @@ impl Meter {
     }
 
     pub fn average(&self) -> Option<f64> {
-        *self.average.lock().unwrap_or_else(|e| e.into_inner())
+        *self.average.lock()
     }
 }
 

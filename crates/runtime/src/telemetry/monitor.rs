@@ -5,8 +5,10 @@
 //! It only samples and stores: no decisions, no publishing. Dropping the [`Monitor`] stops
 //! the thread at once (it waits on a channel, not a sleep) and joins it.
 
+use std::sync::Arc;
 use std::sync::mpsc::{self, RecvTimeoutError, Sender};
-use std::sync::{Arc, Mutex, PoisonError};
+
+use parking_lot::Mutex;
 use std::thread::{self, JoinHandle};
 use std::time::Duration;
 
@@ -34,7 +36,7 @@ impl Monitor {
                 // Nothing is ever sent: the channel only disconnects, when the Monitor drops.
                 while let Err(RecvTimeoutError::Timeout) = stopped.recv_timeout(interval) {
                     let snapshot = Arc::new(sampler.sample());
-                    *shared.lock().unwrap_or_else(PoisonError::into_inner) = snapshot;
+                    *shared.lock() = snapshot;
                 }
             });
         let thread = match spawned {
@@ -53,7 +55,7 @@ impl Monitor {
 
     /// The newest snapshot (a clone of an `Arc`: cheap, never waits on I/O).
     pub fn latest(&self) -> Arc<Snapshot> {
-        Arc::clone(&self.latest.lock().unwrap_or_else(PoisonError::into_inner))
+        Arc::clone(&self.latest.lock())
     }
 }
 

@@ -29,7 +29,7 @@ use ndarray::{Array, ArrayD, IxDyn};
 use serde::{Deserialize, Serialize};
 
 use self::noise::{NOISE_NAME, Noise};
-pub use self::service::GenerateService;
+pub use self::service::{GenerateRequest, GenerateService};
 use crate::engine::{ElementType, Engine, Input, Model, Placement};
 use crate::models::PointSet;
 use crate::models::{ModelDir, ModelError};

@@ -26,42 +26,53 @@ pub struct GenerateService {
     generate: Arc<Generate>,
 }
 
+/// How a generated image is answered.
 #[derive(Debug, Default, Deserialize, PartialEq, Eq, Clone, Copy)]
 #[serde(rename_all = "lowercase")]
-enum Format {
+pub enum Format {
+    /// The PNG bytes as the payload, the metadata as a user property.
     #[default]
     Png,
+    /// One JSON document with the PNG in base64.
     Json,
 }
 
-#[derive(Debug, Deserialize)]
+/// A request as the service reads it.
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct JsonRequest {
-    prompt: String,
+pub struct GenerateRequest {
+    pub prompt: String,
     #[serde(default)]
-    seed: u64,
+    pub seed: u64,
     #[serde(default)]
-    format: Format,
+    pub format: Format,
 }
 
-impl GenerateService {
-    pub fn new(generate: Arc<Generate>) -> GenerateService {
-        GenerateService { generate }
-    }
-
-    fn request(content_type: Option<&str>, payload: &Payload) -> Result<JsonRequest, ServiceError> {
+impl GenerateRequest {
+    /// Reads a request: JSON `{"prompt": ..., "seed": ..., "format": ...}` or the prompt
+    /// as plain text.
+    pub fn parse(
+        content_type: Option<&str>,
+        payload: &Payload,
+    ) -> Result<GenerateRequest, ServiceError> {
         match payload {
-            Payload::Json(value) => JsonRequest::deserialize(value)
+            Payload::Json(value) => GenerateRequest::deserialize(value)
                 .map_err(|e| ServiceError::new("bad_request", format!("bad JSON request: {e}"))),
             Payload::Raw(bytes) => {
                 let prompt = plain_text(content_type, bytes, MAX_PROMPT_BYTES, "the prompt")?;
-                Ok(JsonRequest {
+                Ok(GenerateRequest {
                     prompt: prompt.to_string(),
                     seed: 0,
                     format: Format::Png,
                 })
             }
         }
+    }
+}
+
+impl GenerateService {
+    pub fn new(generate: Arc<Generate>) -> GenerateService {
+        GenerateService { generate }
     }
 }
 
@@ -80,7 +91,7 @@ impl Service for GenerateService {
         payload: &Payload,
         serving: Serving<'_>,
     ) -> Result<Handled, ServiceError> {
-        let request = Self::request(content_type, payload)?;
+        let request = GenerateRequest::parse(content_type, payload)?;
         let generated = self
             .generate
             .generate_by(

@@ -31,7 +31,7 @@ use self::encoder::Blocks;
 use self::index::SpaceIndex;
 use self::scoring::SentenceMap;
 pub use self::scoring::{ScoringSettings, Signals};
-pub use self::service::LegalService;
+pub use self::service::{LegalRequest, LegalService};
 use crate::engine::Engine;
 use crate::models::PointSet;
 use crate::models::{ModelDir, ModelError};

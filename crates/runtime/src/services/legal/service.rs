@@ -30,6 +30,41 @@ struct JsonRequest {
     k: Option<usize>,
 }
 
+/// A request as the service reads it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LegalRequest {
+    pub query: String,
+    /// How many articles to return.
+    pub k: usize,
+}
+
+impl LegalRequest {
+    /// Reads a request: JSON `{"query": ..., "k": ...}` or the query as plain text.
+    pub fn parse(
+        content_type: Option<&str>,
+        payload: &Payload,
+    ) -> Result<LegalRequest, ServiceError> {
+        match payload {
+            Payload::Json(value) => {
+                let request = JsonRequest::deserialize(value).map_err(|e| {
+                    ServiceError::new("bad_request", format!("bad JSON request: {e}"))
+                })?;
+                Ok(LegalRequest {
+                    query: request.query,
+                    k: request.k.unwrap_or(DEFAULT_K),
+                })
+            }
+            Payload::Raw(bytes) => {
+                let text = plain_text(content_type, bytes, MAX_QUERY_BYTES, "the query")?;
+                Ok(LegalRequest {
+                    query: text.to_string(),
+                    k: DEFAULT_K,
+                })
+            }
+        }
+    }
+}
+
 impl LegalService {
     pub fn new(legal: Arc<Legal>) -> LegalService {
         LegalService { legal }
@@ -51,18 +86,7 @@ impl Service for LegalService {
         payload: &Payload,
         serving: Serving<'_>,
     ) -> Result<Handled, ServiceError> {
-        let (query, k) = match payload {
-            Payload::Json(value) => {
-                let request = JsonRequest::deserialize(value).map_err(|e| {
-                    ServiceError::new("bad_request", format!("bad JSON request: {e}"))
-                })?;
-                (request.query, request.k.unwrap_or(DEFAULT_K))
-            }
-            Payload::Raw(bytes) => {
-                let text = plain_text(content_type, bytes, MAX_QUERY_BYTES, "the query")?;
-                (text.to_string(), DEFAULT_K)
-            }
-        };
+        let LegalRequest { query, k } = LegalRequest::parse(content_type, payload)?;
         let answer = self
             .legal
             .search_by(&query, k, serving.point, serving.deadline)

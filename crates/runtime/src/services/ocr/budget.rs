@@ -15,7 +15,7 @@
 //! This module holds the arithmetic (meters, predictions, the choice of rung); running the
 //! models is the pipeline's job.
 
-use std::sync::Mutex;
+use parking_lot::Mutex;
 
 pub use crate::services::deadline::{Meter, TIME_LEFT_SHARE, fits};
 
@@ -41,7 +41,7 @@ impl DetMeter {
         if !ms_per_pixel.is_finite() || ms_per_pixel < 0.0 {
             return;
         }
-        let mut rates = self.rates.lock().expect("meter lock poisoned");
+        let mut rates = self.rates.lock();
         let Some(i) = rates.iter().position(|&(l, _)| l == limit) else {
             rates.push((limit, ms_per_pixel));
             return;
@@ -59,7 +59,7 @@ impl DetMeter {
     /// The average at `limit`; a size never run borrows the rate of the size most recently
     /// run for the first time (a guess, until it runs itself).
     pub fn ms_per_pixel(&self, limit: u32) -> Option<f64> {
-        let rates = self.rates.lock().expect("meter lock poisoned");
+        let rates = self.rates.lock();
         rates
             .iter()
             .find(|&&(l, _)| l == limit)

@@ -28,7 +28,7 @@ use crate::models::{ModelDir, ModelError, PointSet};
 pub use self::det::{DbParams, TextBox};
 pub use self::points::OcrPoint;
 pub use self::rec::Charset;
-pub use self::service::{CUSTOM_POINT, OcrService};
+pub use self::service::{CUSTOM_POINT, OcrRequest, OcrService};
 
 /// Why OCR failed. Bad images are rejected before they get here (see [`crate::imaging`]).
 #[derive(Debug, thiserror::Error)]

@@ -46,6 +46,109 @@ struct JsonRequest {
     det_limit: Option<u32>,
 }
 
+/// A request as the service reads it, before its image is decoded.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OcrRequest {
+    /// The encoded image (PNG or JPEG), never empty.
+    pub image: Vec<u8>,
+    /// What to read it with: the point's options with the request's own knobs.
+    pub options: OcrOptions,
+    /// The request set a knob of its own, so it runs at no declared point.
+    pub customised: bool,
+    /// The image is one text crop: recognise it whole.
+    pub crops: bool,
+}
+
+impl OcrRequest {
+    /// Reads a request: raw PNG/JPEG bytes, or JSON with `image_b64` and optional knobs
+    /// over `base`.
+    pub fn parse(
+        content_type: Option<&str>,
+        payload: &Payload,
+        base: OcrOptions,
+    ) -> Result<OcrRequest, ServiceError> {
+        let request = match payload {
+            Payload::Raw(bytes) => {
+                let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
+                if media == Some("application/json") || bytes.first() == Some(&b'{') {
+                    // JSON that the transport could not parse.
+                    return Err(ServiceError::new(
+                        "bad_request",
+                        "payload is not valid JSON",
+                    ));
+                }
+                match media {
+                    None | Some("image/png" | "image/jpeg" | "application/octet-stream") => {}
+                    Some(other) => {
+                        return Err(ServiceError::new(
+                            "unsupported_media",
+                            format!("content type {other:?}: send image/png, image/jpeg or JSON"),
+                        ));
+                    }
+                }
+                OcrRequest {
+                    image: bytes.to_vec(),
+                    options: base,
+                    customised: false,
+                    crops: false,
+                }
+            }
+            Payload::Json(value) => {
+                let request = JsonRequest::deserialize(value).map_err(|e| {
+                    ServiceError::new("bad_request", format!("bad JSON request: {e}"))
+                })?;
+                let (options, customised) = options_for(base, &request)?;
+                let image = base64::engine::general_purpose::STANDARD
+                    .decode(request.image_b64.trim())
+                    .map_err(|e| ServiceError::new("bad_request", format!("image_b64: {e}")))?;
+                OcrRequest {
+                    image,
+                    options,
+                    customised,
+                    crops: request.crops,
+                }
+            }
+        };
+        if request.image.is_empty() {
+            return Err(ServiceError::new("bad_request", "empty image"));
+        }
+        Ok(request)
+    }
+}
+
+/// `base` (a point's options) with the request's explicit knobs; whether it set any.
+fn options_for(
+    base: OcrOptions,
+    request: &JsonRequest,
+) -> Result<(OcrOptions, bool), ServiceError> {
+    let customised =
+        request.rec.is_some() || request.threshold.is_some() || request.det_limit.is_some();
+    let mut options = base;
+    let threshold = request.threshold.unwrap_or(match options.recognizer {
+        RecognizerChoice::Cascade { threshold } => threshold,
+        _ => 0.9,
+    });
+    options.recognizer = match request.rec.as_deref() {
+        None if request.threshold.is_some() => RecognizerChoice::Cascade { threshold },
+        None => options.recognizer,
+        Some("tiny") => RecognizerChoice::Tiny,
+        Some("small") => RecognizerChoice::Small,
+        Some("cascade") => RecognizerChoice::Cascade { threshold },
+        Some(other) => {
+            return Err(ServiceError::new(
+                "bad_request",
+                format!("unknown recognizer {other:?} (tiny, small, cascade)"),
+            ));
+        }
+    };
+    options.ascii_only = request.ascii.unwrap_or(options.ascii_only);
+    options.det_limit = request.det_limit.unwrap_or(options.det_limit);
+    options
+        .validate()
+        .map_err(|e| ServiceError::new(e.code(), e))?;
+    Ok((options, customised))
+}
+
 impl OcrService {
     /// The service over `pipeline`; `defaults` gives what no point sets (ASCII only, batch
     /// size, ...), and requests are served at the manifest's default point unless they or
@@ -75,40 +178,6 @@ impl OcrService {
     fn point(&self, name: &str) -> Option<&OcrPoint> {
         self.pipeline.points().iter().find(|p| p.name == name)
     }
-
-    /// `base` (a point's options) with the request's explicit knobs; whether it set any.
-    fn options_for(
-        &self,
-        base: OcrOptions,
-        request: &JsonRequest,
-    ) -> Result<(OcrOptions, bool), ServiceError> {
-        let customised =
-            request.rec.is_some() || request.threshold.is_some() || request.det_limit.is_some();
-        let mut options = base;
-        let threshold = request.threshold.unwrap_or(match options.recognizer {
-            RecognizerChoice::Cascade { threshold } => threshold,
-            _ => 0.9,
-        });
-        options.recognizer = match request.rec.as_deref() {
-            None if request.threshold.is_some() => RecognizerChoice::Cascade { threshold },
-            None => options.recognizer,
-            Some("tiny") => RecognizerChoice::Tiny,
-            Some("small") => RecognizerChoice::Small,
-            Some("cascade") => RecognizerChoice::Cascade { threshold },
-            Some(other) => {
-                return Err(ServiceError::new(
-                    "bad_request",
-                    format!("unknown recognizer {other:?} (tiny, small, cascade)"),
-                ));
-            }
-        };
-        options.ascii_only = request.ascii.unwrap_or(options.ascii_only);
-        options.det_limit = request.det_limit.unwrap_or(options.det_limit);
-        options
-            .validate()
-            .map_err(|e| ServiceError::new(e.code(), e))?;
-        Ok((options, customised))
-    }
 }
 
 impl Service for OcrService {
@@ -125,50 +194,16 @@ impl Service for OcrService {
         let started = Instant::now();
         let mut point = self.at_point(serving.point)?;
         let base = point.map_or_else(|| self.defaults.clone(), |p| p.apply(&self.defaults));
-        let (bytes, options, crops) = match payload {
-            Payload::Raw(bytes) => {
-                let media = content_type.map(|t| t.split(';').next().unwrap_or("").trim());
-                if media == Some("application/json") || bytes.first() == Some(&b'{') {
-                    // JSON that the transport could not parse.
-                    return Err(ServiceError::new(
-                        "bad_request",
-                        "payload is not valid JSON",
-                    ));
-                }
-                match media {
-                    None | Some("image/png" | "image/jpeg" | "application/octet-stream") => {}
-                    Some(other) => {
-                        return Err(ServiceError::new(
-                            "unsupported_media",
-                            format!("content type {other:?}: send image/png, image/jpeg or JSON"),
-                        ));
-                    }
-                }
-                if bytes.first() == Some(&b'{') {
-                    return Err(ServiceError::new(
-                        "bad_request",
-                        "payload is not valid JSON",
-                    ));
-                }
-                (bytes.to_vec(), base, false)
-            }
-            Payload::Json(value) => {
-                let request = JsonRequest::deserialize(value).map_err(|e| {
-                    ServiceError::new("bad_request", format!("bad JSON request: {e}"))
-                })?;
-                let (options, customised) = self.options_for(base, &request)?;
-                if customised {
-                    point = None;
-                }
-                let bytes = base64::engine::general_purpose::STANDARD
-                    .decode(request.image_b64.trim())
-                    .map_err(|e| ServiceError::new("bad_request", format!("image_b64: {e}")))?;
-                (bytes, options, request.crops)
-            }
-        };
-        if bytes.is_empty() {
-            return Err(ServiceError::new("bad_request", "empty image"));
+        let request = OcrRequest::parse(content_type, payload, base)?;
+        if request.customised {
+            point = None;
         }
+        let OcrRequest {
+            image: bytes,
+            options,
+            crops,
+            ..
+        } = request;
         let image =
             imaging::decode(&bytes, self.max_pixels).map_err(|e| ServiceError::new(e.code(), e))?;
         let decode_ms = started.elapsed().as_secs_f64() * 1e3;
