@@ -77,6 +77,13 @@ fn body(value: Value) -> Vec<u8> {
     serde_json::to_vec(&value).unwrap()
 }
 
+/// Sends `value` as a JSON request with correlation data `id`.
+async fn send_json(client: &Client, topic: &str, id: &str, value: Value) {
+    client
+        .send(topic, id, body(value), Some("application/json"), None)
+        .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_request_that_panics_is_answered_internal_and_the_lane_serves_on() {
     let _serial = exclusive().await;
@@ -143,15 +150,7 @@ async fn a_request_that_comes_again_is_answered_from_the_cache_not_computed_agai
     // them all (same reply topic, same correlation data). Two more after it was answered
     // get the kept answer again. One computation in all.
     for _ in 0..3 {
-        client
-            .send(
-                topic,
-                "r1",
-                body(json!({"n": 1, "sleep_ms": 300})),
-                json,
-                None,
-            )
-            .await;
+        send_json(&client, topic, "r1", json!({"n": 1, "sleep_ms": 300})).await;
     }
     let first = client.collect(1, Duration::from_secs(20)).await;
     assert_eq!(first["r1"].1["computed"], 1);
@@ -162,33 +161,19 @@ async fn a_request_that_comes_again_is_answered_from_the_cache_not_computed_agai
             .is_empty()
     );
     for _ in 0..2 {
-        client
-            .send(
-                topic,
-                "r1",
-                body(json!({"n": 1, "sleep_ms": 300})),
-                json,
-                None,
-            )
-            .await;
+        send_json(&client, topic, "r1", json!({"n": 1, "sleep_ms": 300})).await;
     }
     let again = client.collect(2, Duration::from_secs(20)).await;
     assert_eq!(again["r1"].0, 2);
     assert_eq!(again["r1"].1, first["r1"].1);
 
     // Another correlation is another request; a failure is not kept (a retry computes).
-    client
-        .send(topic, "r2", body(json!({"n": 2})), json, None)
-        .await;
-    client
-        .send(topic, "p", body(json!({"panic": "service"})), json, None)
-        .await;
+    send_json(&client, topic, "r2", json!({"n": 2})).await;
+    send_json(&client, topic, "p", json!({"panic": "service"})).await;
     let got = client.collect(2, Duration::from_secs(20)).await;
     assert_eq!(got["r2"].1["computed"], 2);
     assert_eq!(got["p"].1["error"]["code"], "internal");
-    client
-        .send(topic, "p", body(json!({"panic": "service"})), json, None)
-        .await;
+    send_json(&client, topic, "p", json!({"panic": "service"})).await;
     let got = client.collect(1, Duration::from_secs(20)).await;
     assert_eq!(got["p"].1["error"]["code"], "internal");
 
