@@ -144,7 +144,6 @@ async fn a_request_that_comes_again_is_answered_from_the_cache_not_computed_agai
     let addr = server.embedded_broker.unwrap();
     let mut client = Client::connect(addr, "again").await;
     let topic = "edgerun/dev-again/faulty/request";
-    let json = Some("application/json");
 
     // Three copies while the first is computed: they wait for its answer, which answers
     // them all (same reply topic, same correlation data). Two more after it was answered
