@@ -50,6 +50,9 @@ pub enum Benchmark {
     /// `edgerun serve` from an empty profile cache: how long until every service adapts,
     /// with requests answered meanwhile.
     Startup(StartupBenchArgs),
+    /// What `edgerun serve` keeps resident: RSS at `online` and after a mixed stream of
+    /// requests, and its peak, for each service alone and for all together.
+    Memory(MemoryBenchArgs),
     /// Spin CPU threads until killed (the hog `bench adapt` starts).
     #[command(hide = true)]
     Burn(BurnArgs),
@@ -114,6 +117,37 @@ pub struct AdaptBenchArgs {
     pub out: Option<PathBuf>,
     #[arg(long, value_name = "FILE")]
     pub svg: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct MemoryBenchArgs {
+    /// The services, each measured alone and then all together [default: serve's default set].
+    #[arg(long, value_delimiter = ',', value_name = "NAME,...")]
+    pub services: Option<Vec<String>>,
+    /// Requests per server, cycled through the services' benchmark requests.
+    #[arg(long, default_value_t = 1000, value_name = "N")]
+    pub requests: usize,
+    /// Benchmark requests per service in the cycle.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub samples: usize,
+    /// Requests in flight at once.
+    #[arg(long, default_value_t = 6, value_name = "N")]
+    pub in_flight: usize,
+    /// Serve without adapting (no background measurement of the points).
+    #[arg(long)]
+    pub no_adapt: bool,
+    /// A configuration file for the servers (`serve --config`).
+    #[arg(long, value_name = "FILE")]
+    pub serve_config: Option<PathBuf>,
+    /// The profile cache the servers adapt from (measured into on the first run).
+    #[arg(
+        long,
+        default_value = "bench-results/memory-profile.json",
+        value_name = "FILE"
+    )]
+    pub profile: PathBuf,
+    #[arg(long, default_value = "bench-results/memory.json", value_name = "FILE")]
+    pub out: PathBuf,
 }
 
 #[derive(Debug, Args)]
@@ -276,6 +310,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
         }
         Benchmark::Adapt(a) => return adapt(global, a),
         Benchmark::Startup(a) => return startup(global, a),
+        Benchmark::Memory(a) => return memory(global, a),
         Benchmark::Generate(a) => {
             let generators = per_thread_count(global, &a.thread_counts, |r| r.generate(Warm::Up))?;
             crate::bench::generate::run(&crate::bench::generate::GenerateBenchSettings {
@@ -370,6 +405,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
         | Benchmark::Burn(_)
         | Benchmark::Adapt(_)
         | Benchmark::Startup(_)
+        | Benchmark::Memory(_)
         | Benchmark::Legal(_)
         | Benchmark::Generate(_) => {
             unreachable!("handled above")
@@ -420,6 +456,48 @@ fn adapt(global: &GlobalArgs, args: &AdaptBenchArgs) -> Result<ExitCode> {
     };
     crate::bench::adapt::run(&samples, &points, &settings)?;
     Ok(ExitCode::SUCCESS)
+}
+
+/// `bench memory`: each service's server alone, then one with all of them.
+fn memory(global: &GlobalArgs, args: &MemoryBenchArgs) -> Result<ExitCode> {
+    let runtime = Runtime::from_args(global)?;
+    let services = match &args.services {
+        Some(names) => names.clone(),
+        None => ServeConfig::default().services.into_keys().collect(),
+    };
+    let mut samples = std::collections::HashMap::new();
+    for name in &services {
+        samples.insert(name.clone(), bench_requests(&runtime, name, args.samples)?);
+    }
+    let mut configurations: Vec<Vec<String>> = services.iter().map(|s| vec![s.clone()]).collect();
+    if services.len() > 1 {
+        configurations.push(services.clone());
+    }
+    crate::bench::memory::run(
+        &samples,
+        &crate::bench::memory::MemorySettings {
+            configurations,
+            requests: args.requests,
+            in_flight: args.in_flight.max(1),
+            serve_args: serve_args(args),
+            profile: args.profile.clone(),
+            global_args: global_args(),
+            out: args.out.clone(),
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// The `serve` flags `bench memory` passes on.
+fn serve_args(args: &MemoryBenchArgs) -> Vec<String> {
+    let mut serve = Vec::new();
+    if args.no_adapt {
+        serve.push("--no-adapt".to_string());
+    }
+    if let Some(config) = &args.serve_config {
+        serve.extend(["--config".to_string(), config.display().to_string()]);
+    }
+    serve
 }
 
 /// The flags the benchmarks' servers are started with: this process's global flags

@@ -221,6 +221,7 @@ async fn start_adaptive(settings: &AdaptBenchSettings) -> Result<(Server, Value,
             .map(|ms| format!("{}={ms}", settings.service)),
         profile: settings.profile.clone(),
         global_args: settings.global_args.clone(),
+        serve_args: Vec::new(),
         // The servers' logs go beside the report, for when a run looks wrong.
         log: settings.out.with_extension("serve.log"),
     };

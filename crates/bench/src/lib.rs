@@ -13,6 +13,7 @@ pub mod data;
 pub mod engines;
 pub mod generate;
 pub mod legal;
+pub mod memory;
 pub mod mqtt;
 pub mod ocr;
 pub mod plot;

@@ -28,6 +28,8 @@ pub struct ServerSpec {
     pub profile: PathBuf,
     /// Global flags before `serve` (threads, engine, models).
     pub global_args: Vec<String>,
+    /// More `serve` flags.
+    pub serve_args: Vec<String>,
     /// Where its log goes (appended).
     pub log: PathBuf,
 }
@@ -58,6 +60,7 @@ impl Server {
             "1",
         ]);
         command.arg("--profile").arg(&spec.profile);
+        command.args(&spec.serve_args);
         if let Some(slo) = &spec.slo {
             command.args(["--slo", slo]);
         }
@@ -78,6 +81,11 @@ impl Server {
             child,
             broker: SocketAddr::from((Ipv4Addr::LOCALHOST, port)),
         })
+    }
+
+    /// The server's process id.
+    pub fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     /// A client of the server's broker, once it listens.

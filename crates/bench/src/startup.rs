@@ -88,6 +88,7 @@ async fn measure(
         slo: None,
         profile: settings.profile.clone(),
         global_args: settings.global_args.clone(),
+        serve_args: Vec::new(),
         log: settings.out.with_extension("serve.log"),
     };
     let started = Instant::now();

@@ -49,12 +49,32 @@ fn kib_field(text: &str, key: &str) -> Option<u64> {
     })
 }
 
+/// A process's resident set now and at its peak, in KiB.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Resident {
+    /// `VmRSS`.
+    pub rss_kib: u64,
+    /// `VmHWM`: the peak since the process started (or its mark was last reset).
+    pub peak_kib: u64,
+}
+
+/// The resident set of process `pid` (`None` for this one) from `/proc/PID/status`;
+/// `None` off Linux or once the process is gone.
+pub fn resident(pid: Option<u32>) -> Option<Resident> {
+    let path = match pid {
+        Some(pid) => format!("/proc/{pid}/status"),
+        None => "/proc/self/status".into(),
+    };
+    let status = std::fs::read_to_string(path).ok()?;
+    Some(Resident {
+        rss_kib: kib_field(&status, "VmRSS")?,
+        peak_kib: kib_field(&status, "VmHWM")?,
+    })
+}
+
 /// Peak resident memory of this process so far (VmHWM), in MiB; `None` off Linux.
 pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kib: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kib / 1024.0)
+    resident(None).map(|r| r.peak_kib as f64 / 1024.0)
 }
 
 #[cfg(test)]

@@ -24,7 +24,7 @@ use serde::Serialize;
 
 pub use cpu::{CoreFrequency, Cpu};
 pub use gpu::Gpu;
-pub use memory::{Memory, peak_rss_mib};
+pub use memory::{Memory, Resident, peak_rss_mib, resident};
 pub use monitor::Monitor;
 pub use power::{Power, Rail};
 pub use thermal::{CoolingDevice, ThermalZone, TripPoint};
