@@ -180,6 +180,20 @@ pub trait Engine: Send + Sync {
     /// Parses and checks an ONNX model; per-shape plans are built lazily on first use.
     /// `name` identifies it in errors and logs.
     fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError>;
+
+    /// [`Engine::load`] for a model whose inputs vary in length along `axis` of every
+    /// input (a sequence) and nowhere else. An engine that plans per shape plans once for
+    /// every length instead (tract: a symbolic dimension), so that one copy of the
+    /// optimized weights serves all lengths; the others load it as usual.
+    fn load_varying(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        axis: usize,
+    ) -> Result<Arc<dyn Model>, EngineError> {
+        let _ = axis;
+        self.load(name, onnx)
+    }
 }
 
 /// Which engine runs a model.

@@ -71,11 +71,26 @@ impl<E: Engine> Engine for Recorder<E> {
     }
 
     fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
-        Ok(Arc::new(RecordingModel {
+        Ok(self.recording(name, self.inner.load(name, onnx)?))
+    }
+
+    fn load_varying(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        axis: usize,
+    ) -> Result<Arc<dyn Model>, EngineError> {
+        Ok(self.recording(name, self.inner.load_varying(name, onnx, axis)?))
+    }
+}
+
+impl<E: Engine> Recorder<E> {
+    fn recording(&self, name: &str, model: Arc<dyn Model>) -> Arc<dyn Model> {
+        Arc::new(RecordingModel {
             name: name.to_string(),
-            model: self.inner.load(name, onnx)?,
+            model,
             runs: self.runs.clone(),
-        }))
+        })
     }
 }
 

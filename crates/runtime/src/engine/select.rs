@@ -87,17 +87,43 @@ impl Engine for Backends {
     }
 
     fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
+        self.load_with(name, onnx, None)
+    }
+
+    fn load_varying(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        axis: usize,
+    ) -> Result<Arc<dyn Model>, EngineError> {
+        self.load_with(name, onnx, Some(axis))
+    }
+}
+
+impl Backends {
+    /// Loads `name` with the engine configured for it (`varying_axis` as for
+    /// [`Engine::load_varying`]).
+    fn load_with(
+        &self,
+        name: &str,
+        onnx: &[u8],
+        varying_axis: Option<usize>,
+    ) -> Result<Arc<dyn Model>, EngineError> {
+        let load = |engine: &dyn Engine| match varying_axis {
+            Some(axis) => engine.load_varying(name, onnx, axis),
+            None => engine.load(name, onnx),
+        };
         match (self.config.backend_for(name), &self.ort) {
-            (Backend::Tract, _) => self.tract.load(name, onnx),
-            (Backend::Ort, Ok(ort)) => ort.load(name, onnx),
+            (Backend::Tract, _) => load(&self.tract),
+            (Backend::Ort, Ok(ort)) => load(ort.as_ref()),
             (Backend::Ort, Err(reason)) => Err(EngineError::Unavailable(reason.clone())),
             (Backend::Auto, Ok(ort)) => Ok(Arc::new(AutoModel {
                 name: name.to_string(),
-                candidates: vec![self.tract.load(name, onnx)?, ort.load(name, onnx)?],
+                candidates: vec![load(&self.tract)?, load(ort.as_ref())?],
                 chosen: Mutex::new(None),
             })),
             (Backend::Auto, Err(reason)) => {
-                let model = self.tract.load(name, onnx)?;
+                let model = load(&self.tract)?;
                 Ok(Arc::new(Noted {
                     model,
                     note: format!("auto: tract only ({reason})"),

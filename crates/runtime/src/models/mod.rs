@@ -168,6 +168,18 @@ impl ModelDir {
         Ok(engine.load(&name, &self.read_verified(file)?)?)
     }
 
+    /// [`ModelDir::load`] for a model whose inputs vary in length along `axis`
+    /// ([`Engine::load_varying`]).
+    pub fn load_varying(
+        &self,
+        engine: &dyn Engine,
+        file: &str,
+        axis: usize,
+    ) -> Result<Arc<dyn Model>, ModelError> {
+        let name = format!("{}/{file}", self.manifest.service);
+        Ok(engine.load_varying(&name, &self.read_verified(file)?, axis)?)
+    }
+
     pub fn read_verified(&self, file: &str) -> Result<Vec<u8>, ModelError> {
         let entry = self
             .manifest

@@ -4,10 +4,12 @@
 //! SN-Net point, a stitch between the two anchors' layers), then the shared pooling block.
 //! Blocks are loaded once and shared by all chains that use them.
 //!
-//! For an engine that plans per shape (tract), token sequences are padded to a multiple of
-//! [`SEQ_BUCKET`] with a zero mask, so it keeps a handful of plans instead of one per
-//! length; masked positions change neither attention nor the mean pooling. ONNX Runtime on
-//! CPU runs the exact length: padding would only add work (about 15% at typical lengths).
+//! Blocks are loaded as varying in length along the sequence axis, so tract plans each of
+//! them once, with a symbolic length, for every query (one copy of the optimized weights
+//! instead of one per length), and every engine runs the exact length. Should a block plan
+//! per shape after all (TensorRT builds engines per shape profile), token sequences are
+//! padded to a multiple of [`SEQ_BUCKET`] with a zero mask, so it keeps a handful of plans;
+//! masked positions change neither attention nor the mean pooling.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -21,6 +23,11 @@ use crate::models::ModelDir;
 
 /// Sequence lengths are padded up to a multiple of this for engines that plan per shape.
 pub const SEQ_BUCKET: usize = 16;
+
+/// Every block's inputs (token ids, hidden states, mask) vary in length along this axis
+/// only: an engine that plans per shape plans each block once for every length.
+const SEQ_AXIS: usize = 1;
+
 /// The hidden size of both anchors.
 pub const HIDDEN: usize = 384;
 
@@ -116,12 +123,12 @@ impl Blocks {
                 "layer" => BlockKind::Layer,
                 "stitch" => BlockKind::Stitch,
                 "pool" => {
-                    pool = Some(dir.load(engine, &entry.file)?);
+                    pool = Some(dir.load_varying(engine, &entry.file, SEQ_AXIS)?);
                     continue;
                 }
                 _ => continue,
             };
-            let model = dir.load(engine, &entry.file)?;
+            let model = dir.load_varying(engine, &entry.file, SEQ_AXIS)?;
             blocks.insert(entry.file.clone(), Block { kind, model });
         }
         let pool = pool.ok_or_else(|| LegalError::Model("no pool block in the manifest".into()))?;
