@@ -92,6 +92,22 @@ struct Sent {
     properties: PublishProperties,
 }
 
+impl Sent {
+    /// What keeping it costs: the payload and the properties' contents.
+    fn bytes(&self) -> usize {
+        let p = &self.properties;
+        let user: usize = p
+            .user_properties
+            .iter()
+            .map(|(k, v)| k.len() + v.len())
+            .sum();
+        self.payload.len()
+            + p.correlation_data.as_ref().map_or(0, |c| c.len())
+            + p.content_type.as_ref().map_or(0, String::len)
+            + user
+    }
+}
+
 /// A copy of a request in flight, waiting to be acknowledged once the original is answered.
 type Waiting = (Publish, Origin);
 
@@ -778,7 +794,7 @@ impl Dispatcher<'_> {
         self.ack(&publish, origin).await;
         if let Some(key) = key {
             let kept = sent.filter(|_| replayable).map(|sent| {
-                let size = sent.payload.len() + 64;
+                let size = sent.bytes();
                 (sent, size)
             });
             for (copy, origin) in self.replay.complete(&key, kept) {
