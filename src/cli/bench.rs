@@ -11,6 +11,7 @@ use super::GlobalArgs;
 use super::settings::{Runtime, Warm, engine_config};
 use crate::bench::adapt::AdaptBenchSettings;
 use crate::bench::engines::EngineBenchSettings;
+use crate::bench::memory::StreamLength;
 use crate::bench::ocr::{self, OcrBenchSettings, Reference};
 use crate::engine::EngineConfig;
 use crate::models::{self, ModelDir};
@@ -127,6 +128,11 @@ pub struct MemoryBenchArgs {
     /// Requests per server, cycled through the services' benchmark requests.
     #[arg(long, default_value_t = 1000, value_name = "N")]
     pub requests: usize,
+    /// Soak instead: stream to one server with all the services for this long (in place of
+    /// --requests and of the per-service servers), and report the growth after the first
+    /// minute.
+    #[arg(long, value_name = "MINUTES")]
+    pub soak_minutes: Option<f64>,
     /// Benchmark requests per service in the cycle.
     #[arg(long, default_value_t = 20, value_name = "N")]
     pub samples: usize,
@@ -473,11 +479,22 @@ fn memory(global: &GlobalArgs, args: &MemoryBenchArgs) -> Result<ExitCode> {
     if services.len() > 1 {
         configurations.push(services.clone());
     }
+    let length = match args.soak_minutes {
+        Some(minutes) => {
+            anyhow::ensure!(
+                minutes.is_finite() && minutes > 0.0,
+                "--soak-minutes must be positive"
+            );
+            configurations = vec![services.clone()];
+            StreamLength::Lasting(Duration::from_secs_f64(minutes * 60.0))
+        }
+        None => StreamLength::Requests(args.requests),
+    };
     crate::bench::memory::run(
         &samples,
         &crate::bench::memory::MemorySettings {
             configurations,
-            requests: args.requests,
+            length,
             in_flight: args.in_flight.max(1),
             serve_args: serve_args(args),
             profile: args.profile.clone(),

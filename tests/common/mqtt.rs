@@ -73,6 +73,11 @@ impl Mosquitto {
         Mosquitto(edgerun::bench::mqtt::Mosquitto::start_on(port).expect("mosquitto starts"))
     }
 
+    /// With `extra` configuration lines.
+    pub fn with_extra(extra: &str) -> Mosquitto {
+        Mosquitto(edgerun::bench::mqtt::Mosquitto::with_extra(extra).expect("mosquitto starts"))
+    }
+
     /// Admitting only `users` (name, password).
     pub fn with_users(users: &[(&str, &str)]) -> Mosquitto {
         Mosquitto(edgerun::bench::mqtt::Mosquitto::with_users(users).expect("mosquitto starts"))
@@ -114,6 +119,11 @@ impl Client {
             .send(topic, id, payload, content_type, expiry_s)
             .await
             .expect("request sent");
+    }
+
+    /// The next answer (correlation id, body), or `None` after `timeout`.
+    pub async fn next(&mut self, timeout: Duration) -> Option<(String, Value)> {
+        self.inner.next_answer(timeout).await
     }
 
     /// Waits for `count` answers (or the timeout) and returns them by correlation id, with
@@ -261,17 +271,32 @@ pub struct ServeProcess(std::process::Child);
 
 impl ServeProcess {
     pub fn start(broker: SocketAddr, device: &str, services: &str) -> ServeProcess {
+        ServeProcess::start_with(broker, device, services, &[])
+    }
+
+    /// With more `serve` flags.
+    pub fn start_with(
+        broker: SocketAddr,
+        device: &str,
+        services: &str,
+        flags: &[&str],
+    ) -> ServeProcess {
         ServeProcess(
             super::edgerun_command()
                 .args(["serve", "--broker", &format!("mqtt://{broker}")])
                 .args(["--device", device, "--queue", "64", "--services", services])
                 // Fleet behaviour only: no measuring in the background.
                 .arg("--no-adapt")
+                .args(flags)
                 .stdout(std::process::Stdio::null())
                 .stderr(std::process::Stdio::null())
                 .spawn()
                 .unwrap(),
         )
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.0.id()
     }
 }
 

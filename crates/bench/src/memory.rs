@@ -3,7 +3,9 @@
 //! with the same global flags) starts on its embedded broker; its resident set is read from
 //! `/proc` when its status first says `online`, then a mixed stream of the services'
 //! benchmark requests runs with a few in flight, and the resident set and its peak are read
-//! again. Nothing here serves; it only starts, asks and reads.
+//! again. A soak (`--soak-minutes`) streams for a given time instead and reports how far
+//! the resident set grew after its first minute. Nothing here serves; it only starts, asks
+//! and reads.
 
 use std::collections::HashMap;
 use std::path::PathBuf;
@@ -23,8 +25,8 @@ use edgerun_runtime::telemetry::{Resident, resident};
 pub struct MemorySettings {
     /// Each entry is one server's `--services`.
     pub configurations: Vec<Vec<String>>,
-    /// Requests per configuration, cycled through its services' samples.
-    pub requests: usize,
+    /// How long each configuration streams.
+    pub length: StreamLength,
     /// Requests in flight at once.
     pub in_flight: usize,
     /// Extra `serve` flags (`--no-adapt`, say).
@@ -34,6 +36,22 @@ pub struct MemorySettings {
     pub global_args: Vec<String>,
     pub out: PathBuf,
 }
+
+/// How long a server is asked.
+#[derive(Debug, Clone, Copy)]
+pub enum StreamLength {
+    /// This many requests, cycled through its services' samples.
+    Requests(usize),
+    /// As many as fit in this time (a soak).
+    Lasting(Duration),
+}
+
+/// How often the resident set is read during a stream.
+const SAMPLE_EVERY: Duration = Duration::from_secs(5);
+
+/// Memory that grows in the first minute is warm-up (allocator arenas, plan caches,
+/// the answer cache filling); growth is measured from there.
+pub const WARM_UP_S: f64 = 60.0;
 
 /// One server's memory.
 #[derive(Debug, Clone, Serialize)]
@@ -52,6 +70,11 @@ pub struct MemoryRun {
     pub answered: usize,
     /// Error answers by code (including `busy`) and unanswered ones (`lost`).
     pub errors: HashMap<String, usize>,
+    /// Seconds into the stream and the resident set then, MiB, every few seconds.
+    pub timeline: Vec<(f64, f64)>,
+    /// How far the resident set grew from the first reading after the warm-up to the end,
+    /// percent; absent when the stream was shorter than twice the warm-up.
+    pub growth_after_warm_up_pct: Option<f64>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -64,6 +87,17 @@ pub struct MemoryReport {
 
 fn mib(kib: u64) -> f64 {
     kib as f64 / 1024.0
+}
+
+/// Growth from the first reading at or after `warm_up_s` to the last, percent; `None` when
+/// the timeline does not reach twice the warm-up.
+pub fn growth_after_warm_up(timeline: &[(f64, f64)], warm_up_s: f64) -> Option<f64> {
+    let &(end_s, end) = timeline.last()?;
+    if end_s < 2.0 * warm_up_s {
+        return None;
+    }
+    let &(_, start) = timeline.iter().find(|(s, _)| *s >= warm_up_s)?;
+    Some(100.0 * (end - start) / start)
 }
 
 /// Runs every configuration; `samples` holds each service's requests.
@@ -145,8 +179,17 @@ async fn measure(
     let (mut answered, mut errors) = (0, HashMap::<String, usize>::new());
     let mut waiting = std::collections::HashSet::new();
     let mut sent = 0;
-    while sent < settings.requests || !waiting.is_empty() {
-        while sent < settings.requests && waiting.len() < settings.in_flight {
+    let streaming = Instant::now();
+    let mut timeline = vec![(0.0, mib(read()?.rss_kib))];
+    let more = |sent: usize| match settings.length {
+        StreamLength::Requests(n) => sent < n,
+        StreamLength::Lasting(d) => streaming.elapsed() < d,
+    };
+    while more(sent) || !waiting.is_empty() {
+        if streaming.elapsed().as_secs_f64() >= timeline.len() as f64 * SAMPLE_EVERY.as_secs_f64() {
+            timeline.push((streaming.elapsed().as_secs_f64(), mib(read()?.rss_kib)));
+        }
+        while more(sent) && waiting.len() < settings.in_flight {
             let (service, sample) = stream[sent % stream.len()];
             let payload = match &sample.payload {
                 Payload::Json(value) => serde_json::to_vec(value)?,
@@ -177,6 +220,7 @@ async fn measure(
         }
     }
     let after = read()?;
+    timeline.push((streaming.elapsed().as_secs_f64(), mib(after.rss_kib)));
     client.disconnect().await;
     watcher.disconnect().await;
     server.stop();
@@ -189,6 +233,8 @@ async fn measure(
         requests: sent,
         answered,
         errors,
+        growth_after_warm_up_pct: growth_after_warm_up(&timeline, WARM_UP_S),
+        timeline,
     })
 }
 
@@ -199,6 +245,7 @@ pub fn report_text(report: &MemoryReport) -> String {
         "RSS ready MiB",
         "RSS after MiB",
         "peak MiB",
+        "growth after 1 min",
         "answered",
         "errors",
     ]);
@@ -211,6 +258,8 @@ pub fn report_text(report: &MemoryReport) -> String {
             format!("{:.0}", run.ready_rss_mib),
             format!("{:.0}", run.after_rss_mib),
             format!("{:.0}", run.peak_rss_mib),
+            run.growth_after_warm_up_pct
+                .map_or("-".into(), |g| format!("{g:+.1}%")),
             format!("{}/{}", run.answered, run.requests),
             if errors.is_empty() {
                 "-".into()
@@ -228,4 +277,28 @@ pub fn report_text(report: &MemoryReport) -> String {
             format!(", serve {}", report.serve_args.join(" "))
         }
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn growth_is_measured_from_the_end_of_the_warm_up() {
+        let timeline = [
+            (0.0, 100.0),
+            (30.0, 180.0),
+            (60.0, 200.0),
+            (90.0, 205.0),
+            (125.0, 210.0),
+        ];
+        let growth = growth_after_warm_up(&timeline, 60.0).unwrap();
+        assert!((growth - 5.0).abs() < 1e-9, "{growth}");
+        assert_eq!(
+            growth_after_warm_up(&timeline[..4], 60.0),
+            None,
+            "too short"
+        );
+        assert_eq!(growth_after_warm_up(&[], 60.0), None);
+    }
 }

@@ -290,6 +290,25 @@ impl Mosquitto {
         Self::start_with(port, &[])
     }
 
+    /// On a free port, with `extra` lines appended to the configuration (limits, logging).
+    pub fn with_extra(extra: &str) -> Result<Mosquitto> {
+        let port = free_port()?;
+        let dir = Self::dir_for(port);
+        let conf = format!(
+            "{}{extra}\n",
+            Self::base_conf(port, "allow_anonymous true\n")
+        );
+        Self::with_conf(port, dir, &conf)
+    }
+
+    fn dir_for(port: u16) -> PathBuf {
+        std::env::temp_dir().join(format!("edgerun-mosquitto-{}-{port}", std::process::id()))
+    }
+
+    fn base_conf(port: u16, access: &str) -> String {
+        format!("listener {port} 127.0.0.1\n{access}persistence false\nset_tcp_nodelay true\n")
+    }
+
     /// On a free port, admitting only `users` (name, password), from a password file made
     /// with `mosquitto_passwd`.
     pub fn with_users(users: &[(&str, &str)]) -> Result<Mosquitto> {
@@ -297,8 +316,7 @@ impl Mosquitto {
     }
 
     fn start_with(port: u16, users: &[(&str, &str)]) -> Result<Mosquitto> {
-        let dir =
-            std::env::temp_dir().join(format!("edgerun-mosquitto-{}-{port}", std::process::id()));
+        let dir = Self::dir_for(port);
         std::fs::create_dir_all(&dir)?;
         let mut access = "allow_anonymous true\n".to_string();
         if !users.is_empty() {
@@ -320,8 +338,7 @@ impl Mosquitto {
                 passwords.display()
             );
         }
-        let conf =
-            format!("listener {port} 127.0.0.1\n{access}persistence false\nset_tcp_nodelay true\n");
+        let conf = Self::base_conf(port, &access);
         Self::with_conf(port, dir, &conf)
     }
 

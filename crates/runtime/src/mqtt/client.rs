@@ -8,8 +8,8 @@ use std::time::Duration;
 use base64::Engine as _;
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{Packet, PublishProperties};
-use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions};
+use rumqttc::v5::mqttbytes::v5::{Filter, Packet, PublishProperties, Subscribe};
+use rumqttc::v5::{AsyncClient, ClientError, Event, MqttOptions, Request};
 use serde::Deserialize;
 use serde_json::Value;
 use tokio::sync::{mpsc, oneshot};
@@ -147,9 +147,20 @@ impl RequestClient {
         let (tx, answers) = mpsc::unbounded_channel();
         let (subscribed_tx, subscribed) = oneshot::channel();
         let mut subscribed_tx = Some(subscribed_tx);
+        let topic = reply_topic.clone();
         tokio::spawn(async move {
             loop {
                 match eventloop.poll().await {
+                    // Reconnected to a broker that lost our session (it restarted, say):
+                    // subscribe again before anything queued while away goes out, or the
+                    // answers to it would be dropped.
+                    Ok(Event::Incoming(Packet::ConnAck(ack)))
+                        if subscribed_tx.is_none() && !ack.session_present =>
+                    {
+                        let filter = Filter::new(topic.clone(), QoS::AtLeastOnce);
+                        let subscribe = Request::Subscribe(Subscribe::new(filter, None));
+                        eventloop.pending.push_front(subscribe);
+                    }
                     Ok(Event::Incoming(Packet::Publish(p))) => {
                         let body = answer_body(&p.payload, p.properties.as_ref());
                         let correlation = p.properties.and_then(|p| p.correlation_data);
