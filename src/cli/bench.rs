@@ -54,6 +54,9 @@ pub enum Benchmark {
     /// What `edgerun serve` keeps resident: RSS at `online` and after a mixed stream of
     /// requests, and its peak, for each service alone and for all together.
     Memory(MemoryBenchArgs),
+    /// OCR images per second through `edgerun serve` with requests waiting (one worker
+    /// with every core, a worker per core with one thread each) against one at a time.
+    Throughput(ThroughputBenchArgs),
     /// Spin CPU threads until killed (the hog `bench adapt` starts).
     #[command(hide = true)]
     Burn(BurnArgs),
@@ -153,6 +156,22 @@ pub struct MemoryBenchArgs {
     )]
     pub profile: PathBuf,
     #[arg(long, default_value = "bench-results/memory.json", value_name = "FILE")]
+    pub out: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct ThroughputBenchArgs {
+    /// ICDAR 2015 end-to-end scenes per pass.
+    #[arg(long, default_value_t = 20, value_name = "N")]
+    pub images: usize,
+    /// Timed passes per layout (after one warm-up pass); the median is reported.
+    #[arg(long, default_value_t = 3, value_name = "N")]
+    pub rounds: usize,
+    #[arg(
+        long,
+        default_value = "bench-results/throughput.json",
+        value_name = "FILE"
+    )]
     pub out: PathBuf,
 }
 
@@ -317,6 +336,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
         Benchmark::Adapt(a) => return adapt(global, a),
         Benchmark::Startup(a) => return startup(global, a),
         Benchmark::Memory(a) => return memory(global, a),
+        Benchmark::Throughput(a) => return throughput(global, a),
         Benchmark::Generate(a) => {
             let generators = per_thread_count(global, &a.thread_counts, |r| r.generate(Warm::Up))?;
             crate::bench::generate::run(&crate::bench::generate::GenerateBenchSettings {
@@ -412,6 +432,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
         | Benchmark::Adapt(_)
         | Benchmark::Startup(_)
         | Benchmark::Memory(_)
+        | Benchmark::Throughput(_)
         | Benchmark::Legal(_)
         | Benchmark::Generate(_) => {
             unreachable!("handled above")
@@ -499,6 +520,24 @@ fn memory(global: &GlobalArgs, args: &MemoryBenchArgs) -> Result<ExitCode> {
             serve_args: serve_args(args),
             profile: args.profile.clone(),
             global_args: global_args(),
+            out: args.out.clone(),
+        },
+    )?;
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `bench throughput`: OCR through `serve` in each standard layout for this machine.
+fn throughput(global: &GlobalArgs, args: &ThroughputBenchArgs) -> Result<ExitCode> {
+    use crate::bench::throughput::{Layout, ThroughputSettings, without_thread_flags};
+    let runtime = Runtime::from_args(global)?;
+    let images = bench_requests(&runtime, "ocr", args.images)?;
+    let cores = std::thread::available_parallelism().map_or(2, |n| n.get());
+    crate::bench::throughput::run(
+        &images,
+        &ThroughputSettings {
+            layouts: Layout::standard(cores),
+            rounds: args.rounds,
+            global_args: without_thread_flags(&global_args()),
             out: args.out.clone(),
         },
     )?;

@@ -20,6 +20,7 @@ pub mod plot;
 pub mod points;
 pub mod server;
 pub mod startup;
+pub mod throughput;
 
 use std::path::Path;
 
