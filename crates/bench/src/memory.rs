@@ -162,17 +162,8 @@ async fn measure(
     };
     let started = Instant::now();
     let server = Server::spawn(&spec)?;
-    let mut watcher = server.watch("memory-watch", "status").await?;
-    let online_after_s = loop {
-        let status = watcher
-            .next_answer(Duration::from_secs(120))
-            .await
-            .context("the server never said online")?
-            .1;
-        if status["online"] == true {
-            break started.elapsed().as_secs_f64();
-        }
-    };
+    let watcher = server.until_online("memory-watch").await?;
+    let online_after_s = started.elapsed().as_secs_f64();
     let read = || resident(Some(server.pid())).context("reading the server's memory");
     let ready: Resident = read()?;
     let mut client = server.connect("memory-client").await?;

@@ -111,6 +111,22 @@ impl Server {
         Ok(watcher)
     }
 
+    /// Waits (at most 120 s) for the server's first retained status that says `online`;
+    /// the watcher of its status, for what follows.
+    pub async fn until_online(&self, name: &str) -> Result<RequestClient> {
+        let mut watcher = self.watch(name, "status").await?;
+        loop {
+            let status = watcher
+                .next_answer(Duration::from_secs(120))
+                .await
+                .context("the server never said online")?
+                .1;
+            if status["online"] == true {
+                return Ok(watcher);
+            }
+        }
+    }
+
     /// SIGTERM, so that it goes offline cleanly; killed (on drop) if it takes too long.
     pub fn stop(mut self) {
         let _ = Command::new("kill")

@@ -171,17 +171,7 @@ async fn measure(
         log: settings.out.with_extension("serve.log"),
     };
     let server = Server::spawn(&spec)?;
-    let mut watcher = server.watch("throughput-watch", "status").await?;
-    loop {
-        let status = watcher
-            .next_answer(Duration::from_secs(120))
-            .await
-            .context("the server never said online")?
-            .1;
-        if status["online"] == true {
-            break;
-        }
-    }
+    let watcher = server.until_online("throughput-watch").await?;
     let mut client = server.connect("throughput-client").await?;
     let (mut point, mut errors) = (None, 0);
     let mut rounds = Vec::new();
