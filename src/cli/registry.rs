@@ -135,6 +135,35 @@ pub const SERVICES: &[ServiceEntry] = &[
     },
 ];
 
+/// The services called `names`, in that order, each loaded on a thread of its own: loading
+/// is mostly planning and warming models, one core each, so on a multi-core device the
+/// services are ready in about the time of the slowest rather than of all together.
+pub fn build_all<'n>(
+    names: impl IntoIterator<Item = &'n String>,
+    runtime: &Runtime,
+    config: &ServeConfig,
+    warm: Warm,
+) -> Result<Vec<Arc<dyn Service>>> {
+    let entries = names
+        .into_iter()
+        .map(|name| entry(name))
+        .collect::<Result<Vec<_>>>()?;
+    std::thread::scope(|scope| {
+        let loading: Vec<_> = entries
+            .iter()
+            .map(|entry| scope.spawn(move || entry.build(runtime, config, warm)))
+            .collect();
+        loading
+            .into_iter()
+            .map(|handle| {
+                handle
+                    .join()
+                    .unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+            })
+            .collect()
+    })
+}
+
 /// The service called `name`.
 pub fn entry(name: &str) -> Result<&'static ServiceEntry> {
     SERVICES
