@@ -12,7 +12,8 @@
 pub use edgerun_bench as bench;
 pub use edgerun_bench::{data, plot};
 pub use edgerun_runtime::{
-    cache, engine, imaging, latency, models, mqtt, policy, profiler, serve, services, telemetry,
+    allocator, cache, engine, imaging, latency, models, mqtt, policy, profiler, serve, services,
+    telemetry,
 };
 
 pub mod cli;

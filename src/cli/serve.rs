@@ -157,7 +157,9 @@ fn resolve_with_runtime(global: &GlobalArgs, args: &ServeArgs) -> Result<(ServeC
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     let (config, runtime) = resolve_with_runtime(global, args)?;
     let services = registry::build_all(config.services.keys(), &runtime, &config, Warm::Up)?;
-    return_loading_garbage();
+    // Each service loaded on a thread of its own, in an arena of its own, which keeps what
+    // loading freed (model bytes, planning scratch) unless asked.
+    crate::allocator::return_free_memory();
     let choices = point_choices(&runtime, &config, &services);
     let (device, prefix) = (config.device.clone(), config.prefix.clone());
     let server = serve::start(config, services, choices)?;
@@ -176,17 +178,6 @@ pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     eprintln!("edgerun: shutting down");
     server.shutdown()?;
     Ok(ExitCode::SUCCESS)
-}
-
-/// Hands the memory that loading freed back to the system. The services load on threads of
-/// their own, each with its own glibc arena, and glibc keeps what they freed (model bytes,
-/// the plans' scratch) unless asked; once, here, it costs no request anything.
-fn return_loading_garbage() {
-    #[cfg(all(target_os = "linux", target_env = "gnu"))]
-    // SAFETY: malloc_trim only walks glibc's own heaps; it has no preconditions.
-    unsafe {
-        libc::malloc_trim(0);
-    }
 }
 
 /// Blocks until SIGINT or SIGTERM, or until the server stops by itself.

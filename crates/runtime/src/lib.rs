@@ -24,6 +24,7 @@
 //!   `serve`'s background measurement).
 //! - [`cache`]: where per-device state (profiles, TensorRT engines) is kept.
 
+pub mod allocator;
 pub mod cache;
 pub mod engine;
 pub mod imaging;
