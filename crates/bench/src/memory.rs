@@ -46,6 +46,9 @@ pub enum StreamLength {
     Lasting(Duration),
 }
 
+/// How long the server idles after the stream before the resident set is read again.
+const SETTLE: Duration = Duration::from_secs(1);
+
 /// How often the resident set is read during a stream.
 const SAMPLE_EVERY: Duration = Duration::from_secs(5);
 
@@ -210,6 +213,8 @@ async fn measure(
             }
         }
     }
+    // The server's workers go idle after the last answer; read once they have.
+    tokio::time::sleep(SETTLE).await;
     let after = read()?;
     timeline.push((streaming.elapsed().as_secs_f64(), mib(after.rss_kib)));
     client.disconnect().await;

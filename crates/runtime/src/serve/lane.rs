@@ -12,7 +12,7 @@ use std::any::Any;
 use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
-use std::sync::mpsc::{Receiver, SyncSender, sync_channel};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, SyncSender, sync_channel};
 use std::time::{Duration, Instant};
 
 use parking_lot::Mutex;
@@ -84,6 +84,9 @@ pub fn start<R: Send + 'static>(
         policy,
     }
 }
+
+/// How long a worker waits with nothing to do before it returns freed memory.
+const IDLE_BEFORE_TRIM: Duration = Duration::from_millis(200);
 
 /// What a lane's worker threads serve with.
 struct Worker {
@@ -160,8 +163,23 @@ impl Worker {
     /// Takes jobs until the queue closes, answers each one exactly once.
     fn work<R>(&self, jobs: &Mutex<Receiver<Job<R>>>, answers: &mpsc::UnboundedSender<Answer<R>>) {
         loop {
-            let Ok(job) = jobs.lock().recv() else {
-                return;
+            // Not in the match: the guard would live through its arms, and the wait below
+            // takes the lock again.
+            let next = jobs.lock().recv_timeout(IDLE_BEFORE_TRIM);
+            let job = match next {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Disconnected) => return,
+                // Idle for a while: give what the last requests freed back to the system
+                // before sleeping on (a device idles between bursts at its loaded size,
+                // not at its busiest). Not after every request: a steady stream would pay
+                // for refaulting those pages each time.
+                Err(RecvTimeoutError::Timeout) => {
+                    crate::allocator::return_free_memory();
+                    let Ok(job) = jobs.lock().recv() else {
+                        return;
+                    };
+                    job
+                }
             };
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             let taken = Taken {
