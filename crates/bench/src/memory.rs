@@ -18,7 +18,6 @@ use super::server::{DEVICE, Server, ServerSpec};
 use super::{Machine, Table, write_json};
 use edgerun_runtime::mqtt::client::Reply;
 use edgerun_runtime::profiler::Sample;
-use edgerun_runtime::services::Payload;
 use edgerun_runtime::telemetry::{Resident, resident};
 
 #[derive(Debug, Clone)]
@@ -185,10 +184,7 @@ async fn measure(
         }
         while more(sent) && waiting.len() < settings.in_flight {
             let (service, sample) = stream[sent % stream.len()];
-            let payload = match &sample.payload {
-                Payload::Json(value) => serde_json::to_vec(value)?,
-                Payload::Raw(bytes) => bytes.to_vec(),
-            };
+            let payload = sample.wire_bytes();
             let id = sent.to_string();
             let topic = format!("edgerun/{DEVICE}/{service}/request");
             client

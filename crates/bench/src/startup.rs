@@ -16,7 +16,6 @@ use super::{Machine, Table, write_json};
 use edgerun_runtime::latency::LatencyStats;
 use edgerun_runtime::mqtt::client::Reply;
 use edgerun_runtime::profiler::Sample;
-use edgerun_runtime::services::Payload;
 
 #[derive(Debug, Clone)]
 pub struct StartupSettings {
@@ -141,10 +140,7 @@ async fn measure(
         let Some(index) = services.iter().position(|s| &s.service == service) else {
             continue;
         };
-        let payload = match &sample.payload {
-            Payload::Json(value) => serde_json::to_vec(value)?,
-            Payload::Raw(bytes) => bytes.to_vec(),
-        };
+        let payload = sample.wire_bytes();
         let topic = format!("edgerun/{DEVICE}/{service}/request");
         let sent = Instant::now();
         client

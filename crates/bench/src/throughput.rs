@@ -16,7 +16,6 @@ use super::{Machine, Table, write_json};
 use edgerun_runtime::latency::percentile;
 use edgerun_runtime::mqtt::client::{Reply, RequestClient};
 use edgerun_runtime::profiler::Sample;
-use edgerun_runtime::services::Payload;
 
 /// One way to run the OCR service.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -226,10 +225,7 @@ impl Pass {
         while answered < images.len() {
             while sent < images.len() && sent - answered < in_flight.max(1) {
                 let sample = &images[sent];
-                let payload = match &sample.payload {
-                    Payload::Json(value) => serde_json::to_vec(value)?,
-                    Payload::Raw(bytes) => bytes.to_vec(),
-                };
+                let payload = sample.wire_bytes();
                 client
                     .send(
                         &topic,

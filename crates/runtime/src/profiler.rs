@@ -36,6 +36,14 @@ impl Sample {
             payload: Payload::Raw(bytes.into()),
         })
     }
+
+    /// The payload as a client publishes it.
+    pub fn wire_bytes(&self) -> Vec<u8> {
+        match &self.payload {
+            Payload::Json(value) => value.to_string().into_bytes(),
+            Payload::Raw(bytes) => bytes.to_vec(),
+        }
+    }
 }
 
 /// How much to measure.
@@ -247,6 +255,20 @@ fn reset_peak_rss() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn samples_go_out_as_json_text_or_their_own_bytes() {
+        let json = Sample {
+            content_type: None,
+            payload: Payload::Json(serde_json::json!({"query": "lease"})),
+        };
+        assert_eq!(json.wire_bytes(), br#"{"query":"lease"}"#);
+        let raw = Sample {
+            content_type: Some("image/png".into()),
+            payload: Payload::Raw(vec![0x89, b'P'].into()),
+        };
+        assert_eq!(raw.wire_bytes(), [0x89, b'P']);
+    }
 
     #[test]
     fn only_points_far_slower_than_a_better_one_are_skipped() {
