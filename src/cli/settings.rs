@@ -10,7 +10,7 @@ use anyhow::{Context, Result};
 
 use super::ocr::OcrTuning;
 use super::registry;
-use super::{GlobalArgs, RecArg};
+use super::{DetArg, GlobalArgs, RecArg};
 use crate::bench::Machine;
 use crate::engine::{Backends, Engine, EngineConfig, Placement};
 use crate::models::{self, ModelDir};
@@ -22,7 +22,7 @@ use crate::serve::{PointChoice, ServeConfig};
 use crate::services::Service;
 use crate::services::generate::Generate;
 use crate::services::legal::Legal;
-use crate::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
+use crate::services::ocr::{DetectorKind, OcrOptions, OcrPipeline, RecognizerChoice};
 
 /// What every subcommand runs with.
 pub struct Runtime {
@@ -169,7 +169,8 @@ pub fn recognizer_choice(rec: RecArg, threshold: f32) -> RecognizerChoice {
 }
 
 /// OCR options from the common OCR flags: the knobs of `--point` (the manifest's default
-/// point without it), with explicit `--rec`, `--threshold` and `--det-limit` on top.
+/// point without it), with explicit `--rec`, `--threshold`, `--det` and `--det-limit` on
+/// top.
 pub fn ocr_options(tuning: &OcrTuning, pipeline: &OcrPipeline) -> Result<OcrOptions> {
     let name = tuning
         .point
@@ -198,6 +199,11 @@ pub fn ocr_options(tuning: &OcrTuning, pipeline: &OcrPipeline) -> Result<OcrOpti
         Some(rec) => recognizer_choice(rec, threshold),
         None if tuning.threshold.is_some() => RecognizerChoice::Cascade { threshold },
         None => options.recognizer,
+    };
+    options.detector = match tuning.det {
+        Some(DetArg::Tiny) => DetectorKind::Tiny,
+        Some(DetArg::Small) => DetectorKind::Small,
+        None => options.detector,
     };
     options.det_limit = tuning.det_limit.unwrap_or(options.det_limit);
     options.validate()?;

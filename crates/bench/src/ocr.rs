@@ -1,6 +1,9 @@
 //! `edgerun bench ocr`: recognition accuracy and latency of every OCR operating point on the
-//! shared benchmark data, end-to-end OCR on ICDAR 2015, and parity with the Python
-//! reference (`export/reference_ocr.py`, onnxruntime) on the same images in the same run.
+//! shared benchmark data, end-to-end OCR on ICDAR 2015, parity with the Python reference
+//! (`export/reference_ocr.py`, onnxruntime) on the same images in the same run, and the
+//! declared points end to end beside RapidOCR itself (`export/rapidocr_peer.py`, the
+//! pinned wheel as a user runs it): for each RapidOCR configuration, our cheapest point
+//! that is at least as accurate, and the time ratio.
 
 use std::io::{BufRead, BufReader, Write};
 use std::path::PathBuf;
@@ -11,11 +14,12 @@ use anyhow::{Context, Result, bail};
 use image::RgbImage;
 use serde::{Deserialize, Serialize};
 
+use super::points::PointQuality;
 use super::{LatencyStats, Machine, Table, write_json};
 use crate::data::{self, GtWord, SceneImage, WordCrop, word_key};
 use edgerun_runtime::imaging;
 use edgerun_runtime::services::ocr::{
-    OcrOptions, OcrPipeline, Recognition, RecognizerChoice, RecognizerKind, TextItem,
+    OcrOptions, OcrPipeline, OcrPoint, Recognition, RecognizerChoice, RecognizerKind, TextItem,
 };
 
 /// What to measure.
@@ -32,7 +36,42 @@ pub struct OcrBenchSettings {
     pub threads: usize,
     /// Run the Python reference for parity and the speed ratio.
     pub reference: Option<Reference>,
+    /// Declared points to read the end-to-end images at, beside the peer.
+    pub points: Vec<OcrPoint>,
+    /// Run RapidOCR on the end-to-end images.
+    pub peer: Option<Peer>,
     pub out: PathBuf,
+}
+
+/// How to start RapidOCR (`export/rapidocr_peer.py`).
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub python: PathBuf,
+    pub script: PathBuf,
+    /// The tiny detector for RapidOCR's tiny-det configuration.
+    pub tiny_detector: PathBuf,
+}
+
+/// A RapidOCR configuration's end-to-end results and the point of ours that matches it.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerResult {
+    pub peer: String,
+    pub images: usize,
+    pub word_accuracy: f64,
+    pub detection_recall: f64,
+    pub latency: LatencyStats,
+    /// Our cheapest measured point at least as accurate, if any.
+    pub matched_by: Option<PeerMatch>,
+}
+
+/// Our point that reads at least as well as a peer configuration, for less time or more.
+#[derive(Debug, Clone, Serialize)]
+pub struct PeerMatch {
+    pub point: String,
+    pub word_accuracy: f64,
+    pub median_ms: f64,
+    /// Our median time per image divided by the peer's (below 1: we are faster).
+    pub time_ratio: f64,
 }
 
 /// How to start the Python reference.
@@ -96,6 +135,10 @@ pub struct OcrBenchReport {
     pub det_limit: u32,
     pub words: Vec<WordResult>,
     pub end_to_end: Option<EndToEndResult>,
+    /// The declared points end to end (those asked for).
+    pub points: Vec<PointQuality>,
+    /// RapidOCR's configurations on the same images.
+    pub peers: Vec<PeerResult>,
     /// Peak resident memory of the whole benchmark process (all models and plans loaded).
     pub peak_rss_mib: Option<f64>,
 }
@@ -137,6 +180,11 @@ pub fn run(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<OcrBen
     } else {
         None
     };
+    let (points, peers) = if settings.e2e_images > 0 {
+        points_beside_peer(pipeline, settings)?
+    } else {
+        Default::default()
+    };
     let report = OcrBenchReport {
         machine,
         engine: pipeline
@@ -150,6 +198,8 @@ pub fn run(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<OcrBen
         det_limit: settings.det_limit,
         words,
         end_to_end,
+        points,
+        peers,
         peak_rss_mib: super::peak_rss_mib(),
     };
     print!("{}", report_text(&report));
@@ -323,12 +373,22 @@ fn run_reference(
     if settings.ascii_only {
         command.arg("--ascii");
     }
+    records_from(command, paths, "reference")
+}
+
+/// Feeds `paths` to a Python OCR process speaking the reference's JSON lines and returns
+/// its records in input order; `who` names it in errors.
+fn records_from(
+    mut command: Command,
+    paths: &[PathBuf],
+    who: &str,
+) -> Result<Vec<ReferenceRecord>> {
     let mut child = command
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::inherit())
         .spawn()
-        .with_context(|| format!("starting {}", reference.python.display()))?;
+        .with_context(|| format!("starting {who} {:?}", command.get_program()))?;
     let mut stdin = child.stdin.take().expect("piped");
     let input: String = paths.iter().map(|p| format!("{}\n", p.display())).collect();
     // Written from a thread: the reference answers while we feed it, and both pipes are finite.
@@ -338,9 +398,9 @@ fn run_reference(
     for line in stdout.lines() {
         let line = line?;
         let record: ReferenceRecord =
-            serde_json::from_str(&line).with_context(|| format!("reference printed {line:?}"))?;
+            serde_json::from_str(&line).with_context(|| format!("{who} printed {line:?}"))?;
         if let Some(error) = &record.error {
-            bail!("reference failed on {}: {error}", record.path.display());
+            bail!("{who} failed on {}: {error}", record.path.display());
         }
         records.push(record);
     }
@@ -348,7 +408,7 @@ fn run_reference(
     let status = child.wait()?;
     if !status.success() || records.len() != paths.len() {
         bail!(
-            "reference exited with {status} after {} of {} records",
+            "{who} exited with {status} after {} of {} records",
             records.len(),
             paths.len()
         );
@@ -356,7 +416,7 @@ fn run_reference(
     for (record, path) in records.iter().zip(paths) {
         if record.path != *path {
             bail!(
-                "reference answered {} for {}",
+                "{who} answered {} for {}",
                 record.path.display(),
                 path.display()
             );
@@ -408,6 +468,64 @@ fn end_to_end(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<End
         None => None,
     };
     Ok(result)
+}
+
+/// The declared points and RapidOCR's configurations on the same end-to-end images, each
+/// configuration matched with our cheapest point at least as accurate.
+fn points_beside_peer(
+    pipeline: &OcrPipeline,
+    settings: &OcrBenchSettings,
+) -> Result<(Vec<PointQuality>, Vec<PeerResult>)> {
+    let scenes = data::ic15_e2e(settings.e2e_images)?;
+    let ours = super::points::measure(pipeline, &settings.points, &scenes)?;
+    let Some(peer) = &settings.peer else {
+        return Ok((ours, Vec::new()));
+    };
+    let paths: Vec<PathBuf> = scenes.iter().map(|s| s.path.clone()).collect();
+    let mut peers = Vec::new();
+    for (name, detector) in [
+        ("RapidOCR default", None),
+        ("RapidOCR tiny det", Some(&peer.tiny_detector)),
+    ] {
+        eprintln!("{name}: {} images...", scenes.len());
+        let mut command = Command::new(&peer.python);
+        command
+            .arg(&peer.script)
+            .args(["--threads", &settings.threads.to_string()]);
+        if let Some(detector) = detector {
+            command.arg("--det-model").arg(detector);
+        }
+        let records = records_from(command, &paths, name)?;
+        let mut score = SceneScore::default();
+        for (scene, record) in scenes.iter().zip(&records) {
+            let items: Vec<TextItem> = record.items.iter().map(ReferenceItem::to_item).collect();
+            score.add(scene, &items);
+        }
+        let latency = LatencyStats::of(&records.iter().filter_map(|r| r.ms).collect::<Vec<_>>());
+        let word_accuracy = score.word_accuracy();
+        peers.push(PeerResult {
+            peer: name.into(),
+            images: scenes.len(),
+            word_accuracy,
+            detection_recall: score.detection_recall(),
+            matched_by: cheapest_at_least(&ours, word_accuracy).map(|p| PeerMatch {
+                point: p.name.clone(),
+                word_accuracy: p.quality,
+                median_ms: p.latency.median_ms,
+                time_ratio: p.latency.median_ms / latency.median_ms,
+            }),
+            latency,
+        });
+    }
+    Ok((ours, peers))
+}
+
+/// The point with the lowest median time among those reading at least `accuracy`.
+fn cheapest_at_least(points: &[PointQuality], accuracy: f64) -> Option<&PointQuality> {
+    points
+        .iter()
+        .filter(|p| p.quality >= accuracy)
+        .min_by(|a, b| a.latency.median_ms.total_cmp(&b.latency.median_ms))
 }
 
 /// Reads every scene with `options` and scores it (no parity); also returns the texts read
@@ -629,6 +747,49 @@ fn report_text(report: &OcrBenchReport) -> String {
         table.row(row);
         let _ = writeln!(text, "{table}");
     }
+    if !report.points.is_empty() {
+        let mut table = Table::new(&["ic15-e2e point", "word acc", "det recall", "p50 ms/img"]);
+        for p in &report.points {
+            table.row(vec![
+                p.name.clone(),
+                pct(p.quality),
+                pct(p.detection_recall),
+                ms(p.latency.median_ms),
+            ]);
+        }
+        let _ = writeln!(text, "{table}");
+    }
+    if !report.peers.is_empty() {
+        let mut table = Table::new(&[
+            "peer",
+            "word acc",
+            "det recall",
+            "p50 ms/img",
+            "our cheapest at least as accurate",
+            "its acc",
+            "its p50 ms",
+            "ours/peer",
+        ]);
+        for peer in &report.peers {
+            let mut row = vec![
+                peer.peer.clone(),
+                pct(peer.word_accuracy),
+                pct(peer.detection_recall),
+                ms(peer.latency.median_ms),
+            ];
+            match &peer.matched_by {
+                Some(m) => row.extend([
+                    m.point.clone(),
+                    pct(m.word_accuracy),
+                    ms(m.median_ms),
+                    format!("{:.2}", m.time_ratio),
+                ]),
+                None => row.extend(["none".into(), "-".into(), "-".into(), "-".into()]),
+            }
+            table.row(row);
+        }
+        let _ = writeln!(text, "{table}");
+    }
     if let Some(mib) = report.peak_rss_mib {
         let _ = writeln!(text, "peak resident memory: {mib:.0} MiB");
     }
@@ -698,6 +859,8 @@ mod tests {
                 latency: latency(200.0),
                 parity: Some(parity),
             }),
+            points: vec![],
+            peers: vec![],
             peak_rss_mib: None,
         };
         let text = report_text(&report);
@@ -713,6 +876,38 @@ mod tests {
         assert_eq!(&row[column("py e2e acc")..][..5], "25.0%");
         assert_eq!(&row[column("identical")..][..5], "50.0%");
         assert!(row.ends_with("100.0      2.00"), "{row}");
+    }
+
+    #[test]
+    fn the_cheapest_point_at_least_as_accurate_matches_a_peer() {
+        let point = |name: &str, quality: f64, median_ms: f64| PointQuality {
+            name: name.into(),
+            quality,
+            detection_recall: 0.0,
+            heavy_share: 0.0,
+            latency: LatencyStats {
+                count: 1,
+                median_ms,
+                p95_ms: median_ms,
+                mean_ms: median_ms,
+            },
+        };
+        let points = [
+            point("fast", 0.50, 100.0),
+            point("good", 0.60, 300.0),
+            point("best", 0.62, 900.0),
+            point("good-cheaper", 0.61, 250.0),
+        ];
+        let name = |accuracy| cheapest_at_least(&points, accuracy).map(|p| p.name.as_str());
+        assert_eq!(name(0.55), Some("good-cheaper"));
+        assert_eq!(
+            name(0.60),
+            Some("good-cheaper"),
+            "ties count as at least as accurate"
+        );
+        assert_eq!(name(0.62), Some("best"));
+        assert_eq!(name(0.40), Some("fast"));
+        assert_eq!(name(0.63), None);
     }
 
     #[test]

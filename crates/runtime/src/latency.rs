@@ -1,10 +1,10 @@
 //! Latency summaries (median, p95 and mean of repeated measurements), shared by the
 //! server's telemetry and the benchmarks. Pure arithmetic: no clocks, no I/O.
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 /// Latency summary of repeated measurements, in milliseconds.
-#[derive(Debug, Clone, Copy, Default, Serialize)]
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize)]
 pub struct LatencyStats {
     pub count: usize,
     pub median_ms: f64,

@@ -77,6 +77,34 @@ pub enum RecognizerChoice {
     },
 }
 
+/// Which detector finds the text regions: the tiny one (1.7 MB) or the small one (about
+/// 5x its cost per pixel, and finds more words).
+#[derive(
+    Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum DetectorKind {
+    #[default]
+    Tiny,
+    Small,
+}
+
+impl DetectorKind {
+    pub const ALL: [DetectorKind; 2] = [DetectorKind::Tiny, DetectorKind::Small];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            DetectorKind::Tiny => "tiny",
+            DetectorKind::Small => "small",
+        }
+    }
+
+    /// `"tiny"` or `"small"`.
+    pub fn from_name(name: &str) -> Option<DetectorKind> {
+        DetectorKind::ALL.into_iter().find(|d| d.name() == name)
+    }
+}
+
 /// A recognizer, named in results.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -88,6 +116,8 @@ pub enum RecognizerKind {
 /// Per-request settings.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct OcrOptions {
+    #[serde(default)]
+    pub detector: DetectorKind,
     /// The detector sees the image with its long side at most this many pixels.
     pub det_limit: u32,
     pub db: DbParams,
@@ -105,6 +135,7 @@ pub struct OcrOptions {
 impl Default for OcrOptions {
     fn default() -> Self {
         OcrOptions {
+            detector: DetectorKind::Tiny,
             det_limit: 960,
             db: DbParams::default(),
             recognizer: RecognizerChoice::Cascade { threshold: 0.9 },
@@ -265,6 +296,7 @@ impl Recognizer {
 /// one word crop at the narrowest recognizer width.
 pub const TYPICAL_INPUT_SHAPES: &[(&str, &[usize])] = &[
     ("det_tiny.onnx", &[1, 3, 544, 960]),
+    ("det_small.onnx", &[1, 3, 544, 960]),
     (
         "rec_tiny.onnx",
         &[1, 3, rec::HEIGHT as usize, rec::MIN_WIDTH as usize],
@@ -277,7 +309,8 @@ pub const TYPICAL_INPUT_SHAPES: &[(&str, &[usize])] = &[
 
 /// The loaded OCR models; share one across worker threads.
 pub struct OcrPipeline {
-    detector: Arc<dyn Model>,
+    /// One per [`DetectorKind`], in its order.
+    detectors: [Arc<dyn Model>; 2],
     tiny: Recognizer,
     small: Recognizer,
     /// The operating points the manifest declares, with their knobs read.
@@ -290,8 +323,8 @@ pub struct OcrPipeline {
 /// The pipeline's running averages besides the recognizers' own cost per column.
 #[derive(Debug, Default)]
 struct Meters {
-    /// Detector milliseconds per input pixel, per size.
-    det_ms_per_pixel: budget::DetMeter,
+    /// Detector milliseconds per input pixel, per size, one meter per [`DetectorKind`].
+    det_ms_per_pixel: [budget::DetMeter; 2],
     /// Recognizer input columns (crop widths at height 48) per image.
     columns_per_image: budget::Meter,
     /// Per declared point (same order): the share of crops its recognizer sends to the
@@ -310,7 +343,10 @@ impl OcrPipeline {
             ..Meters::default()
         };
         Ok(OcrPipeline {
-            detector: dir.load(engine, "det_tiny.onnx")?,
+            detectors: [
+                dir.load(engine, "det_tiny.onnx")?,
+                dir.load(engine, "det_small.onnx")?,
+            ],
             tiny: Recognizer::load(
                 engine,
                 dir,
@@ -344,8 +380,7 @@ impl OcrPipeline {
     /// Prepares every model for a typical request ahead of time (plans built, `auto`
     /// backends measured), so the first user request does not pay for it.
     pub fn warm_up(&self) -> Result<(), OcrError> {
-        let models = [&self.detector, &self.tiny.model, &self.small.model];
-        for (model, (_, shape)) in models.into_iter().zip(TYPICAL_INPUT_SHAPES) {
+        for (model, (_, shape)) in self.models().into_iter().zip(TYPICAL_INPUT_SHAPES) {
             model.warm_up(&[(ElementType::F32, shape)])?;
         }
         Ok(())
@@ -353,10 +388,16 @@ impl OcrPipeline {
 
     /// Where each model runs, for logs and status.
     pub fn placements(&self) -> Vec<Placement> {
-        [&self.detector, &self.tiny.model, &self.small.model]
+        self.models()
             .iter()
             .map(|model| model.placement())
             .collect()
+    }
+
+    /// Every model, in the order of [`TYPICAL_INPUT_SHAPES`].
+    fn models(&self) -> [&Arc<dyn Model>; 4] {
+        let [det_tiny, det_small] = &self.detectors;
+        [det_tiny, det_small, &self.tiny.model, &self.small.model]
     }
 
     /// Reads word crops (each image is one word or line) with the chosen recognizer(s).
@@ -425,8 +466,9 @@ impl OcrPipeline {
         options.validate()?;
         let input = det::preprocess(image, options.det_limit);
         let started = Instant::now();
-        let output = self.detector.run(&[Input::F32(input.view().into_dyn())])?;
-        self.meters.det_ms_per_pixel.record(
+        let detector = options.detector as usize;
+        let output = self.detectors[detector].run(&[Input::F32(input.view().into_dyn())])?;
+        self.meters.det_ms_per_pixel[detector].record(
             options.det_limit,
             started.elapsed().as_secs_f64() * 1e3 / (input.len() / 3) as f64,
         );
@@ -506,7 +548,7 @@ impl OcrPipeline {
             .read(&crops, options.ascii_only, options.batch_size)?;
         let confidences: Vec<f32> = results.iter().map(|r| r.confidence).collect();
         self.learn_small_shares(&confidences);
-        let ladder = self.ladder(planned, Some(planned.det_limit));
+        let ladder = self.ladder(planned, true);
         let choices: Vec<RecognizerChoice> = ladder.iter().map(|p| p.recognizer).collect();
         let rung =
             budget::first_fitting(&choices, &confidences, &widths, small_cost, time_left_ms())
@@ -528,13 +570,11 @@ impl OcrPipeline {
     ) -> &'p OcrPoint {
         let columns = self.meters.columns_per_image.average().unwrap_or(0.0);
         let pass_ms = |r: &Recognizer| r.cost.average().unwrap_or(0.0) * columns;
-        let ladder = self.ladder(point, None);
+        let ladder = self.ladder(point, false);
         let fitting = ladder.iter().copied().find(|p| {
             let (w, h) = det::input_size(size.0, size.1, p.det_limit);
             let costs = budget::StageCosts {
-                det_ms: self
-                    .meters
-                    .det_ms_per_pixel
+                det_ms: self.meters.det_ms_per_pixel[p.detector as usize]
                     .ms_per_pixel(p.det_limit)
                     .unwrap_or(0.0)
                     * f64::from(w)
@@ -581,17 +621,21 @@ impl OcrPipeline {
 
     /// The points a request at `point` may step down to, best first and starting with
     /// `point`: the declared points with a measured quality no better than its own and a
-    /// detector size no larger (exactly `det_limit`, if given). A larger detector is never
-    /// a step down, even with a lighter recognizer.
-    fn ladder<'p>(&'p self, point: &'p OcrPoint, det_limit: Option<u32>) -> Vec<&'p OcrPoint> {
+    /// detector no heavier and no larger (the same detector at the same size, once
+    /// `detected`). A heavier or larger detector is never a step down, even with a lighter
+    /// recognizer.
+    fn ladder<'p>(&'p self, point: &'p OcrPoint, detected: bool) -> Vec<&'p OcrPoint> {
         let mut below: Vec<&OcrPoint> = match point.quality {
             Some(quality) => self
                 .points
                 .iter()
                 .filter(|p| p.name != point.name)
-                .filter(|p| match det_limit {
-                    Some(limit) => p.det_limit == limit,
-                    None => p.det_limit <= point.det_limit,
+                .filter(|p| {
+                    if detected {
+                        p.detector == point.detector && p.det_limit == point.det_limit
+                    } else {
+                        p.detector <= point.detector && p.det_limit <= point.det_limit
+                    }
                 })
                 .filter(|p| p.quality.is_some_and(|q| q <= quality))
                 .collect(),

@@ -1,5 +1,6 @@
-//! OCR's operating points: named settings of the two knobs that trade quality for time,
-//! the detector's size limit and the recognizer (tiny, a cascade at some threshold, small).
+//! OCR's operating points: named settings of the knobs that trade quality for time, the
+//! detector (tiny or small) and its size limit, and the recognizer (tiny, a cascade at some
+//! threshold, small).
 //!
 //! The points and their measured quality are declared in `models/ocr/manifest.toml`; this
 //! module only reads the knobs and applies them to request options. Choosing among the
@@ -7,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::{OcrError, OcrOptions, RecognizerChoice};
+use super::{DetectorKind, OcrError, OcrOptions, RecognizerChoice};
 use crate::models::ManifestPoint;
 
 /// One OCR operating point.
@@ -16,15 +17,17 @@ pub struct OcrPoint {
     pub name: String,
     /// Quality measured offline (see the manifest's `quality_metric`); `None` until measured.
     pub quality: Option<f64>,
+    pub detector: DetectorKind,
     pub det_limit: u32,
     pub recognizer: RecognizerChoice,
 }
 
-/// The knobs as written in the manifest: `det_limit = 960`, `rec = "cascade"`,
-/// `threshold = 0.9` (cascade only).
+/// The knobs as written in the manifest: `det = "small"` (`"tiny"` if absent),
+/// `det_limit = 960`, `rec = "cascade"`, `threshold = 0.9` (cascade only).
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Knobs {
+    det: Option<String>,
     det_limit: u32,
     rec: String,
     threshold: Option<f32>,
@@ -50,9 +53,15 @@ impl OcrPoint {
             }
             (other, _) => return Err(bad(format!("unknown rec {other:?} (tiny, small, cascade)"))),
         };
+        let detector = match knobs.det.as_deref() {
+            None => DetectorKind::Tiny,
+            Some(name) => DetectorKind::from_name(name)
+                .ok_or_else(|| bad(format!("unknown det {name:?} (tiny, small)")))?,
+        };
         let ocr_point = OcrPoint {
             name: point.name.clone(),
             quality: point.quality,
+            detector,
             det_limit: knobs.det_limit,
             recognizer,
         };
@@ -66,6 +75,7 @@ impl OcrPoint {
     /// `base` with this point's knobs.
     pub fn apply(&self, base: &OcrOptions) -> OcrOptions {
         OcrOptions {
+            detector: self.detector,
             det_limit: self.det_limit,
             recognizer: self.recognizer,
             ..base.clone()
@@ -116,10 +126,22 @@ name = "cascade0.9@960"
 det_limit = 960
 rec = "cascade"
 threshold = 0.9
+[[points]]
+name = "det_small-small@1280"
+det = "small"
+det_limit = 1280
+rec = "small"
 "#,
         ))
         .unwrap();
         assert_eq!(points[0].recognizer, RecognizerChoice::Tiny);
+        assert_eq!(points[0].detector, DetectorKind::Tiny, "tiny when absent");
+        assert_eq!(points[2].detector, DetectorKind::Small);
+        let small = points[2].apply(&OcrOptions::default());
+        assert_eq!(
+            (small.detector, small.det_limit, small.recognizer),
+            (DetectorKind::Small, 1280, RecognizerChoice::Small)
+        );
         assert_eq!(points[0].quality, Some(0.5));
         assert_eq!(points[1].quality, None, "unmeasured quality");
         let options = points[1].apply(&OcrOptions {
@@ -144,6 +166,10 @@ threshold = 0.9
                 "unknown field",
             ),
             ("det_limit = 4\nrec = \"tiny\"", "det_limit 4"),
+            (
+                "det = \"huge\"\ndet_limit = 640\nrec = \"tiny\"",
+                "unknown det \"huge\"",
+            ),
             ("rec = \"tiny\"", "missing field `det_limit`"),
         ] {
             let doc = format!("[[points]]\nname = \"p\"\n{text}\n");

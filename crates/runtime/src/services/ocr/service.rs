@@ -2,12 +2,13 @@
 //!
 //! A request is a raw PNG/JPEG (content type `image/png` or `image/jpeg`, or none) or JSON
 //! `{"image_b64": "...", "crops": false, "rec": "cascade", "threshold": 0.9,
-//! "ascii": false, "det_limit": 960}` where every field but the image is optional.
+//! "ascii": false, "det": "tiny", "det_limit": 960}` where every field but the image is
+//! optional.
 //!
 //! The knobs come from the operating point the request is served at (chosen by the
 //! controller, pinned by the request, or the configured default). Explicit `rec`,
-//! `threshold` or `det_limit` fields override the point's knobs; the answer then names the
-//! point `custom`.
+//! `threshold`, `det` or `det_limit` fields override the point's knobs; the answer then
+//! names the point `custom`.
 
 use std::sync::Arc;
 use std::time::Instant;
@@ -16,7 +17,7 @@ use base64::Engine as _;
 use serde::Deserialize;
 use serde_json::{Value, json};
 
-use super::{OcrOptions, OcrPipeline, OcrPoint, RecognizerChoice};
+use super::{DetectorKind, OcrOptions, OcrPipeline, OcrPoint, RecognizerChoice};
 use crate::imaging;
 use crate::models::PointSet;
 use crate::services::{Handled, Output, Payload, Served, Service, ServiceError, Serving};
@@ -43,6 +44,7 @@ struct JsonRequest {
     rec: Option<String>,
     threshold: Option<f32>,
     ascii: Option<bool>,
+    det: Option<String>,
     det_limit: Option<u32>,
 }
 
@@ -121,8 +123,10 @@ fn options_for(
     base: OcrOptions,
     request: &JsonRequest,
 ) -> Result<(OcrOptions, bool), ServiceError> {
-    let customised =
-        request.rec.is_some() || request.threshold.is_some() || request.det_limit.is_some();
+    let customised = request.rec.is_some()
+        || request.threshold.is_some()
+        || request.det.is_some()
+        || request.det_limit.is_some();
     let mut options = base;
     let threshold = request.threshold.unwrap_or(match options.recognizer {
         RecognizerChoice::Cascade { threshold } => threshold,
@@ -142,6 +146,14 @@ fn options_for(
         }
     };
     options.ascii_only = request.ascii.unwrap_or(options.ascii_only);
+    if let Some(name) = request.det.as_deref() {
+        options.detector = DetectorKind::from_name(name).ok_or_else(|| {
+            ServiceError::new(
+                "bad_request",
+                format!("unknown detector {name:?} (tiny, small)"),
+            )
+        })?;
+    }
     options.det_limit = request.det_limit.unwrap_or(options.det_limit);
     options
         .validate()
@@ -275,6 +287,7 @@ impl Service for OcrService {
                 json!({
                     "name": p.name,
                     "quality": p.quality,
+                    "detector": p.detector,
                     "det_limit": p.det_limit,
                     "recognizer": p.recognizer,
                 })
