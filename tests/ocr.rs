@@ -347,12 +347,20 @@ fn the_small_detector_reads_lines_the_tiny_one_garbles() {
     let tiny = read(DetectorKind::Tiny);
     assert_eq!(
         texts(&tiny),
-        ["Please lower your volume", "when youpassby", "residential areos."]
+        [
+            "Please lower your volume",
+            "when youpassby",
+            "residential areos."
+        ]
     );
     let small = read(DetectorKind::Small);
     assert_eq!(
         texts(&small),
-        ["Please lower your volume", "when you pass by", "residential areas."]
+        [
+            "Please lower your volume",
+            "when you pass by",
+            "residential areas."
+        ]
     );
     // Top-left corners within 3 pixels of what the small detector gave when this was written.
     for ((_, corner), expected) in small.iter().zip([[38, 20], [33, 52], [35, 84]]) {
