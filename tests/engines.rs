@@ -21,7 +21,7 @@ use edgerun::engine::{
 use edgerun::models::{self, ModelDir};
 use edgerun::services::generate::Generate;
 use edgerun::services::legal::Legal;
-use edgerun::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
+use edgerun::services::ocr::{DetectorKind, OcrOptions, OcrPipeline, RecognizerChoice};
 use ndarray::ArrayD;
 
 /// Largest difference allowed between the engines' outputs, relative to the output's scale
@@ -81,10 +81,17 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
         det_limit: 640,
         ..OcrOptions::default()
     };
+    // The small detector on the same scenes, its crops through the tiny recognizer only.
+    let small_detector = OcrOptions {
+        detector: DetectorKind::Small,
+        recognizer: RecognizerChoice::Tiny,
+        det_limit: 640,
+        ..OcrOptions::default()
+    };
     for scene in data::ic15_e2e(2).unwrap() {
-        pipeline
-            .read_image(&load(&scene.path), &everything_twice)
-            .unwrap();
+        let image = load(&scene.path);
+        pipeline.read_image(&image, &everything_twice).unwrap();
+        pipeline.read_image(&image, &small_detector).unwrap();
     }
     // Two legal questions through every encoder point: every block and the pooling run.
     let legal = Legal::load(&models::default_root(), &recorder, None).unwrap();
@@ -137,11 +144,12 @@ fn every_model_gives_the_same_outputs_on_both_engines() {
         );
         checked.push(name);
     }
-    // Three OCR models, 18 legal blocks (2 embeddings, 9 layers, 6 stitches, pooling), and
+    // Four OCR models, 18 legal blocks (2 embeddings, 9 layers, 6 stitches, pooling), and
     // the generate text encoder, two students and the teacher.
-    assert_eq!(checked.len(), 25, "{checked:?}");
+    assert_eq!(checked.len(), 26, "{checked:?}");
     for name in [
         "ocr/det_tiny.onnx",
+        "ocr/det_small.onnx",
         "ocr/rec_small.onnx",
         "ocr/rec_tiny.onnx",
         "generate/text_encoder.onnx",
@@ -298,7 +306,8 @@ fn ocr_reads_identical_strings_on_both_engines() {
 #[test]
 fn placement_names_the_engine_and_providers() {
     let placements = ort_ocr().placements();
-    let placement = &placements[1];
+    // det_tiny, det_small, rec_tiny, rec_small.
+    let placement = &placements[2];
     assert_eq!(placement.model, "ocr/rec_tiny.onnx");
     assert_eq!(placement.engine, "ort");
     assert_eq!(placement.providers, [Provider::Cpu]);
