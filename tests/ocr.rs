@@ -532,6 +532,21 @@ fn a_request_steps_down_to_meet_its_deadline() {
     let relaxed = Some(Instant::now() + Duration::from_secs(3600));
     assert_eq!(at(relaxed), (full.clone(), "small@1280".into()));
     assert_eq!(at(None), (full, "small@1280".into()));
+    // From the small detector's best point the ladder reaches down to the tiny detector
+    // (before detection nothing is spent yet); with time enough, the point asked for.
+    let top = point("det_small/small@1280");
+    let from_top = |deadline: Option<Instant>| {
+        let (result, served) = pipeline
+            .read_image_at(&image, &top, &base, deadline)
+            .unwrap();
+        (texts(&result), served.name.clone())
+    };
+    assert_eq!(
+        from_top(Some(Instant::now())),
+        (cheap.clone(), "tiny@640".into())
+    );
+    let (_, served) = from_top(relaxed);
+    assert_eq!(served, "det_small/small@1280");
 
     // The service names both points in its answer.
     let service = OcrService::new(pipeline.clone(), OcrOptions::default(), 1 << 26);

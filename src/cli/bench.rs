@@ -329,16 +329,7 @@ fn chosen_points(declared: &[OcrPoint], names: &[String]) -> Result<Vec<OcrPoint
     match names {
         [all] if all == "all" => Ok(declared.to_vec()),
         [none] if none == "none" => Ok(Vec::new()),
-        names => names
-            .iter()
-            .map(|name| {
-                declared
-                    .iter()
-                    .find(|p| &p.name == name)
-                    .cloned()
-                    .ok_or_else(|| anyhow::anyhow!("the OCR manifest declares no point {name:?}"))
-            })
-            .collect(),
+        names => crate::bench::points::select(declared, names),
     }
 }
 

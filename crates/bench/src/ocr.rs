@@ -52,6 +52,23 @@ pub struct Peer {
     pub tiny_detector: PathBuf,
 }
 
+impl Peer {
+    /// Fails at once, before any of our points is measured, where the wheel is missing.
+    fn check(&self) -> Result<()> {
+        let status = Command::new(&self.python)
+            .args(["-c", "import rapidocr"])
+            .stderr(Stdio::null())
+            .status()
+            .with_context(|| format!("starting {}", self.python.display()))?;
+        anyhow::ensure!(
+            status.success(),
+            "{} cannot import rapidocr: pip install -r export/requirements.txt, or --no-peer",
+            self.python.display()
+        );
+        Ok(())
+    }
+}
+
 /// A RapidOCR configuration's end-to-end results and the point of ours that matches it.
 #[derive(Debug, Clone, Serialize)]
 pub struct PeerResult {
@@ -147,6 +164,9 @@ pub struct OcrBenchReport {
 pub fn run(pipeline: &OcrPipeline, settings: &OcrBenchSettings) -> Result<OcrBenchReport> {
     for point in points(&settings.thresholds) {
         options_for(settings, point).validate()?;
+    }
+    if let Some(peer) = settings.peer.as_ref().filter(|_| settings.e2e_images > 0) {
+        peer.check()?;
     }
     let machine = Machine::current();
     eprintln!("machine: {machine}");

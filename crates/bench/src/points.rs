@@ -78,18 +78,11 @@ pub fn run(
     let scenes = data::ic15_e2e(settings.e2e_images)?;
     let machine = Machine::current();
     eprintln!("machine: {machine}");
-    let chosen: Vec<OcrPoint> = points
-        .iter()
-        .filter(|p| settings.only.is_empty() || settings.only.contains(&p.name))
-        .cloned()
-        .collect();
-    if let Some(unknown) = settings
-        .only
-        .iter()
-        .find(|name| !points.iter().any(|p| &p.name == *name))
-    {
-        anyhow::bail!("the OCR manifest declares no point {unknown:?}");
-    }
+    let chosen = if settings.only.is_empty() {
+        points.to_vec()
+    } else {
+        select(points, &settings.only)?
+    };
     let mut measured = measure(pipeline, &chosen, &scenes)?;
     if !settings.only.is_empty() {
         let earlier = earlier_report(&settings.out, scenes.len())?;
@@ -115,6 +108,20 @@ pub fn run(
     write_json(&settings.out, &report)?;
     eprintln!("wrote {}", settings.out.display());
     Ok(report)
+}
+
+/// The declared points of these names, in the order given; an unknown name is an error.
+pub fn select(declared: &[OcrPoint], names: &[String]) -> Result<Vec<OcrPoint>> {
+    names
+        .iter()
+        .map(|name| {
+            declared
+                .iter()
+                .find(|p| &p.name == name)
+                .cloned()
+                .ok_or_else(|| anyhow::anyhow!("the OCR manifest declares no point {name:?}"))
+        })
+        .collect()
 }
 
 /// The points of a report written earlier over the same number of images (none if there is

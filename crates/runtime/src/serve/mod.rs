@@ -471,6 +471,19 @@ fn connect(
     broker: &BrokerUrl,
     link: Link,
 ) -> Result<(AsyncClient, EventLoop)> {
+    Ok(AsyncClient::new(
+        mqtt_options(config, topics, broker, link)?,
+        64,
+    ))
+}
+
+/// The MQTT settings of one of the two connections.
+fn mqtt_options(
+    config: &ServeConfig,
+    topics: &Topics,
+    broker: &BrokerUrl,
+    link: Link,
+) -> Result<MqttOptions> {
     let client_id = match link {
         Link::Device => format!("edgerun-{}", config.device),
         Link::Fleet => format!("edgerun-{}-fleet", config.device),
@@ -523,7 +536,7 @@ fn connect(
     let mut network = rumqttc::NetworkOptions::new();
     network.set_tcp_nodelay(true);
     options.set_network_options(network);
-    Ok(AsyncClient::new(options, 64))
+    Ok(options)
 }
 
 /// What `link` subscribes to: this device's request topics, or the fleet's.
@@ -847,6 +860,18 @@ impl Dispatcher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn both_sessions_bound_their_unacknowledged_publishes() {
+        // Unbounded, rumqttc allocates 65 536 packet slots per session up front (13.5 MiB).
+        let config = ServeConfig::default();
+        let topics = Topics::new(&config.prefix, &config.device);
+        let broker = BrokerUrl::parse("mqtt://127.0.0.1:1883").unwrap();
+        for link in [Link::Device, Link::Fleet] {
+            let options = mqtt_options(&config, &topics, &broker, link).unwrap();
+            assert_eq!(options.get_outgoing_inflight_upper_limit(), Some(1024));
+        }
+    }
 
     #[test]
     fn refusals_are_told_apart_from_a_broker_that_is_away() {

@@ -103,6 +103,14 @@ impl DetectorKind {
     pub fn from_name(name: &str) -> Option<DetectorKind> {
         DetectorKind::ALL.into_iter().find(|d| d.name() == name)
     }
+
+    /// Its model in `models/ocr`.
+    pub fn file(self) -> &'static str {
+        match self {
+            DetectorKind::Tiny => "det_tiny.onnx",
+            DetectorKind::Small => "det_small.onnx",
+        }
+    }
 }
 
 /// A recognizer, named in results.
@@ -309,7 +317,7 @@ pub const TYPICAL_INPUT_SHAPES: &[(&str, &[usize])] = &[
 
 /// The loaded OCR models; share one across worker threads.
 pub struct OcrPipeline {
-    /// One per [`DetectorKind`], in its order.
+    /// One per [`DetectorKind`], indexed by it (`kind as usize`, declaration order).
     detectors: [Arc<dyn Model>; 2],
     tiny: Recognizer,
     small: Recognizer,
@@ -344,8 +352,8 @@ impl OcrPipeline {
         };
         Ok(OcrPipeline {
             detectors: [
-                dir.load(engine, "det_tiny.onnx")?,
-                dir.load(engine, "det_small.onnx")?,
+                dir.load(engine, DetectorKind::Tiny.file())?,
+                dir.load(engine, DetectorKind::Small.file())?,
             ],
             tiny: Recognizer::load(
                 engine,
