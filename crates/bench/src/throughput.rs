@@ -40,8 +40,9 @@ impl Layout {
     }
 
     /// The layouts measured on a machine with `cores` cores: one stream (with every core,
-    /// then with one), one worker with all cores and requests waiting, and a worker per
-    /// core with one thread each.
+    /// then with one), one worker with all cores and requests waiting, a worker per core
+    /// with one thread each, and a worker per core sharing every core (one request, then
+    /// requests waiting).
     pub fn standard(cores: usize) -> Vec<Layout> {
         let cores = cores.max(1);
         let waiting = 2 * cores;
@@ -59,6 +60,17 @@ impl Layout {
                 workers,
                 in_flight: waiting,
             });
+        }
+        if cores > 1 {
+            // A worker per core with every core in the pool: a run alone uses them all, a
+            // run that starts beside another takes one core (`engine::run_uses_pool`).
+            for in_flight in [1, waiting] {
+                layouts.push(Layout {
+                    threads: cores,
+                    workers: cores,
+                    in_flight,
+                });
+            }
         }
         layouts
     }
@@ -289,13 +301,23 @@ mod tests {
     use super::*;
 
     #[test]
-    fn two_cores_get_two_single_streams_one_worker_with_a_queue_and_a_worker_per_core() {
+    fn two_cores_get_two_single_streams_one_worker_with_a_queue_and_workers_per_core() {
         let layouts = Layout::standard(2);
         let as_tuples: Vec<_> = layouts
             .iter()
             .map(|l| (l.threads, l.workers, l.in_flight))
             .collect();
-        assert_eq!(as_tuples, [(2, 1, 1), (1, 1, 1), (2, 1, 4), (1, 2, 4)]);
+        assert_eq!(
+            as_tuples,
+            [
+                (2, 1, 1),
+                (1, 1, 1),
+                (2, 1, 4),
+                (1, 2, 4),
+                (2, 2, 1),
+                (2, 2, 4)
+            ]
+        );
     }
 
     #[test]
