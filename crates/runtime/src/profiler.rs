@@ -110,6 +110,11 @@ impl Activity {
         self.stopping.load(Ordering::SeqCst)
     }
 
+    /// Whether no request is being served now, in any service.
+    pub fn is_idle(&self) -> bool {
+        self.in_service.load(Ordering::SeqCst) == 0
+    }
+
     /// A mark to compare with after a measurement: `None` while a request is in service.
     fn quiet_mark(&self) -> Option<u64> {
         let begun = self.begun.load(Ordering::SeqCst);
@@ -255,6 +260,18 @@ fn reset_peak_rss() {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn activity_is_idle_only_with_no_request_in_service() {
+        let activity = Activity::default();
+        assert!(activity.is_idle());
+        let first = activity.serving();
+        let second = activity.serving();
+        drop(first);
+        assert!(!activity.is_idle());
+        drop(second);
+        assert!(activity.is_idle());
+    }
 
     #[test]
     fn samples_go_out_as_json_text_or_their_own_bytes() {

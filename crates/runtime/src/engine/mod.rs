@@ -76,8 +76,8 @@ impl Drop for RunInFlight {
 /// Whether a run uses the engine's thread pool: only when it is alone. A run that starts
 /// while another is going takes one core of its own instead, so two requests served at
 /// once (two workers) use the two cores without splitting each matrix product between
-/// them: on 2 cores, two OCR workers sharing a 2-thread pool served 1.93x the images per
-/// second of one request at a time (`bench throughput`, docs/benchmarks.md).
+/// them: on 2 cores, two OCR workers sharing a 2-thread pool served 1.5-1.9x the images
+/// per second of one request at a time (`bench throughput`, docs/benchmarks.md).
 pub fn run_uses_pool(others_running: usize, held_single: bool) -> bool {
     others_running == 0 && !held_single
 }
