@@ -160,30 +160,37 @@ impl Worker {
         }
     }
 
+    /// Waits for the next job; `None` once the queue is closed.
+    ///
+    /// Idle for a while, it gives what the last requests freed back to the system before
+    /// sleeping on (a device idles between bursts at its loaded size, not at its busiest).
+    /// Not after every request: a steady stream would pay for refaulting those pages each
+    /// time. Not while a request is in service anywhere in the process either: the trim
+    /// would take the pages that run is about to reuse (two OCR workers at one request at
+    /// a time served 0.76x the images per second of one worker); it waits on and trims
+    /// once everything is idle.
+    fn next_job<R>(&self, jobs: &Mutex<Receiver<Job<R>>>) -> Option<Job<R>> {
+        loop {
+            // Bound apart: the guard must not live through the blocking wait below, which
+            // takes the lock again.
+            let next = jobs.lock().recv_timeout(IDLE_BEFORE_TRIM);
+            match next {
+                Ok(job) => return Some(job),
+                Err(RecvTimeoutError::Disconnected) => return None,
+                Err(RecvTimeoutError::Timeout) if self.activity.is_idle() => {
+                    crate::allocator::return_free_memory();
+                    return jobs.lock().recv().ok();
+                }
+                Err(RecvTimeoutError::Timeout) => continue,
+            }
+        }
+    }
+
     /// Takes jobs until the queue closes, answers each one exactly once.
     fn work<R>(&self, jobs: &Mutex<Receiver<Job<R>>>, answers: &mpsc::UnboundedSender<Answer<R>>) {
         loop {
-            // Not in the match: the guard would live through its arms, and the wait below
-            // takes the lock again.
-            let next = jobs.lock().recv_timeout(IDLE_BEFORE_TRIM);
-            let job = match next {
-                Ok(job) => job,
-                Err(RecvTimeoutError::Disconnected) => return,
-                // Idle for a while: give what the last requests freed back to the system
-                // before sleeping on (a device idles between bursts at its loaded size,
-                // not at its busiest). Not after every request: a steady stream would pay
-                // for refaulting those pages each time. Not while another worker serves:
-                // the trim would take the pages its run is about to reuse (measured with two
-                // OCR workers and one request at a time: 0.76x the images per second).
-                Err(RecvTimeoutError::Timeout) => {
-                    if self.activity.is_idle() {
-                        crate::allocator::return_free_memory();
-                    }
-                    let Ok(job) = jobs.lock().recv() else {
-                        return;
-                    };
-                    job
-                }
+            let Some(job) = self.next_job(jobs) else {
+                return;
             };
             self.stats.queued.fetch_sub(1, Ordering::Relaxed);
             let taken = Taken {
