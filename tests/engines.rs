@@ -15,8 +15,8 @@ use common::{load, ocr};
 use edgerun::data;
 use edgerun::engine::record::{OwnedInput, Recorder};
 use edgerun::engine::{
-    Backend, Backends, ElementType, Engine, EngineConfig, Input, OrtConfig, OrtEngine, Provider,
-    TractEngine,
+    Backend, Backends, ElementType, Engine, EngineConfig, Input, Onnx, OrtConfig, OrtEngine,
+    Provider, TractEngine,
 };
 use edgerun::models::{self, ModelDir};
 use edgerun::services::generate::Generate;
@@ -215,7 +215,10 @@ fn legal_int8_matmuls_on_ort_stay_close_to_f32_and_answer_alike() {
     let int8_engine = OrtEngine::new(&config).expect("ONNX Runtime");
     let layer = models::default_root().join("legal/l6_layer0.onnx");
     let placement = int8_engine
-        .load("legal/l6_layer0.onnx", &std::fs::read(layer).unwrap())
+        .load(
+            "legal/l6_layer0.onnx",
+            Onnx::bytes(&std::fs::read(layer).unwrap()),
+        )
         .unwrap()
         .placement();
     assert_eq!(placement.notes, ["6 MatMuls in int8"]);

@@ -21,7 +21,9 @@ use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, TensorRef, ValueRef, ValueType};
 
-use super::{ElementType, Engine, EngineConfig, EngineError, Input, Model, Placement, Provider};
+use super::{
+    ElementType, Engine, EngineConfig, EngineError, Input, Model, Onnx, Placement, Provider,
+};
 
 /// Loads ONNX files into ONNX Runtime sessions.
 pub struct OrtEngine {
@@ -141,7 +143,9 @@ impl Engine for OrtEngine {
         "ort"
     }
 
-    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
+    fn load(&self, name: &str, onnx: Onnx<'_>) -> Result<Arc<dyn Model>, EngineError> {
+        // A session keeps what it needs; the bytes are not read again.
+        let onnx = onnx.bytes;
         let load_error = |message: String| EngineError::Load {
             model: name.to_string(),
             message,

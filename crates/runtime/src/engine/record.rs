@@ -10,7 +10,7 @@ use parking_lot::Mutex;
 
 use ndarray::ArrayD;
 
-use super::{ElementType, Engine, EngineError, Input, Model, Placement};
+use super::{ElementType, Engine, EngineError, Input, Model, Onnx, Placement};
 
 /// One input tensor, owned, for replay.
 #[derive(Debug, Clone)]
@@ -70,14 +70,14 @@ impl<E: Engine> Engine for Recorder<E> {
         self.inner.name()
     }
 
-    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
+    fn load(&self, name: &str, onnx: Onnx<'_>) -> Result<Arc<dyn Model>, EngineError> {
         Ok(self.recording(name, self.inner.load(name, onnx)?))
     }
 
     fn load_varying(
         &self,
         name: &str,
-        onnx: &[u8],
+        onnx: Onnx<'_>,
         axis: usize,
     ) -> Result<Arc<dyn Model>, EngineError> {
         Ok(self.recording(name, self.inner.load_varying(name, onnx, axis)?))

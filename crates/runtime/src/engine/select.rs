@@ -16,7 +16,8 @@ use ndarray::{ArrayD, IxDyn};
 use crate::latency::percentile;
 
 use super::{
-    Backend, ElementType, Engine, EngineConfig, EngineError, Input, Model, Placement, TractEngine,
+    Backend, ElementType, Engine, EngineConfig, EngineError, Input, Model, Onnx, Placement,
+    TractEngine,
 };
 
 /// The engine the program uses: routes every model to its configured backend.
@@ -86,14 +87,14 @@ impl Engine for Backends {
         self.config.backend.name()
     }
 
-    fn load(&self, name: &str, onnx: &[u8]) -> Result<Arc<dyn Model>, EngineError> {
+    fn load(&self, name: &str, onnx: Onnx<'_>) -> Result<Arc<dyn Model>, EngineError> {
         self.load_with(name, onnx, None)
     }
 
     fn load_varying(
         &self,
         name: &str,
-        onnx: &[u8],
+        onnx: Onnx<'_>,
         axis: usize,
     ) -> Result<Arc<dyn Model>, EngineError> {
         self.load_with(name, onnx, Some(axis))
@@ -106,7 +107,7 @@ impl Backends {
     fn load_with(
         &self,
         name: &str,
-        onnx: &[u8],
+        onnx: Onnx<'_>,
         varying_axis: Option<usize>,
     ) -> Result<Arc<dyn Model>, EngineError> {
         let load = |engine: &dyn Engine| match varying_axis {

@@ -14,7 +14,7 @@ use std::sync::Arc;
 use serde::Deserialize;
 use sha2::{Digest, Sha256};
 
-use crate::engine::{Engine, EngineError, Model};
+use crate::engine::{Engine, EngineError, Model, Onnx, Reread};
 
 pub use self::points::PointSet;
 
@@ -160,12 +160,18 @@ impl ModelDir {
         &self.dir
     }
 
-    /// The contents of `file`, read once and checked against its sha256.
     /// Loads a verified ONNX file with `engine`, named `service/file` (the key of per-model
-    /// engine settings).
+    /// engine settings). The engine may read the file again later, checked against the
+    /// same sha256 ([`Onnx::reread`]): a file changed on disk then fails that plan rather
+    /// than mix two models.
     pub fn load(&self, engine: &dyn Engine, file: &str) -> Result<Arc<dyn Model>, ModelError> {
         let name = format!("{}/{file}", self.manifest.service);
-        Ok(engine.load(&name, &self.read_verified(file)?)?)
+        let (bytes, reread) = (self.read_verified(file)?, self.reread(file));
+        let onnx = Onnx {
+            bytes: &bytes,
+            reread: Some(&reread),
+        };
+        Ok(engine.load(&name, onnx)?)
     }
 
     /// [`ModelDir::load`] for a model whose inputs vary in length along `axis`
@@ -177,9 +183,21 @@ impl ModelDir {
         axis: usize,
     ) -> Result<Arc<dyn Model>, ModelError> {
         let name = format!("{}/{file}", self.manifest.service);
-        Ok(engine.load_varying(&name, &self.read_verified(file)?, axis)?)
+        let (bytes, reread) = (self.read_verified(file)?, self.reread(file));
+        let onnx = Onnx {
+            bytes: &bytes,
+            reread: Some(&reread),
+        };
+        Ok(engine.load_varying(&name, onnx, axis)?)
     }
 
+    /// Reads `file` again, verified, whenever an engine asks.
+    fn reread(&self, file: &str) -> Reread {
+        let (dir, file) = (self.clone(), file.to_string());
+        Arc::new(move || dir.read_verified(&file).map_err(|e| e.to_string()))
+    }
+
+    /// The contents of `file`, read and checked against its sha256.
     pub fn read_verified(&self, file: &str) -> Result<Vec<u8>, ModelError> {
         let entry = self
             .manifest
@@ -315,6 +333,42 @@ license = "CC0-1.0"
         assert!(err.to_string().contains("export/svc.py"), "{err}");
         let err = dir.read_verified("b.bin").unwrap_err();
         assert!(matches!(err, ModelError::NotInManifest { .. }), "{err}");
+    }
+
+    /// An engine reads a model's file again for a new shape; a file changed on disk since
+    /// it was loaded fails that plan with the corrupt-file error, and plans built from the
+    /// original bytes go on serving.
+    #[test]
+    fn a_model_file_changed_on_disk_fails_the_next_plan() {
+        use crate::engine::{EngineConfig, Input, TractEngine};
+        let onnx = std::fs::read(default_root().join("ocr/rec_tiny.onnx")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
+        let dir = tmp.path().join("svc");
+        std::fs::create_dir(&dir).unwrap();
+        std::fs::write(dir.join("rec.onnx"), &onnx).unwrap();
+        let manifest = format!(
+            "service = \"svc\"\n[[files]]\nfile = \"rec.onnx\"\nrole = \"test\"\n\
+             sha256 = \"{}\"\nsource = \"test\"\nlicense = \"Apache-2.0\"\n",
+            hex::encode(Sha256::digest(&onnx))
+        );
+        std::fs::write(dir.join("manifest.toml"), manifest).unwrap();
+        let models = ModelDir::open(tmp.path(), "svc").unwrap();
+        let model = models
+            .load(&TractEngine::new(EngineConfig::default()), "rec.onnx")
+            .unwrap();
+        let image = |width| ndarray::Array4::<f32>::zeros((1, 3, 48, width)).into_dyn();
+        let run = |width| model.run(&[Input::F32(image(width).view())]);
+        assert_eq!(run(320).unwrap()[0].shape(), &[1, 40, 6906]);
+        std::fs::write(dir.join("rec.onnx"), &onnx[..onnx.len() / 2]).unwrap();
+        let err = run(416).unwrap_err().to_string();
+        assert!(
+            err.starts_with(
+                "model svc/rec.onnx failed: cannot build a plan for shapes \
+                 [(F32, [1, 3, 48, 416])]: model file "
+            ) && err.contains("rec.onnx is corrupt: sha256 "),
+            "{err}"
+        );
+        assert_eq!(run(320).unwrap()[0].shape(), &[1, 40, 6906]);
     }
 
     #[test]
