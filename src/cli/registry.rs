@@ -151,7 +151,15 @@ pub fn build_all<'n>(
     std::thread::scope(|scope| {
         let loading: Vec<_> = entries
             .iter()
-            .map(|entry| scope.spawn(move || entry.build(runtime, config, warm)))
+            .map(|entry| {
+                scope.spawn(move || {
+                    let service = entry.build(runtime, config, warm);
+                    // This thread's arena keeps what loading freed (model bytes, planning
+                    // scratch) at its top, which only this thread can trim.
+                    crate::allocator::return_free_memory();
+                    service
+                })
+            })
             .collect();
         loading
             .into_iter()

@@ -157,8 +157,8 @@ fn resolve_with_runtime(global: &GlobalArgs, args: &ServeArgs) -> Result<(ServeC
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     let (config, runtime) = resolve_with_runtime(global, args)?;
     let services = registry::build_all(config.services.keys(), &runtime, &config, Warm::Up)?;
-    // Each service loaded on a thread of its own, in an arena of its own, which keeps what
-    // loading freed (model bytes, planning scratch) unless asked.
+    // Each service loaded on a thread of its own, in an arena of its own, and trimmed its
+    // top before it ended; this returns the free pages left inside those arenas.
     crate::allocator::return_free_memory();
     let choices = point_choices(&runtime, &config, &services);
     let (device, prefix) = (config.device.clone(), config.prefix.clone());
