@@ -65,6 +65,9 @@ pub struct MemoryRun {
     pub ready_rss_mib: f64,
     /// Resident set after the stream, MiB.
     pub after_rss_mib: f64,
+    /// The part of it mapped from files (the binary's code and constants), MiB: shared
+    /// and clean, so the kernel can drop it under pressure; the rest is the heap.
+    pub after_file_mib: f64,
     /// Peak resident set over the whole run, MiB.
     pub peak_rss_mib: f64,
     pub requests: usize,
@@ -221,6 +224,7 @@ async fn measure(
         online_after_s,
         ready_rss_mib: mib(ready.rss_kib),
         after_rss_mib: mib(after.rss_kib),
+        after_file_mib: mib(after.file_kib),
         peak_rss_mib: mib(after.peak_kib),
         requests: sent,
         answered,
@@ -236,6 +240,7 @@ pub fn report_text(report: &MemoryReport) -> String {
         "online s",
         "RSS ready MiB",
         "RSS after MiB",
+        "of it files MiB",
         "peak MiB",
         "growth after 1 min",
         "answered",
@@ -249,6 +254,7 @@ pub fn report_text(report: &MemoryReport) -> String {
             format!("{:.2}", run.online_after_s),
             format!("{:.0}", run.ready_rss_mib),
             format!("{:.0}", run.after_rss_mib),
+            format!("{:.0}", run.after_file_mib),
             format!("{:.0}", run.peak_rss_mib),
             run.growth_after_warm_up_pct
                 .map_or("-".into(), |g| format!("{g:+.1}%")),
