@@ -165,13 +165,7 @@ impl ModelDir {
     /// same sha256 ([`Onnx::reread`]): a file changed on disk then fails that plan rather
     /// than mix two models.
     pub fn load(&self, engine: &dyn Engine, file: &str) -> Result<Arc<dyn Model>, ModelError> {
-        let name = format!("{}/{file}", self.manifest.service);
-        let (bytes, reread) = (self.read_verified(file)?, self.reread(file));
-        let onnx = Onnx {
-            bytes: &bytes,
-            reread: Some(&reread),
-        };
-        Ok(engine.load(&name, onnx)?)
+        self.load_with(file, |name, onnx| engine.load(name, onnx))
     }
 
     /// [`ModelDir::load`] for a model whose inputs vary in length along `axis`
@@ -182,19 +176,27 @@ impl ModelDir {
         file: &str,
         axis: usize,
     ) -> Result<Arc<dyn Model>, ModelError> {
+        self.load_with(file, |name, onnx| engine.load_varying(name, onnx, axis))
+    }
+
+    /// Hands `load` the model's name, its verified bytes and a reread of them: the file
+    /// read again, verified, whenever the engine asks.
+    fn load_with(
+        &self,
+        file: &str,
+        load: impl FnOnce(&str, Onnx<'_>) -> Result<Arc<dyn Model>, EngineError>,
+    ) -> Result<Arc<dyn Model>, ModelError> {
         let name = format!("{}/{file}", self.manifest.service);
-        let (bytes, reread) = (self.read_verified(file)?, self.reread(file));
+        let bytes = self.read_verified(file)?;
+        let reread: Reread = {
+            let (dir, file) = (self.clone(), file.to_string());
+            Arc::new(move || dir.read_verified(&file).map_err(|e| e.to_string()))
+        };
         let onnx = Onnx {
             bytes: &bytes,
             reread: Some(&reread),
         };
-        Ok(engine.load_varying(&name, onnx, axis)?)
-    }
-
-    /// Reads `file` again, verified, whenever an engine asks.
-    fn reread(&self, file: &str) -> Reread {
-        let (dir, file) = (self.clone(), file.to_string());
-        Arc::new(move || dir.read_verified(&file).map_err(|e| e.to_string()))
+        Ok(load(&name, onnx)?)
     }
 
     /// The contents of `file`, read and checked against its sha256.
