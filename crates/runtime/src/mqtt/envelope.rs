@@ -84,7 +84,12 @@ impl Request {
         let reply = match properties.and_then(|p| p.response_topic.clone()) {
             Some(topic) => Some(Reply {
                 topic,
-                correlation: properties.and_then(|p| p.correlation_data.clone()),
+                // Copied: the client library hands it out as a slice of the packet's
+                // buffer, and a key kept for replays would otherwise keep the whole
+                // request (an image) resident for as long as the key lives.
+                correlation: properties
+                    .and_then(|p| p.correlation_data.as_deref())
+                    .map(Bytes::copy_from_slice),
                 id: None,
                 in_body: false,
             }),
@@ -258,6 +263,24 @@ mod tests {
         assert!(!r.is_expired(now + Duration::from_secs(2)));
         assert!(r.is_expired(now + Duration::from_secs(3)));
         assert_eq!(reply.properties().correlation_data, reply.correlation);
+    }
+
+    #[test]
+    fn correlation_data_does_not_keep_the_packet_buffer_alive() {
+        // As the client library decodes it: every field a slice of one read buffer.
+        let packet = Bytes::from(vec![7u8; 1 << 20]);
+        let props = PublishProperties {
+            response_topic: Some("me/replies".into()),
+            correlation_data: Some(packet.slice(16..24)),
+            ..PublishProperties::default()
+        };
+        let mut p = publish(b"", Some(props));
+        p.payload = packet.slice(64..);
+        let r = Request::from_publish("ocr", &p, Instant::now(), 1 << 20);
+        let correlation = r.reply.unwrap().correlation.unwrap();
+        assert_eq!(correlation.as_ref(), &[7u8; 8]);
+        let buffer = packet.as_ptr_range();
+        assert!(!buffer.contains(&correlation.as_ptr()));
     }
 
     #[test]
