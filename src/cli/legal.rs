@@ -59,11 +59,8 @@ pub fn run(global: &GlobalArgs, args: &LegalArgs) -> Result<ExitCode> {
                 let shipped = legal.index(space).expect("both spaces load");
                 let worst = articles
                     .iter()
-                    .zip(shipped.articles.matrix.rows())
-                    .map(|(built, row)| {
-                        let cosine: f32 = built.iter().zip(row).map(|(a, b)| a * b).sum();
-                        1.0 - cosine
-                    })
+                    .enumerate()
+                    .map(|(r, built)| 1.0 - shipped.articles.similarity(r, built))
                     .fold(0.0f32, f32::max);
                 for (kind, rows) in [("articles", &articles), ("sentences", &sentences)] {
                     let (values, scales) = Rows::encode(rows);

@@ -18,47 +18,61 @@ pub const MAX_WIDTH: u32 = 3200;
 /// The classes a CTC recognizer predicts: blank, the dictionary, then a space.
 #[derive(Debug, Clone)]
 pub struct Charset {
-    /// Class `i` for `1 <= i <= len` is `labels[i - 1]`; class `len + 1` is a space.
-    labels: Vec<String>,
+    /// Every label, one after another: class `i` for `1 <= i <= len` is
+    /// `text[ends[i - 2]..ends[i - 1]]` (from 0 for the first); class `len + 1` is a space.
+    /// One string rather than a `String` per label: the small dictionary's 18 thousand
+    /// labels took 1 MB as separate strings.
+    text: String,
+    ends: Vec<u32>,
     /// Class indices allowed when decoding is restricted to printable ASCII.
     ascii_classes: Vec<usize>,
 }
 
 impl Charset {
     /// Parses a dictionary: one character per line; `\r` line endings are tolerated.
-    pub fn from_dictionary(text: &str) -> Charset {
-        let mut labels: Vec<String> = text
+    pub fn from_dictionary(dictionary: &str) -> Charset {
+        let mut lines: Vec<&str> = dictionary
             .split('\n')
-            .map(|line| line.strip_suffix('\r').unwrap_or(line).to_string())
+            .map(|line| line.strip_suffix('\r').unwrap_or(line))
             .collect();
-        if labels.last().is_some_and(String::is_empty) {
-            labels.pop();
+        if lines.last().is_some_and(|l| l.is_empty()) {
+            lines.pop();
         }
         let mut ascii_classes = vec![0];
         ascii_classes.extend(
-            labels
+            lines
                 .iter()
                 .enumerate()
                 .filter(|(_, l)| l.len() == 1 && l.bytes().all(|b| (0x20..0x7f).contains(&b)))
                 .map(|(i, _)| i + 1),
         );
-        ascii_classes.push(labels.len() + 1);
+        ascii_classes.push(lines.len() + 1);
+        let mut text = String::with_capacity(lines.iter().map(|l| l.len()).sum());
+        let mut ends = Vec::with_capacity(lines.len());
+        for line in &lines {
+            text.push_str(line);
+            ends.push(text.len() as u32);
+        }
         Charset {
-            labels,
+            text,
+            ends,
             ascii_classes,
         }
     }
 
     /// Number of classes the model must output (blank + dictionary + space).
     pub fn class_count(&self) -> usize {
-        self.labels.len() + 2
+        self.ends.len() + 2
     }
 
     fn label(&self, class: usize) -> &str {
+        let count = self.ends.len();
         match class {
-            0 => "",
-            c if c <= self.labels.len() => &self.labels[c - 1],
-            c if c == self.labels.len() + 1 => " ",
+            c if (1..=count).contains(&c) => {
+                let start = if c == 1 { 0 } else { self.ends[c - 2] as usize };
+                &self.text[start..self.ends[c - 1] as usize]
+            }
+            c if c == count + 1 => " ",
             _ => "",
         }
     }
@@ -172,6 +186,10 @@ mod tests {
         assert_eq!(cs.label(3), "c");
         assert_eq!(cs.label(4), " ");
         assert_eq!(cs.label(0), "");
+        assert_eq!(cs.label(5), "");
+        let wide = Charset::from_dictionary("x\né\n漢字\n\ny\n");
+        let labels: Vec<&str> = (0..7).map(|c| wide.label(c)).collect();
+        assert_eq!(labels, ["", "x", "é", "漢字", "", "y", " "]);
     }
 
     #[test]
