@@ -156,7 +156,12 @@ fn resolve_with_runtime(global: &GlobalArgs, args: &ServeArgs) -> Result<(ServeC
 
 pub fn run(global: &GlobalArgs, args: &ServeArgs) -> Result<ExitCode> {
     let (config, runtime) = resolve_with_runtime(global, args)?;
-    let services = registry::build_all(config.services.keys(), &runtime, &config, Warm::Up)?;
+    let services = registry::build_all(
+        config.services.keys(),
+        &runtime,
+        &config,
+        Warm::DefaultPoint,
+    )?;
     // Each service loaded on a thread of its own, in an arena of its own, and trimmed its
     // top before it ended; this returns the free pages left inside those arenas.
     crate::allocator::return_free_memory();

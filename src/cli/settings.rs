@@ -19,10 +19,10 @@ use crate::policy::{Controller, Planning, ProfileCache, ProfileKey};
 use crate::profiler::ProfileSettings;
 use crate::serve::learn::Learning;
 use crate::serve::{PointChoice, ServeConfig};
-use crate::services::Service;
 use crate::services::generate::Generate;
 use crate::services::legal::Legal;
 use crate::services::ocr::{DetectorKind, OcrOptions, OcrPipeline, RecognizerChoice};
+use crate::services::{Service, WarmUp};
 
 /// What every subcommand runs with.
 pub struct Runtime {
@@ -82,8 +82,8 @@ impl Runtime {
         let dir = ModelDir::open(&self.models_root, "ocr")?;
         let pipeline = OcrPipeline::load(self.engine.as_ref(), &dir)
             .with_context(|| format!("loading OCR models from {}", dir.dir().display()))?;
-        if warm == Warm::Up {
-            pipeline.warm_up()?;
+        if let Some(scope) = warm.scope() {
+            pipeline.warm_up(scope)?;
         }
         log_placements(&pipeline.placements());
         Ok(pipeline)
@@ -96,8 +96,8 @@ impl Runtime {
     pub fn legal(&self, corpus: Option<&Path>, warm: Warm) -> Result<Legal> {
         let legal = Legal::load(&self.models_root, self.engine.as_ref(), corpus)
             .context("loading the legal service")?;
-        if warm == Warm::Up {
-            legal.warm_up()?;
+        if let Some(scope) = warm.scope() {
+            legal.warm_up(scope)?;
         }
         Ok(legal)
     }
@@ -108,8 +108,8 @@ impl Runtime {
     pub fn generate(&self, warm: Warm) -> Result<Generate> {
         let generate = Generate::load(&self.models_root, self.engine.as_ref())
             .context("loading the generate service")?;
-        if warm == Warm::Up {
-            generate.warm_up()?;
+        if let Some(scope) = warm.scope() {
+            generate.warm_up(scope)?;
         }
         log_placements(&generate.placements());
         Ok(generate)
@@ -128,11 +128,25 @@ pub fn build_description() -> String {
     format!("{profile}{features}")
 }
 
-/// Whether to warm models up when loading them.
+/// Which models to plan when loading them.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Warm {
+    /// Every point's.
     Up,
+    /// The default point's only (`serve`, which plans the rest once online).
+    DefaultPoint,
+    /// None: each is planned when first used.
     Cold,
+}
+
+impl Warm {
+    fn scope(self) -> Option<WarmUp> {
+        match self {
+            Warm::Up => Some(WarmUp::EveryPoint),
+            Warm::DefaultPoint => Some(WarmUp::DefaultPoint),
+            Warm::Cold => None,
+        }
+    }
 }
 
 /// Engine settings: `config` (from a file or the defaults) with the flags applied on top.

@@ -1,7 +1,8 @@
 //! An engine that remembers what it ran: it wraps another engine and keeps a copy of every
 //! run's inputs, by model name, so that a service's real requests can be replayed model by
-//! model (engine benchmarks, conformance tests). Results pass through unchanged; this is a
-//! tool for measuring, never part of serving.
+//! model (engine benchmarks, conformance tests), and the input shapes each model was warmed
+//! up for. Results pass through unchanged; this is a tool for measuring and testing, never
+//! part of serving.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -45,10 +46,14 @@ impl OwnedInput {
 /// Every run's inputs in order, by model name (`service/file.onnx` as models are loaded).
 pub type Runs = BTreeMap<String, Vec<Vec<OwnedInput>>>;
 
+/// The input shapes of every warm-up in order, by model name.
+pub type WarmUps = BTreeMap<String, Vec<Vec<Vec<usize>>>>;
+
 /// `inner`, keeping the inputs of every run of every model it loads.
 pub struct Recorder<E> {
     inner: E,
     runs: Arc<Mutex<Runs>>,
+    warm_ups: Arc<Mutex<WarmUps>>,
 }
 
 impl<E: Engine> Recorder<E> {
@@ -56,12 +61,18 @@ impl<E: Engine> Recorder<E> {
         Recorder {
             inner,
             runs: Arc::default(),
+            warm_ups: Arc::default(),
         }
     }
 
     /// The inputs recorded so far; recording goes on.
     pub fn runs(&self) -> Runs {
         self.runs.lock().clone()
+    }
+
+    /// The warm-ups recorded so far; recording goes on.
+    pub fn warm_ups(&self) -> WarmUps {
+        self.warm_ups.lock().clone()
     }
 }
 
@@ -90,6 +101,7 @@ impl<E: Engine> Recorder<E> {
             name: name.to_string(),
             model,
             runs: self.runs.clone(),
+            warm_ups: self.warm_ups.clone(),
         })
     }
 }
@@ -98,6 +110,7 @@ struct RecordingModel {
     name: String,
     model: Arc<dyn Model>,
     runs: Arc<Mutex<Runs>>,
+    warm_ups: Arc<Mutex<WarmUps>>,
 }
 
 impl Model for RecordingModel {
@@ -112,6 +125,12 @@ impl Model for RecordingModel {
     }
 
     fn warm_up(&self, inputs: &[(ElementType, &[usize])]) -> Result<(), EngineError> {
+        let shapes = inputs.iter().map(|(_, shape)| shape.to_vec()).collect();
+        self.warm_ups
+            .lock()
+            .entry(self.name.clone())
+            .or_default()
+            .push(shapes);
         self.model.warm_up(inputs)
     }
 

@@ -52,42 +52,34 @@ pub struct LearnJob {
     pub learning: Box<Learning>,
 }
 
-/// Measures each job's points in turn on a thread of its own, installs a controller in
-/// its lane and stores the profile; calls `changed` after each lane changes (so that the
-/// status is published again). Stops between two measurements once `activity` says so.
-pub fn spawn(
-    jobs: Vec<LearnJob>,
-    activity: Arc<Activity>,
-    changed: impl Fn() + Send + 'static,
-) -> std::thread::JoinHandle<()> {
-    std::thread::Builder::new()
-        .name("edgerun-profile".into())
-        .spawn(move || {
-            for job in jobs {
-                let name = job.service.name();
-                match learn(&job, &activity) {
-                    Ok(controller) => {
-                        tracing::info!(
-                            "{name}: measured; adaptive over {:?}, starting at {}",
-                            controller.state().candidates,
-                            controller.current()
-                        );
-                        job.policy.install(controller);
-                    }
-                    Err(e) if activity.is_stopping() => {
-                        tracing::debug!("{name}: measuring stopped: {e:#}");
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::warn!("{name}: measuring its points failed: {e:#}");
-                        job.policy
-                            .stay_fixed(format!("measuring its points failed: {e:#}"));
-                    }
-                }
-                changed();
+/// Measures each job's points in turn, installs a controller in its lane and stores the
+/// profile; calls `changed` after each lane changes (so that the status is published
+/// again). Stops between two measurements once `activity` says so. Blocks: the caller
+/// gives it a background thread.
+pub fn run(jobs: Vec<LearnJob>, activity: &Activity, changed: impl Fn()) {
+    for job in jobs {
+        let name = job.service.name();
+        match learn(&job, activity) {
+            Ok(controller) => {
+                tracing::info!(
+                    "{name}: measured; adaptive over {:?}, starting at {}",
+                    controller.state().candidates,
+                    controller.current()
+                );
+                job.policy.install(controller);
             }
-        })
-        .expect("spawning the profiling thread")
+            Err(e) if activity.is_stopping() => {
+                tracing::debug!("{name}: measuring stopped: {e:#}");
+                return;
+            }
+            Err(e) => {
+                tracing::warn!("{name}: measuring its points failed: {e:#}");
+                job.policy
+                    .stay_fixed(format!("measuring its points failed: {e:#}"));
+            }
+        }
+        changed();
+    }
 }
 
 fn learn(job: &LearnJob, activity: &Activity) -> Result<Controller> {

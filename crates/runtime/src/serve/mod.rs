@@ -46,7 +46,7 @@ use self::replay::{Admission, Replay, RequestKey};
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{BrokerUrl, EmbeddedBroker, Topics};
 use crate::profiler::Activity;
-use crate::services::{Output, Service, ServiceError};
+use crate::services::{Output, Service, ServiceError, WarmUp};
 use crate::telemetry::{Monitor, Sampler};
 
 /// How often the device is sampled for the controllers (telemetry publishes less often).
@@ -190,6 +190,37 @@ pub fn start(
     }
 }
 
+/// The server's background work, on one thread so that the two never plan the same model
+/// at once: first every point's models are planned for typical inputs (loading planned
+/// only the default points', so that the device comes online sooner), then the points of
+/// `learn_jobs` are measured.
+fn spawn_background(
+    services: Vec<Arc<dyn Service>>,
+    learn_jobs: Vec<LearnJob>,
+    activity: Arc<Activity>,
+    changed: impl Fn() + Send + 'static,
+) {
+    std::thread::Builder::new()
+        .name("edgerun-background".into())
+        .spawn(move || {
+            let started = Instant::now();
+            for service in &services {
+                if let Err(e) = service.warm_up(WarmUp::EveryPoint) {
+                    // Its requests still plan what they need when they come.
+                    tracing::warn!("{}: planning its other points failed: {e}", service.name());
+                }
+            }
+            // This thread's arena keeps the planning scratch at its top.
+            crate::allocator::return_free_memory();
+            tracing::info!(
+                "every point planned, {:.0} ms after online",
+                started.elapsed().as_secs_f64() * 1e3
+            );
+            learn::run(learn_jobs, &activity, changed);
+        })
+        .expect("spawning the background thread");
+}
+
 async fn serve(
     config: ServeConfig,
     services: Vec<Arc<dyn Service>>,
@@ -224,6 +255,7 @@ async fn serve(
     ));
     let activity = Arc::new(Activity::default());
     let mut learn_jobs = Vec::new();
+    let warming = services.clone();
     let lanes: BTreeMap<String, Lane<Receipt>> = services
         .into_iter()
         .filter_map(|service| {
@@ -263,10 +295,10 @@ async fn serve(
         })
         .collect();
     let status_changed = Arc::new(tokio::sync::Notify::new());
-    if !learn_jobs.is_empty() {
-        let notify = status_changed.clone();
-        learn::spawn(learn_jobs, activity.clone(), move || notify.notify_one());
-    }
+    let notify = status_changed.clone();
+    spawn_background(warming, learn_jobs, activity.clone(), move || {
+        notify.notify_one()
+    });
     let (incoming_tx, mut incoming) = mpsc::unbounded_channel::<(Link, Incoming)>();
     let mut clients = Vec::new();
     let mut pumps = Vec::new();

@@ -217,6 +217,16 @@ impl Handled {
     }
 }
 
+/// Which models a service plans ahead of requests, for typical inputs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum WarmUp {
+    /// Only those its default point runs: `serve` comes online on these and prepares the
+    /// rest in the background ([`Service::warm_up`]).
+    DefaultPoint,
+    /// Those of every declared point.
+    EveryPoint,
+}
+
 /// A service a device can serve to remote clients.
 pub trait Service: Send + Sync {
     /// The name in topics and configs (`ocr`).
@@ -259,4 +269,11 @@ pub trait Service: Send + Sync {
 
     /// What the service offers, for the device's status.
     fn describe(&self) -> Value;
+
+    /// Plans the models of `scope` for typical inputs, so that requests do not pay for it;
+    /// models already planned cost nothing again. Nothing to do for a service without
+    /// models.
+    fn warm_up(&self, _scope: WarmUp) -> Result<(), ServiceError> {
+        Ok(())
+    }
 }

@@ -33,6 +33,7 @@ pub use self::service::{GenerateRequest, GenerateService};
 use crate::engine::{ElementType, Engine, Input, Model, Placement};
 use crate::models::PointSet;
 use crate::models::{ModelDir, ModelError};
+use crate::services::WarmUp;
 use crate::services::deadline::{self, Meter, Rung};
 
 /// Prompts for benchmarks and profiles: characters the shipped generators draw (the
@@ -520,13 +521,18 @@ impl Generate {
         })
     }
 
-    /// Plans every network for its request shape, so the first request is not slow.
-    pub fn warm_up(&self) -> Result<(), GenerateError> {
+    /// Plans the networks of `scope`'s points for their request shape, so that the first
+    /// request is not slow.
+    pub fn warm_up(&self, scope: WarmUp) -> Result<(), GenerateError> {
         let s = &self.settings;
         self.text_encoder
             .warm_up(&[(ElementType::I64, &[1, s.max_len])])?;
         let tokens = self.encode("")?;
-        for model in self.generators.values() {
+        let default = &self.point(None)?.generator;
+        for (file, model) in &self.generators {
+            if scope == WarmUp::DefaultPoint && file != default {
+                continue;
+            }
             model.warm_up(&[
                 (ElementType::F32, &[1, 3, s.height, s.width]),
                 (ElementType::F32, &[1]),

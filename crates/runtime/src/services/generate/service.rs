@@ -15,7 +15,7 @@ use serde_json::{Value, json};
 use super::{Generate, GenerateError};
 use crate::models::PointSet;
 use crate::services::{
-    Handled, Output, Payload, Served, Service, ServiceError, Serving, plain_text,
+    Handled, Output, Payload, Served, Service, ServiceError, Serving, WarmUp, plain_text,
 };
 
 /// A prompt payload longer than this (bytes) is refused before it is read: prompts are a
@@ -133,6 +133,12 @@ impl Service for GenerateService {
 
     fn points(&self) -> Option<&PointSet> {
         Some(self.generate.point_set())
+    }
+
+    fn warm_up(&self, scope: WarmUp) -> Result<(), ServiceError> {
+        self.generate
+            .warm_up(scope)
+            .map_err(|e| ServiceError::new(e.code(), e))
     }
 
     fn describe(&self) -> Value {

@@ -35,6 +35,7 @@ pub use self::service::{LegalRequest, LegalService};
 use crate::engine::Engine;
 use crate::models::PointSet;
 use crate::models::{ModelDir, ModelError};
+use crate::services::WarmUp;
 use crate::services::deadline::{self, Meter, Rung};
 
 /// A query longer than this (bytes) is refused: exam questions are a few hundred bytes and
@@ -469,10 +470,11 @@ impl Legal {
         self.spaces.get(space)
     }
 
-    /// Prepares the plans of every point's chain for typical query lengths.
-    pub fn warm_up(&self) -> Result<(), LegalError> {
+    /// Prepares the plans of the chains of `scope`'s points for typical query lengths.
+    pub fn warm_up(&self, scope: WarmUp) -> Result<(), LegalError> {
         for p in &self.points {
-            if p.space.is_some() {
+            let in_scope = scope == WarmUp::EveryPoint || p.name == self.point_set.default_point;
+            if p.space.is_some() && in_scope {
                 self.blocks.warm_up(&p.chain, &[32, 48, 64])?;
             }
         }

@@ -13,7 +13,7 @@ use serde_json::{Value, json};
 use super::{Legal, LegalError, MAX_QUERY_BYTES};
 use crate::models::PointSet;
 use crate::services::{
-    Handled, Output, Payload, Served, Service, ServiceError, Serving, plain_text,
+    Handled, Output, Payload, Served, Service, ServiceError, Serving, WarmUp, plain_text,
 };
 
 /// Articles returned when a request does not say.
@@ -108,6 +108,12 @@ impl Service for LegalService {
 
     fn points(&self) -> Option<&PointSet> {
         Some(self.legal.point_set())
+    }
+
+    fn warm_up(&self, scope: WarmUp) -> Result<(), ServiceError> {
+        self.legal
+            .warm_up(scope)
+            .map_err(|e| ServiceError::new(e.code(), e))
     }
 
     fn describe(&self) -> Value {

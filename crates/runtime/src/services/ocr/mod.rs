@@ -24,6 +24,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::engine::{ElementType, Engine, EngineError, Input, Model, Placement};
 use crate::models::{ModelDir, ModelError, PointSet};
+use crate::services::WarmUp;
 
 pub use self::det::{DbParams, TextBox};
 pub use self::points::OcrPoint;
@@ -119,6 +120,16 @@ impl DetectorKind {
 pub enum RecognizerKind {
     Tiny,
     Small,
+}
+
+impl RecognizerKind {
+    /// Its model in `models/ocr`.
+    pub fn file(self) -> &'static str {
+        match self {
+            RecognizerKind::Tiny => "rec_tiny.onnx",
+            RecognizerKind::Small => "rec_small.onnx",
+        }
+    }
 }
 
 /// Per-request settings.
@@ -243,11 +254,10 @@ impl Recognizer {
         engine: &dyn Engine,
         dir: &ModelDir,
         kind: RecognizerKind,
-        model: &str,
         dictionary: &str,
     ) -> Result<Recognizer, OcrError> {
         let charset = Charset::from_dictionary(&dir.read_verified_text(dictionary)?);
-        let model = dir.load(engine, model)?;
+        let model = dir.load(engine, kind.file())?;
         Ok(Recognizer {
             kind,
             model,
@@ -355,20 +365,8 @@ impl OcrPipeline {
                 dir.load(engine, DetectorKind::Tiny.file())?,
                 dir.load(engine, DetectorKind::Small.file())?,
             ],
-            tiny: Recognizer::load(
-                engine,
-                dir,
-                RecognizerKind::Tiny,
-                "rec_tiny.onnx",
-                "dict_tiny.txt",
-            )?,
-            small: Recognizer::load(
-                engine,
-                dir,
-                RecognizerKind::Small,
-                "rec_small.onnx",
-                "dict_small.txt",
-            )?,
+            tiny: Recognizer::load(engine, dir, RecognizerKind::Tiny, "dict_tiny.txt")?,
+            small: Recognizer::load(engine, dir, RecognizerKind::Small, "dict_small.txt")?,
             points,
             point_set,
             meters,
@@ -385,11 +383,19 @@ impl OcrPipeline {
         &self.point_set
     }
 
-    /// Prepares every model for a typical request ahead of time (plans built, `auto`
-    /// backends measured), so the first user request does not pay for it.
-    pub fn warm_up(&self) -> Result<(), OcrError> {
-        for (model, (_, shape)) in self.models().into_iter().zip(TYPICAL_INPUT_SHAPES) {
-            model.warm_up(&[(ElementType::F32, shape)])?;
+    /// Prepares the models of `scope` for a typical request ahead of time (plans built,
+    /// `auto` backends measured), so the first user request does not pay for it.
+    pub fn warm_up(&self, scope: WarmUp) -> Result<(), OcrError> {
+        let default = self
+            .points
+            .iter()
+            .find(|p| p.name == self.point_set.default_point)
+            .ok_or_else(|| OcrError::InvalidOption("the default point is not declared".into()))?;
+        let used = default.model_files();
+        for (model, (file, shape)) in self.models().into_iter().zip(TYPICAL_INPUT_SHAPES) {
+            if scope == WarmUp::EveryPoint || used.contains(file) {
+                model.warm_up(&[(ElementType::F32, shape)])?;
+            }
         }
         Ok(())
     }

@@ -8,7 +8,7 @@
 
 use serde::Deserialize;
 
-use super::{DetectorKind, OcrError, OcrOptions, RecognizerChoice};
+use super::{DetectorKind, OcrError, OcrOptions, RecognizerChoice, RecognizerKind};
 use crate::models::ManifestPoint;
 
 /// One OCR operating point.
@@ -70,6 +70,19 @@ impl OcrPoint {
             .validate()
             .map_err(|e| bad(e.to_string()))?;
         Ok(ocr_point)
+    }
+
+    /// The models (files in `models/ocr`) this point runs: its detector, and its
+    /// recognizer or both for a cascade.
+    pub fn model_files(&self) -> Vec<&'static str> {
+        let recognizers: &[RecognizerKind] = match self.recognizer {
+            RecognizerChoice::Tiny => &[RecognizerKind::Tiny],
+            RecognizerChoice::Small => &[RecognizerKind::Small],
+            RecognizerChoice::Cascade { .. } => &[RecognizerKind::Tiny, RecognizerKind::Small],
+        };
+        std::iter::once(self.detector.file())
+            .chain(recognizers.iter().map(|r| r.file()))
+            .collect()
     }
 
     /// `base` with this point's knobs.
@@ -154,6 +167,15 @@ rec = "small"
             RecognizerChoice::Cascade { threshold: 0.9 }
         );
         assert!(options.ascii_only, "other options are kept");
+        let files: Vec<Vec<&str>> = points.iter().map(OcrPoint::model_files).collect();
+        assert_eq!(
+            files,
+            [
+                vec!["det_tiny.onnx", "rec_tiny.onnx"],
+                vec!["det_tiny.onnx", "rec_tiny.onnx", "rec_small.onnx"],
+                vec!["det_small.onnx", "rec_small.onnx"],
+            ]
+        );
     }
 
     #[test]

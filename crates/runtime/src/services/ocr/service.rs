@@ -20,7 +20,7 @@ use serde_json::{Value, json};
 use super::{DetectorKind, OcrOptions, OcrPipeline, OcrPoint, RecognizerChoice};
 use crate::imaging;
 use crate::models::PointSet;
-use crate::services::{Handled, Output, Payload, Served, Service, ServiceError, Serving};
+use crate::services::{Handled, Output, Payload, Served, Service, ServiceError, Serving, WarmUp};
 
 /// The name of a configuration that is none of the declared points.
 pub const CUSTOM_POINT: &str = "custom";
@@ -276,6 +276,12 @@ impl Service for OcrService {
 
     fn points(&self) -> Option<&PointSet> {
         Some(self.pipeline.point_set())
+    }
+
+    fn warm_up(&self, scope: WarmUp) -> Result<(), ServiceError> {
+        self.pipeline
+            .warm_up(scope)
+            .map_err(|e| ServiceError::new(e.code(), e))
     }
 
     fn describe(&self) -> Value {
