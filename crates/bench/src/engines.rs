@@ -19,7 +19,7 @@ use edgerun_runtime::engine::{
 use edgerun_runtime::models::{self, ModelDir};
 use edgerun_runtime::services::generate::Generate;
 use edgerun_runtime::services::legal::Legal;
-use edgerun_runtime::services::ocr::{OcrOptions, OcrPipeline, RecognizerChoice};
+use edgerun_runtime::services::ocr::{DetectorKind, OcrOptions, OcrPipeline, RecognizerChoice};
 
 pub struct EngineBenchSettings {
     pub models_root: PathBuf,
@@ -108,19 +108,23 @@ pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
 }
 
 /// Every model of every service in `root` with the inputs of its first run in a typical
-/// request, recorded while the services run on tract: ICDAR 2015 scenes read by both
-/// recognizers, one question through every legal encoder point, one prompt through every
+/// request, recorded while the services run on tract: ICDAR 2015 scenes through both
+/// detectors and both recognizers, one question through every legal encoder point, one prompt through every
 /// generate point.
 fn typical_inputs(root: &Path) -> Result<Vec<(ModelDir, String, Vec<OwnedInput>)>> {
     let recorder = Recorder::new(TractEngine::new(EngineConfig::default()));
     let ocr = OcrPipeline::load(&recorder, &ModelDir::open(root, "ocr")?)?;
-    let both_recognizers = OcrOptions {
-        recognizer: RecognizerChoice::Cascade { threshold: 1.01 },
-        ..OcrOptions::default()
-    };
-    // The first scene has no legible text; the second does.
-    for scene in data::ic15_e2e(2)? {
-        ocr.read_image(&super::ocr::load(&scene.path)?, &both_recognizers)?;
+    // The first scene has no legible text; the second does. Each detector sees both, and
+    // the tiny one runs first, so its crops are the ones recorded for the recognizers.
+    for detector in DetectorKind::ALL {
+        let both_recognizers = OcrOptions {
+            detector,
+            recognizer: RecognizerChoice::Cascade { threshold: 1.01 },
+            ..OcrOptions::default()
+        };
+        for scene in data::ic15_e2e(2)? {
+            ocr.read_image(&super::ocr::load(&scene.path)?, &both_recognizers)?;
+        }
     }
     let legal = Legal::load(root, &recorder, None)?;
     for point in legal.points().iter().filter(|p| p.space.is_some()) {
