@@ -6,6 +6,7 @@ use clap::Parser;
 
 fn main() -> ExitCode {
     library_errors_without_backtraces();
+    edgerun::allocator::configure();
     let cli = edgerun::cli::Cli::parse();
     edgerun::cli::init_logging(cli.global.verbose);
     match edgerun::cli::run(cli) {

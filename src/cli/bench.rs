@@ -13,7 +13,7 @@ use crate::bench::adapt::AdaptBenchSettings;
 use crate::bench::engines::EngineBenchSettings;
 use crate::bench::memory::StreamLength;
 use crate::bench::ocr::{self, OcrBenchSettings, Peer, Reference};
-use crate::engine::EngineConfig;
+use crate::engine::{EngineConfig, TimeBy};
 use crate::models::{self, ModelDir};
 use crate::profiler::Sample;
 use crate::serve::ServeConfig;
@@ -74,6 +74,10 @@ pub struct EnginesBenchArgs {
     /// Intra-op thread counts to measure.
     #[arg(long, value_delimiter = ',', default_values_t = [1usize, 2], value_name = "N,...")]
     pub thread_counts: Vec<usize>,
+    /// Where tract's time goes on its slowest models: node by node instead of per kind of
+    /// operation.
+    #[arg(long)]
+    pub by_node: bool,
     #[arg(
         long,
         default_value = "bench-results/engines.json",
@@ -406,6 +410,7 @@ pub fn run(global: &GlobalArgs, args: &BenchArgs) -> Result<ExitCode> {
             config: engine_config(global, EngineConfig::default())?,
             thread_counts: a.thread_counts.clone(),
             runs: a.runs,
+            tract_times_by: if a.by_node { TimeBy::Node } else { TimeBy::Op },
             out: a.out.clone(),
         };
         crate::bench::engines::run(&settings)?;

@@ -2,7 +2,9 @@
 //! and 2 intra-op threads, on the inputs of a typical request (recorded while the services
 //! serve one: an ICDAR 2015 scene, a legal question, a prompt). Runs of the two engines
 //! alternate, so background load on the machine hits both alike; the ratio is tract's median
-//! over ort's.
+//! over ort's. Where tract is more than [`PROFILE_ABOVE`] times slower on one thread, the
+//! bench also times each node of tract's plan and shows where the time goes, per kind of
+//! operation.
 
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -14,7 +16,7 @@ use super::{Machine, Table, peak_rss_mib, percentile, write_json};
 use crate::data;
 use edgerun_runtime::engine::record::{OwnedInput, Recorder};
 use edgerun_runtime::engine::{
-    Backend, Backends, EngineConfig, Input, Model, Provider, TractEngine,
+    Backend, Backends, EngineConfig, Input, Model, Onnx, OpTime, Provider, TimeBy, TractEngine,
 };
 use edgerun_runtime::models::{self, ModelDir};
 use edgerun_runtime::services::generate::Generate;
@@ -28,6 +30,8 @@ pub struct EngineBenchSettings {
     pub thread_counts: Vec<usize>,
     /// Timed runs per engine, model and thread count.
     pub runs: usize,
+    /// How the profile of tract's slowest models groups its nodes.
+    pub tract_times_by: TimeBy,
     pub out: PathBuf,
 }
 
@@ -49,7 +53,15 @@ pub struct EngineRow {
     pub ort_ms: f64,
     /// tract's median latency over ort's (above 1: ort is faster).
     pub tract_over_ort: f64,
+    /// Where tract's time goes, per kind of operation or per node, largest first: only on
+    /// one thread and where `tract_over_ort` is above [`PROFILE_ABOVE`].
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub tract_ops: Vec<OpTime>,
 }
+
+/// tract over ort above which a model's tract plan is profiled (the bar for showing
+/// where the time goes).
+pub const PROFILE_ABOVE: f64 = 1.5;
 
 pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
     let machine = Machine::current();
@@ -84,13 +96,34 @@ pub fn run(settings: &EngineBenchSettings) -> Result<EngineBenchReport> {
             let ort = dir.load(&ort, file)?;
             let (tract_ms, ort_ms) = alternate(tract.as_ref(), ort.as_ref(), inputs, settings)
                 .with_context(|| name.clone())?;
+            let tract_over_ort = tract_ms / ort_ms;
+            let tract_ops = if threads == 1 && tract_over_ort > PROFILE_ABOVE {
+                eprintln!("{name}: timing each node of tract's plan...");
+                let bytes = dir.read_verified(file)?;
+                let inputs: Vec<Input<'_>> = inputs.iter().map(OwnedInput::view).collect();
+                TractEngine::new(EngineConfig {
+                    threads: 1,
+                    ..settings.config.clone()
+                })
+                .op_times(
+                    &name,
+                    Onnx::bytes(&bytes),
+                    &inputs,
+                    settings.runs,
+                    settings.tract_times_by,
+                )
+                .with_context(|| name.clone())?
+            } else {
+                Vec::new()
+            };
             rows.push(EngineRow {
                 model: name,
                 input_shape: shape,
                 threads,
                 tract_ms,
                 ort_ms,
-                tract_over_ort: tract_ms / ort_ms,
+                tract_over_ort,
+                tract_ops,
             });
         }
     }
@@ -193,8 +226,41 @@ pub fn report_text(report: &EngineBenchReport) -> String {
             format!("{:.2}x", row.tract_over_ort),
         ]);
     }
-    format!(
+    let mut text = format!(
         "engines on {} (ort: {}; median of {} runs)\n{table}",
         report.machine, report.ort_library, report.runs
+    );
+    for row in report.rows.iter().filter(|row| !row.tract_ops.is_empty()) {
+        text.push_str(&ops_text(row));
+    }
+    text
+}
+
+/// The kinds of operation (or nodes) that take most of tract's time on one model: enough of
+/// them to cover 95% of it, at most eight (twelve nodes).
+fn ops_text(row: &EngineRow) -> String {
+    let total: f64 = row.tract_ops.iter().map(|op| op.ms).sum();
+    let by_node = row.tract_ops.iter().any(|op| op.node.is_some());
+    let mut table = Table::new(&["tract op", "nodes", "ms", "share"]);
+    let mut covered = 0.0;
+    for op in row.tract_ops.iter().take(if by_node { 12 } else { 8 }) {
+        if covered >= 0.95 * total {
+            break;
+        }
+        covered += op.ms;
+        let name = match &op.node {
+            Some(node) => format!("{} {node}", op.op),
+            None => op.op.clone(),
+        };
+        table.row(vec![
+            name,
+            op.nodes.to_string(),
+            format!("{:.2}", op.ms),
+            format!("{:.1}%", 100.0 * op.ms / total),
+        ]);
+    }
+    format!(
+        "\nwhere tract's time goes on {} {:?} ({:.2}x ort; nodes timed one by one: {total:.2} ms)\n{table}",
+        row.model, row.input_shape, row.tract_over_ort
     )
 }

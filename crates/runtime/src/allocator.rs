@@ -14,6 +14,14 @@
 //! threshold is briefly zero, which trims that arena's top. Call it from the thread whose
 //! arena held the buffers: the worker that served them, the thread that loaded a service.
 
+/// Pins the allocator's thresholds the way serving wants them (see the glibc module): call
+/// it first thing, so that every command, benchmarks included, allocates as `serve` does.
+/// [`return_free_memory`] pins them too, if nothing did before.
+pub fn configure() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    glibc::pin_thresholds();
+}
+
 /// Returns free heap pages to the system: those inside every arena, and the free top of
 /// the calling thread's arena. It walks the heaps (a few milliseconds for a few hundred
 /// MiB), so call it where no request waits on it.
@@ -27,17 +35,23 @@ mod glibc {
     use std::sync::Once;
 
     /// glibc's own ceiling for its dynamic mmap threshold on 64-bit targets (32 MiB; 512 KiB
-    /// on 32-bit ones), and the trim threshold it pairs with it (twice that). Setting either
-    /// threshold by hand switches glibc's adjustment off for good, so both are pinned at
-    /// the values a busy server reaches anyway: buffers below 32 MiB come from the arenas
-    /// and are reused across requests, without a page fault per fresh buffer, and nothing is
-    /// trimmed while serving unless 64 MiB lie free on top.
+    /// on 32-bit ones). Setting a threshold by hand switches glibc's adjustment off for
+    /// good, so it is pinned at the value a busy server reaches anyway: buffers below 32 MiB
+    /// come from the arenas and are reused across requests, without a page fault per fresh
+    /// buffer.
     const MMAP_THRESHOLD: i32 = if cfg!(target_pointer_width = "64") {
         32 << 20
     } else {
         512 << 10
     };
-    const TRIM_THRESHOLD: i32 = 2 * MMAP_THRESHOLD;
+    /// Free space on an arena's top that a free gives back at once. glibc pairs twice the
+    /// mmap threshold (64 MiB) with it, but a model whose activations add up to more than
+    /// that frees them all at the end of each run and faults them in again on the next:
+    /// the small detector at 960x544 ran 326-339 ms on tract with 64 MiB and 275-289 ms
+    /// with this (its pads and concatenations 54 -> 14 ms; AMD EPYC, one thread, `bench
+    /// engines`). It costs nothing idle: serving trims every top once idle anyway
+    /// ([`super::return_free_memory`]).
+    const TRIM_THRESHOLD: i32 = 16 * MMAP_THRESHOLD;
 
     /// A block large enough that freeing it makes glibc trim the arena's top (at least
     /// its 64 KiB consolidation threshold) and small enough to come from the arena rather
@@ -46,7 +60,7 @@ mod glibc {
 
     static PIN_THRESHOLDS: Once = Once::new();
 
-    pub(super) fn trim() {
+    pub(super) fn pin_thresholds() {
         PIN_THRESHOLDS.call_once(|| {
             // SAFETY: mallopt only sets glibc's tunables; these are valid values.
             unsafe {
@@ -54,6 +68,10 @@ mod glibc {
                 libc::mallopt(libc::M_TRIM_THRESHOLD, TRIM_THRESHOLD);
             }
         });
+    }
+
+    pub(super) fn trim() {
+        pin_thresholds();
         // SAFETY: malloc_trim only walks glibc's own heaps; it has no preconditions.
         unsafe {
             libc::malloc_trim(0);

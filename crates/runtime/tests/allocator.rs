@@ -17,7 +17,7 @@ fn anonymous_mib() -> f64 {
 #[test]
 fn a_worker_thread_gives_back_the_top_of_its_arena() {
     std::thread::spawn(|| {
-        // The first call pins glibc's thresholds as a busy server has them (trim at 64 MiB).
+        // The first call pins glibc's thresholds as serving has them (trim at 512 MiB).
         return_free_memory();
         let before = anonymous_mib();
         // 48 blocks of 1 MiB, written, from this thread's arena, then freed: they merge

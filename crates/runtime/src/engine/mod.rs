@@ -32,7 +32,7 @@ use serde::{Deserialize, Serialize};
 #[cfg(feature = "ort")]
 pub use self::ort::OrtEngine;
 pub use self::select::Backends;
-pub use self::tract::TractEngine;
+pub use self::tract::{OpTime, TimeBy, TractEngine};
 
 /// Whether tract runs go single-threaded for now, whatever `threads` says: the server sets
 /// it while other processes load the cores (see [`crate::policy::threads`]). Process-wide,

@@ -18,6 +18,8 @@
 //! encoder it is as fast as per-length plans. Once it exists the parsed graph is dropped
 //! too, since that one plan serves every input the model accepts.
 
+mod conv_choice;
+mod op_times;
 mod weights;
 
 use std::collections::HashMap;
@@ -30,6 +32,7 @@ use ndarray::ArrayD;
 use tract_onnx::prelude::tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
+pub use self::op_times::{OpTime, TimeBy};
 use self::weights::SharedWeights;
 use super::{
     ElementType, Engine, EngineConfig, EngineError, Input, Model, Onnx, Placement, Provider, Reread,
@@ -69,6 +72,20 @@ impl Engine for TractEngine {
 }
 
 impl TractEngine {
+    /// Where `name`'s time goes on `inputs`, per kind of operation or per node of the plan a
+    /// request would use: median milliseconds over `runs` single-threaded runs, largest first.
+    pub fn op_times(
+        &self,
+        name: &str,
+        onnx: Onnx<'_>,
+        inputs: &[Input<'_>],
+        runs: usize,
+        by: TimeBy,
+    ) -> Result<Vec<OpTime>, EngineError> {
+        self.load_model(name, onnx, None)?
+            .op_times(inputs, runs, by)
+    }
+
     fn load_model(
         &self,
         name: &str,
@@ -205,7 +222,11 @@ impl TractModel {
                 InferenceFact::dt_shape(self::datum_type(*element), dims),
             )?;
         }
-        let mut plan = model.into_optimized()?;
+        let mut plan = model.into_typed()?.into_decluttered()?;
+        if !conv_choice::left_to_tract() {
+            conv_choice::im2col_for_wide_convolutions(&mut plan)?;
+        }
+        plan.optimize()?;
         let earlier = self.plans.lock().all();
         let shared = self
             .weights
