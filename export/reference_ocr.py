@@ -24,7 +24,8 @@ first; then one JSON object per input line is printed to stdout (flushed each ti
 ms never includes reading or decoding the image file.
 
 Recognition: BGR crop resized to height 48 keeping its aspect ratio, normalised to
-[-1, 1], right-padded with 0 to the batch width W = max(320, int(48 * max ratio));
+[-1, 1], right-padded with 0 to the batch width W = max(320, int(48 * max ratio))
+(with --width-steps, edgerun's widths instead: at least 128, in steps of ~1.25x);
 CTC greedy decoding (argmax, merge repeats, drop blank 0; index i -> dictionary line
 i-1; index len(dict)+1 -> space). Confidence = mean of the kept steps' max probability.
 --ascii restricts the argmax to blank, printable ASCII characters and the space.
@@ -49,6 +50,8 @@ import pyclipper
 
 REC_HEIGHT = 48
 REC_MIN_WIDTH = 320
+# edgerun's narrowest recognizer input (rec::MIN_WIDTH in the runtime).
+EDGERUN_REC_MIN_WIDTH = 128
 REC_MAX_WIDTH = 3200
 REC_BATCH = 6
 DROP_SCORE = 0.5
@@ -103,21 +106,22 @@ class Recognizer:
                     keep.append(i)
             self.allowed = np.array(sorted(set(keep)), dtype=np.int64)
 
-    # With --width-steps the batch width is rounded up to edgerun's steps (320, 416, 544,
-    # ... each ~1.25x the last, multiples of 32, at most 3200), so that the benchmark
-    # compares the same computation; without it, RapidOCR's exact width is used.
+    # With --width-steps the batch width is rounded up to edgerun's steps (128, 160, 224,
+    # 288, ... each ~1.25x the last, multiples of 32, at most 3200), so that the benchmark
+    # compares the same computation; without it, RapidOCR's exact width (at least 320).
     width_steps = False
 
     @classmethod
     def batch_width(cls, crops):
-        ratio = REC_MIN_WIDTH / REC_HEIGHT
+        min_width = EDGERUN_REC_MIN_WIDTH if cls.width_steps else REC_MIN_WIDTH
+        ratio = min_width / REC_HEIGHT
         for img in crops:
             h, w = img.shape[:2]
             ratio = max(ratio, w / float(h))
-        needed = max(REC_MIN_WIDTH, int(REC_HEIGHT * ratio))
+        needed = max(min_width, int(REC_HEIGHT * ratio))
         if not cls.width_steps:
             return needed
-        width = REC_MIN_WIDTH
+        width = min_width
         while width < min(needed, REC_MAX_WIDTH):
             width = -(-(width * 5 // 4) // 32) * 32
         return min(width, REC_MAX_WIDTH)
@@ -369,7 +373,7 @@ def main():
     ap.add_argument("--batch", type=int, default=REC_BATCH,
                     help="crops per recognizer run end to end (RapidOCR: 6)")
     ap.add_argument("--width-steps", action="store_true",
-                    help="pad recognizer inputs to edgerun's width steps")
+                    help="pad recognizer inputs to edgerun's width steps (from 128)")
     ap.add_argument("--min-confidence", type=float, default=DROP_SCORE,
                     help="end to end, drop readings below this confidence")
     args = ap.parse_args()

@@ -28,9 +28,10 @@ fn generate() -> &'static Arc<Generate> {
 
 /// Prompts whose one-step image (seed 0, the best one-step point `sid:1`) the OCR service
 /// must read back exactly. Not every character is readable: over all 32 and 4 x 32 seeds
-/// that point scores 0.77 (`export/generate_report.json`); at seed 0, 21 of 32 are read
-/// back exactly, these among them.
-const READ_BACK: &[&str] = &["E", "R", "7", "3", "A", "S", "G", "N", "Q", "X"];
+/// that point scores 0.77 (`export/generate_report.json`); at seed 0, 23 of 32 are read
+/// back exactly, these among them. (Padded to PaddleOCR's 320 columns rather than
+/// edgerun's 128, 21 are: B, J and M are lost and S gained; this S reads as "5" at 0.60.)
+const READ_BACK: &[&str] = &["E", "R", "7", "3", "A", "M", "G", "N", "Q", "X"];
 
 #[test]
 fn rust_images_equal_the_onnx_runtime_reference() {

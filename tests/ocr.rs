@@ -33,7 +33,7 @@ const WORDS: &[(&str, &str, &str, &str)] = &[
         "Nothing",
         "Nothing",
     ),
-    ("ocr/iiit5k/test/2162_1.png", "GODIER", "GODIER", "GODIER"),
+    ("ocr/iiit5k/test/2162_1.png", "GODIER", "CODIER", "GODIER"),
     (
         "ocr/iiit5k/test/224_4.png",
         "PPINANG",
@@ -48,11 +48,11 @@ const WORDS: &[(&str, &str, &str, &str)] = &[
     ("ocr/iiit5k/test/34_10.png", "a", "a", "a"),
     ("ocr/iiit5k/test/406_7.png", "Trucks", "Trucks", "Trucks"),
     ("ocr/iiit5k/test/5019_1.png", "3D", "3D", "3D"),
-    ("ocr/iiit5k/test/5059_1.png", "DEFY", "DEFY", "ＤＥFY"),
+    ("ocr/iiit5k/test/5059_1.png", "DEFY", "DEFY", "ＤEFY"),
     ("ocr/iiit5k/test/5096_9.png", "EASTLY", "EASTLY", "EASTLY"),
     ("ocr/iiit5k/test/5162_2.png", "AUGUST", "AUGUST", "AUGUST"),
     ("ocr/iiit5k/test/529_9.png", "Sat", "Sat.", "Sat."),
-    ("ocr/iiit5k/test/626_1.png", "novo", "noV", "novo"),
+    ("ocr/iiit5k/test/626_1.png", "novo", "noV0", "novo"),
     ("ocr/iiit5k/test/697_5.png", "for", "for", "for"),
     (
         "ocr/iiit5k/test/771_15.png",
@@ -74,11 +74,11 @@ const WORDS: &[(&str, &str, &str, &str)] = &[
         "Points",
         "Points",
     ),
-    ("ocr/ic15-words/TestSet/word_701.png", "BELIEVE", "0", "HE"),
+    ("ocr/ic15-words/TestSet/word_701.png", "BELIEVE", "", "AE"),
     (
         "ocr/ic15-words/TestSet/word_1051.png",
         "Citibank",
-        "ctbank",
+        "citibank",
         "citibank",
     ),
     (
@@ -91,15 +91,17 @@ const WORDS: &[(&str, &str, &str, &str)] = &[
         "ocr/ic15-words/TestSet/word_1751.png",
         "DOROTHYPERKINS",
         "",
-        "2",
+        "",
     ),
 ];
 
 /// Crops whose tiny confidence is below 0.9 (so the cascade at 0.9 re-reads them).
 const UNSURE_AT_0_9: &[&str] = &[
-    "ocr/iiit5k/test/34_10.png",
+    "ocr/iiit5k/test/2162_1.png",
+    "ocr/iiit5k/test/5019_1.png",
     "ocr/iiit5k/test/626_1.png",
     "ocr/ic15-words/TestSet/word_701.png",
+    "ocr/ic15-words/TestSet/word_1051.png",
     "ocr/ic15-words/TestSet/word_1751.png",
 ];
 
@@ -193,15 +195,16 @@ fn cascade_rereads_only_unsure_crops_with_small() {
 
 #[test]
 fn confidences_are_stable() {
-    // The Python reference's values (export/reference_ocr.py --mode crops --rec tiny),
-    // within 1e-4: resampling is bit-exact with OpenCV, and engines and CPUs differ by ~1e-6.
+    // The Python reference's values (export/reference_ocr.py --mode crops --rec tiny
+    // --width-steps), within 1e-4: resampling is bit-exact with OpenCV, and engines and CPUs
+    // differ by ~1e-6.
     let got = read_words(RecognizerChoice::Tiny, false);
     let expect = [
-        (0, 0.99986),
-        (2, 0.95754),
-        (12, 0.77673),
-        (19, 0.77855),
-        (27, 0.91106),
+        (0, 0.99987),
+        (2, 0.94726),
+        (12, 0.93335),
+        (19, 0.73005),
+        (27, 0.85888),
     ];
     for (i, conf) in expect {
         assert!(
@@ -325,7 +328,7 @@ fn reads_a_real_street_scene() {
 #[test]
 fn the_small_detector_reads_lines_the_tiny_one_garbles() {
     // ICDAR 2015 img_10, a notice in three lines. At 960 with the default cascade, the tiny
-    // detector's boxes read "when youpassby" and "residential areos."; the small detector's
+    // detector's boxes read "yourvolume", "youpassby" and "areos."; the small detector's
     // boxes are tighter and all three lines read right.
     let image = load(&data::root().join("ocr/ic15-e2e/Imgs/img_10.jpg"));
     let read = |detector| {
@@ -348,7 +351,7 @@ fn the_small_detector_reads_lines_the_tiny_one_garbles() {
     assert_eq!(
         texts(&tiny),
         [
-            "Please lower your volume",
+            "Please lower yourvolume",
             "when youpassby",
             "residential areos."
         ]
