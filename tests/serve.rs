@@ -328,7 +328,7 @@ async fn status_is_retained_online_and_offline_after_shutdown() {
     );
     assert_eq!(
         status["services"]["ocr"]["points"][15],
-        json!({"name": "det_small/small@1280", "quality": 0.6169, "detector": "small",
+        json!({"name": "det_small/small@1280", "quality": 0.6216, "detector": "small",
                "det_limit": 1280, "recognizer": {"kind": "small"}})
     );
     assert_eq!(status["services"]["ocr"]["policy"]["adaptive"], false);
