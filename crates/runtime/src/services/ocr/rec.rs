@@ -12,11 +12,11 @@ pub const HEIGHT: u32 = 48;
 /// Narrowest input width: shorter crops are padded to it.
 ///
 /// PP-OCR's own pipeline pads every crop to at least 320 columns, but a median ICDAR 2015
-/// word is about 110 columns wide at height 48 and 96% of them need fewer than 320, so most
-/// of the recognizer's work went to padding. At 128 the recognizers read as well (ICDAR
-/// 2015 end to end: 55.0 -> 55.2% at `cascade0.97@960`, 60.4 -> 60.9% at
-/// `det_small/small@960`) and a crop costs about a third (docs/benchmarks.md, "Narrower
-/// recognizer inputs").
+/// word needs 106 columns at height 48 and 96% of them need fewer than 320, so most
+/// of the recognizer's work went to padding. At 128 a crop costs about a third; the small
+/// recognizer reads as well, the tiny one loses about a point on cropped words, and end to
+/// end the points moved by -0.6 to +1.0 points (55.0 -> 55.2% at `cascade0.97@960`, 60.4
+/// -> 60.9% at `det_small/small@960`; docs/benchmarks.md, "Narrower recognizer inputs").
 pub const MIN_WIDTH: u32 = 128;
 /// Widest input (PaddleX's limit): wider crops are squeezed to it, so a 100000 x 1 image
 /// cannot make a multi-gigabyte tensor.
