@@ -280,9 +280,10 @@ fn ocr_reads_identical_strings_on_both_engines() {
         }
         items += on_tract.items.len();
     }
-    // The ten scenes hold this many words readable at this size: a guard against comparing
-    // nothing.
-    assert_eq!(items, 17);
+    // The ten scenes hold this many words read above `min_confidence` at this size: a guard
+    // against comparing nothing. (17 with recognizer inputs padded to 320 columns; at 128 one
+    // word's confidence falls under 0.5 on both engines.)
+    assert_eq!(items, 16);
 
     let crops: Vec<_> = data::iiit5k()
         .unwrap()

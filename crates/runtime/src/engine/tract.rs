@@ -428,8 +428,8 @@ mod tests {
 
     /// Plans at four crop widths share their packed weights: the further widths add a few
     /// matrices packed for another kernel (measured on an AVX-512 Xeon: 4.6 MiB for two plans,
-    /// 5.3 for four, against 4 x 4.5 without sharing; AVX2 EPYC: 7.3 and 8.1), and answer as a
-    /// model planned at that width alone.
+    /// 5.3 for four, against 4 x 4.5 without sharing; AVX2 EPYC: 7.3 and 8.1; AVX-512 EPYC:
+    /// 5.7 and 8.9), and answer as a model planned at that width alone.
     #[test]
     fn plans_of_one_model_share_their_weights() {
         let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
@@ -458,11 +458,20 @@ mod tests {
         for width in [544, 704] {
             last = shared.run(&[Input::F32(image(width).view())]).unwrap();
         }
+        // Which kernel a matrix gets depends on the width, and more so on some CPUs (an
+        // AVX-512 EPYC packs for five kernels across these widths), so what two more widths
+        // add varies; what must hold is that four plans keep well under four copies.
         let four_plans = shared.weights.lock().held_bytes();
+        let unshared: usize = shared
+            .plans
+            .lock()
+            .all()
+            .iter()
+            .map(|plan| weights::constant_bytes(plan.model()))
+            .sum();
         assert!(
-            four_plans < two_plans * 4 / 3,
-            "two more widths added {} bytes to {two_plans}",
-            four_plans - two_plans
+            four_plans * 10 < unshared * 6,
+            "four plans hold {four_plans} bytes, {unshared} on their own"
         );
         let alone = engine
             .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)

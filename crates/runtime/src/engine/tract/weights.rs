@@ -142,6 +142,28 @@ impl SharedWeights {
     }
 }
 
+/// The bytes of every constant `plan` holds, shared or not: what it would hold alone.
+#[cfg(test)]
+pub(super) fn constant_bytes(plan: &TypedModel) -> usize {
+    let mut bytes = 0;
+    for node in &plan.nodes {
+        if let Some(matmul) = node.op_as::<OptMatMul>() {
+            for micro_op in &matmul.micro_ops {
+                if let ProtoFusedSpec::AddMatMul { a, b, .. } = micro_op {
+                    bytes += [a, b]
+                        .into_iter()
+                        .filter_map(eager_packed)
+                        .map(|packed| packed.packed.len())
+                        .sum::<usize>();
+                }
+            }
+        } else if let Some(konst) = node.op_as::<Const>() {
+            bytes += plain_bytes(konst.val());
+        }
+    }
+    bytes
+}
+
 /// The packed matrix a matrix product holds as a constant operand. Only eagerly packed
 /// values: their clone shares the packed buffer (an `Arc`), where another kind of value
 /// might copy its data and hold more instead of less.
