@@ -65,6 +65,19 @@ async fn embedded_broker_answers_v5_requests_with_correlation() {
     // No controller here: the answer says its deadline was not planned for.
     assert_eq!(answer["policy"]["adaptive"], false);
     assert_eq!(answer["policy"]["why"], "no controller configured");
+    // A point held at its default plans no other point in the background; a request that
+    // pins one has its models planned then.
+    let request = json!({"image_b64": base64::engine::general_purpose::STANDARD.encode(sign_png()),
+        "point": "det_small/small@960"});
+    let answer = client
+        .ask(
+            "edgerun/dev-a/ocr/request",
+            serde_json::to_vec(&request).unwrap(),
+            Some("application/json"),
+        )
+        .await;
+    assert_eq!(answer["point"], "det_small/small@960", "{answer}");
+    assert_eq!(texts(&answer), ["EDGE RUNTIME", "OPEN 24 HOURS", "EXIT 42"]);
     server.shutdown().unwrap();
 }
 

@@ -33,6 +33,14 @@ pub enum PointChoice {
     Fixed { why: String },
 }
 
+impl PointChoice {
+    /// Whether requests may be served at another point than the default without asking
+    /// for it: a controller chooses, now or once the points are measured.
+    pub fn may_change(&self) -> bool {
+        !matches!(self, PointChoice::Fixed { .. })
+    }
+}
+
 /// What a lane chooses with now.
 enum Chooser {
     Controller(Box<Controller>),
@@ -230,6 +238,11 @@ mod tests {
             adapt: false,
         };
         let choice = PointChoice::Adaptive(Box::new(controller));
+        assert!(choice.may_change());
+        let fixed = PointChoice::Fixed {
+            why: "pinned".into(),
+        };
+        assert!(!fixed.may_change());
         let policy = Arc::new(LanePolicy::new(&choice, monitor, threads, 1));
         let holder = policy.clone();
         let panicked = std::thread::spawn(move || {
