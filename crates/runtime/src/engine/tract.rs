@@ -19,6 +19,7 @@
 //! too, since that one plan serves every input the model accepts.
 
 mod conv_choice;
+mod kernels;
 mod op_times;
 mod weights;
 
@@ -47,6 +48,7 @@ pub struct TractEngine {
 
 impl TractEngine {
     pub fn new(config: EngineConfig) -> Self {
+        kernels::choose();
         let executor = (config.threads > 1).then(|| Executor::multithread(config.threads));
         TractEngine { config, executor }
     }
