@@ -65,10 +65,10 @@ async fn embedded_broker_answers_v5_requests_with_correlation() {
     // No controller here: the answer says its deadline was not planned for.
     assert_eq!(answer["policy"]["adaptive"], false);
     assert_eq!(answer["policy"]["why"], "no controller configured");
-    // A point held at its default plans no other point in the background; a request that
-    // pins one has its models planned then.
-    let request = json!({"image_b64": base64::engine::general_purpose::STANDARD.encode(sign_png()),
-        "point": "det_small/small@960"});
+    // Held at its default, the server planned no other point ahead; a request that pins
+    // one is served at it, its models planned by that request.
+    let b64 = base64::engine::general_purpose::STANDARD.encode(sign_png());
+    let request = json!({"image_b64": b64, "point": "det_small/small@960"});
     let answer = client
         .ask(
             "edgerun/dev-a/ocr/request",

@@ -196,8 +196,9 @@ pub fn start(
 /// then the points of `learn_jobs` are measured. `services` are those whose point may
 /// change: a controller switching under load must find its next point ready. A service
 /// held at its default plans another point only when a request pins it (or steps down to
-/// it under a deadline), so a device that serves one point does not keep the others' plans (all four services, `bench memory
-/// --no-adapt`: 171 MiB instead of 204 after 1000 requests).
+/// it under a deadline), so a device that serves one point does not keep the others'
+/// plans (all four services, `bench memory --no-adapt`: 171 MiB instead of 204 after 1000
+/// requests).
 fn spawn_background(
     services: Vec<Arc<dyn Service>>,
     learn_jobs: Vec<LearnJob>,

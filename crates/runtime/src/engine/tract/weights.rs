@@ -142,26 +142,12 @@ impl SharedWeights {
     }
 }
 
-/// The bytes of every constant `plan` holds, shared or not: what it would hold alone.
+/// The bytes of the constants `plan` holds on its own: what it would hold unshared.
 #[cfg(test)]
 pub(super) fn constant_bytes(plan: &TypedModel) -> usize {
-    let mut bytes = 0;
-    for node in &plan.nodes {
-        if let Some(matmul) = node.op_as::<OptMatMul>() {
-            for micro_op in &matmul.micro_ops {
-                if let ProtoFusedSpec::AddMatMul { a, b, .. } = micro_op {
-                    bytes += [a, b]
-                        .into_iter()
-                        .filter_map(eager_packed)
-                        .map(|packed| packed.packed.len())
-                        .sum::<usize>();
-                }
-            }
-        } else if let Some(konst) = node.op_as::<Const>() {
-            bytes += plain_bytes(konst.val());
-        }
-    }
-    bytes
+    let mut alone = SharedWeights::default();
+    alone.remember(plan);
+    alone.held_bytes()
 }
 
 /// The packed matrix a matrix product holds as a constant operand. Only eagerly packed
