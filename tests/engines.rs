@@ -404,3 +404,36 @@ fn auto_measures_both_engines_and_keeps_one() {
     assert_eq!(detector.placement().engine, "tract");
     assert!(detector.placement().notes.is_empty());
 }
+
+#[test]
+fn overlapping_requests_open_another_session_that_answers_alike() {
+    // A model of its own (the shared pipeline's are run by the other tests at the same time).
+    let dir = ModelDir::open(&models::default_root(), "ocr").unwrap();
+    let model = dir.load(ort_engine(), "rec_tiny.onnx").unwrap();
+    let crop = ArrayD::from_shape_fn(vec![1, 3, 48, 128], |i| {
+        let (c, y, x) = (i[1] as f32, i[2] as f32, i[3] as f32);
+        ((x * 0.37 + y * 0.11 + c).sin() * 0.8).clamp(-1.0, 1.0)
+    });
+    let input = [Input::F32(crop.view())];
+    let alone = model.run(&input).unwrap();
+    assert_eq!(
+        model.instances(),
+        1,
+        "one request at a time needs one session"
+    );
+    let cores = std::thread::available_parallelism().unwrap().get();
+    let start = std::sync::Barrier::new(2);
+    std::thread::scope(|scope| {
+        for _ in 0..2 {
+            scope.spawn(|| {
+                start.wait();
+                for _ in 0..40 {
+                    let overlapping = model.run(&input).unwrap();
+                    // Same kernels and the same packed weights: the same bits.
+                    assert_eq!(overlapping, alone);
+                }
+            });
+        }
+    });
+    assert_eq!(model.instances(), cores.min(2));
+}

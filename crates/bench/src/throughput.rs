@@ -16,6 +16,7 @@ use super::{Machine, Table, write_json};
 use edgerun_runtime::latency::percentile;
 use edgerun_runtime::mqtt::client::{Reply, RequestClient};
 use edgerun_runtime::profiler::Sample;
+use edgerun_runtime::telemetry::resident;
 
 /// One way to run the OCR service.
 #[derive(Debug, Clone, Copy, PartialEq, Serialize)]
@@ -98,6 +99,12 @@ pub struct LayoutRun {
     pub speedup: f64,
     /// Error answers (none expected: the queue is deeper than what is in flight).
     pub errors: usize,
+    /// The server's peak resident set, MiB: what the layout costs while busy (each worker
+    /// holds a request's activations; with ONNX Runtime, a session and its arena each).
+    pub peak_rss_mib: f64,
+    /// Its resident set once idle for a second after the last pass, MiB (an idle server
+    /// returns its free heap; ONNX Runtime's arenas keep theirs).
+    pub idle_rss_mib: f64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -201,6 +208,8 @@ async fn measure(
         }
         rounds.push(images.len() as f64 / started.elapsed().as_secs_f64());
     }
+    tokio::time::sleep(IDLE).await;
+    let memory = resident(Some(server.pid())).context("reading the server's resident set")?;
     client.disconnect().await;
     watcher.disconnect().await;
     server.stop();
@@ -213,8 +222,13 @@ async fn measure(
         rounds_images_per_s: rounds,
         speedup: f64::NAN,
         errors,
+        peak_rss_mib: memory.peak_kib as f64 / 1024.0,
+        idle_rss_mib: memory.rss_kib as f64 / 1024.0,
     })
 }
+
+/// How long the server idles after the last pass before its resident set is read.
+const IDLE: Duration = Duration::from_secs(1);
 
 /// One pass over the images.
 struct Pass {
@@ -274,6 +288,8 @@ pub fn report_text(report: &ThroughputReport) -> String {
         "images/s",
         "x single stream",
         "errors",
+        "peak RSS MiB",
+        "idle RSS MiB",
     ]);
     for run in &report.runs {
         table.row(vec![
@@ -283,6 +299,8 @@ pub fn report_text(report: &ThroughputReport) -> String {
             format!("{:.2}", run.images_per_s),
             format!("{:.2}", run.speedup),
             run.errors.to_string(),
+            format!("{:.0}", run.peak_rss_mib),
+            format!("{:.0}", run.idle_rss_mib),
         ]);
     }
     format!(

@@ -15,6 +15,8 @@
 mod int8;
 #[cfg(feature = "ort")]
 mod ort;
+#[cfg(feature = "ort")]
+mod pool;
 pub mod record;
 mod select;
 mod tract;
@@ -160,6 +162,12 @@ pub trait Model: Send + Sync {
     /// [`Placement::plans_per_shape`] without building the placement: callers ask it per
     /// request.
     fn plans_per_shape(&self) -> bool;
+
+    /// How many instances of the model are open: ONNX Runtime on the CPU opens a session per
+    /// request in flight at once; one tract plan serves any number of requests.
+    fn instances(&self) -> usize {
+        1
+    }
 }
 
 /// Where a loaded model runs: the backend, the execution providers it was given (in order of

@@ -8,7 +8,12 @@
 //! Execution providers are registered with `error_on_failure`, so a provider that cannot load
 //! (no GPU, CPU-only library, missing CUDA libraries) is reported in the model's
 //! [`Placement`] instead of ONNX Runtime quietly running everything on the CPU.
+//!
+//! ort runs a session through `&mut`, so one session serves one request at a time. On the
+//! CPU a model whose requests overlap (two workers) opens another session of itself rather
+//! than making them take turns; its sessions share their packed weights.
 
+use std::borrow::Cow;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
@@ -17,19 +22,25 @@ use parking_lot::Mutex;
 use ndarray::ArrayD;
 use ort::environment::Environment;
 use ort::ep::{self, ExecutionProviderDispatch};
-use ort::session::builder::{GraphOptimizationLevel, SessionBuilder};
+use ort::session::builder::{GraphOptimizationLevel, PrepackedWeights, SessionBuilder};
 use ort::session::{Session, SessionInputValue};
 use ort::value::{Tensor, TensorElementType, TensorRef, ValueRef, ValueType};
 
+use super::pool::Pool;
 use super::{
-    ElementType, Engine, EngineConfig, EngineError, Input, Model, Onnx, Placement, Provider,
+    ElementType, Engine, EngineConfig, EngineError, Input, Model, Onnx, Placement, Provider, Reread,
 };
 
 /// Loads ONNX files into ONNX Runtime sessions.
 pub struct OrtEngine {
-    environment: Environment,
     /// The library's path and build information, for logs and reports.
     library: String,
+    settings: Arc<SessionSettings>,
+}
+
+/// What every session of this engine is opened with; models keep it to open more.
+struct SessionSettings {
+    environment: Environment,
     config: EngineConfig,
     tensorrt_cache: PathBuf,
 }
@@ -46,14 +57,16 @@ impl OrtEngine {
             .unwrap_or_else(|| PathBuf::from("libonnxruntime.so"));
         let environment = environment(&library)?;
         Ok(OrtEngine {
-            environment,
             library: format!("{} ({})", library.display(), build_info()),
-            config: config.clone(),
-            tensorrt_cache: config
-                .ort
-                .tensorrt_cache
-                .clone()
-                .unwrap_or_else(default_tensorrt_cache),
+            settings: Arc::new(SessionSettings {
+                environment,
+                config: config.clone(),
+                tensorrt_cache: config
+                    .ort
+                    .tensorrt_cache
+                    .clone()
+                    .unwrap_or_else(default_tensorrt_cache),
+            }),
         })
     }
 
@@ -61,8 +74,10 @@ impl OrtEngine {
     pub fn library(&self) -> &str {
         &self.library
     }
+}
 
-    fn builder(&self) -> ort::Result<SessionBuilder> {
+impl SessionSettings {
+    fn base_builder(&self) -> ort::Result<SessionBuilder> {
         Ok(Session::builder(&self.environment)?
             // `All` is ONNX Runtime's own default; ort's `Level3` stops at layout rewrites.
             .with_optimization_level(GraphOptimizationLevel::All)?
@@ -93,6 +108,48 @@ impl OrtEngine {
             Provider::Cpu => ep::CPU::default().with_arena_allocator(true).build(),
         }
         .error_on_failure()
+    }
+
+    /// A builder for `model` with those of `providers` that load (in order) and notes on
+    /// those that do not.
+    fn builder(
+        &self,
+        model: &str,
+        providers: &[Provider],
+        prepacked: &PrepackedWeights,
+    ) -> Result<(SessionBuilder, Vec<Provider>, Vec<String>), EngineError> {
+        let load_error = |message: String| EngineError::Load {
+            model: model.to_string(),
+            message,
+        };
+        let mut builder = self
+            .base_builder()
+            .and_then(|b| Ok(b.with_prepacked_weights(prepacked)?))
+            .map_err(|e| load_error(e.to_string()))?;
+        let mut loaded = Vec::new();
+        let mut notes = Vec::new();
+        for &provider in providers {
+            builder = match builder.with_execution_providers([self.dispatch(provider, model)]) {
+                Ok(builder) => {
+                    loaded.push(provider);
+                    builder
+                }
+                Err(e) => {
+                    let note = format!("{} unavailable: {}", provider.name(), e.message());
+                    tracing::warn!("{model}: {note}");
+                    notes.push(note);
+                    e.recover()
+                }
+            };
+        }
+        if loaded.is_empty() {
+            return Err(load_error(format!(
+                "none of the execution providers could be used ({}); add \"cpu\" to the \
+                 providers to allow running on the CPU",
+                notes.join("; ")
+            )));
+        }
+        Ok((builder, loaded, notes))
     }
 }
 
@@ -144,71 +201,71 @@ impl Engine for OrtEngine {
     }
 
     fn load(&self, name: &str, onnx: Onnx<'_>) -> Result<Arc<dyn Model>, EngineError> {
-        // A session keeps what it needs; the bytes are not read again.
-        let onnx = onnx.bytes;
+        let settings = &self.settings;
+        let config = &settings.config;
         let load_error = |message: String| EngineError::Load {
             model: name.to_string(),
             message,
         };
-        if self.config.ort.providers.contains(&Provider::Tensorrt) {
-            std::fs::create_dir_all(&self.tensorrt_cache).map_err(|e| {
+        if config.ort.providers.contains(&Provider::Tensorrt) {
+            std::fs::create_dir_all(&settings.tensorrt_cache).map_err(|e| {
                 load_error(format!(
                     "TensorRT cache {}: {e}",
-                    self.tensorrt_cache.display()
+                    settings.tensorrt_cache.display()
                 ))
             })?;
         }
-        let mut builder = self.builder().map_err(|e| load_error(e.to_string()))?;
-        let mut providers = Vec::new();
-        let mut notes = Vec::new();
-        for &provider in &self.config.ort.providers {
-            builder = match builder.with_execution_providers([self.dispatch(provider, name)]) {
-                Ok(builder) => {
-                    providers.push(provider);
-                    builder
-                }
-                Err(e) => {
-                    let note = format!("{} unavailable: {}", provider.name(), e.message());
-                    tracing::warn!("{name}: {note}");
-                    notes.push(note);
-                    e.recover()
-                }
-            };
-        }
-        if providers.is_empty() {
-            return Err(load_error(format!(
-                "none of the execution providers could be used ({}); add \"cpu\" to the \
-                 providers to allow running on the CPU",
-                notes.join("; ")
-            )));
-        }
-        let quantized;
-        let onnx = if self.config.ort.int8_matmul_for(name) {
-            let (bytes, count) = super::int8::quantize_matmuls(onnx).map_err(load_error)?;
+        let prepacked = PrepackedWeights::new();
+        let (mut builder, providers, mut notes) =
+            settings.builder(name, &config.ort.providers, &prepacked)?;
+        let int8 = config.ort.int8_matmul_for(name);
+        let quantized = if int8 {
+            let (bytes, count) = super::int8::quantize_matmuls(onnx.bytes).map_err(load_error)?;
             notes.push(format!("{count} MatMuls in int8"));
-            quantized = bytes;
-            &quantized[..]
+            Some(bytes)
         } else {
-            onnx
+            None
         };
         let session = builder
-            .commit_from_memory(onnx)
+            .commit_from_memory(quantized.as_deref().unwrap_or(onnx.bytes))
             .map_err(|e| load_error(e.to_string()))?;
         let inputs = session
             .inputs()
             .iter()
             .map(|outlet| outlet.name().to_string())
             .collect();
+        // GPU providers run one request at a time anyway, and a second session would hold a
+        // second copy of the weights in device memory (or build a second TensorRT engine).
+        let limit = if providers == [Provider::Cpu] {
+            std::thread::available_parallelism().map_or(1, |n| n.get())
+        } else {
+            1
+        };
+        let source = match (onnx.reread, quantized) {
+            (Some(reread), _) => OnnxSource::Reread {
+                reread: reread.clone(),
+                int8,
+            },
+            (None, Some(quantized)) => OnnxSource::Held(quantized),
+            (None, None) => OnnxSource::Held(onnx.bytes.to_vec()),
+        };
         Ok(Arc::new(OrtModel {
             placement: Placement {
                 model: name.to_string(),
                 engine: "ort",
-                providers,
-                threads: self.config.threads,
+                providers: providers.clone(),
+                threads: config.threads,
                 notes,
             },
             inputs,
-            session: Mutex::new(session),
+            sessions: Pool::new(session, limit),
+            another: AnotherSession {
+                settings: settings.clone(),
+                model: name.to_string(),
+                providers,
+                prepacked,
+                onnx: source,
+            },
         }))
     }
 }
@@ -216,8 +273,53 @@ impl Engine for OrtEngine {
 struct OrtModel {
     placement: Placement,
     inputs: Vec<String>,
-    /// ort runs a session through `&mut`; requests to one model take turns.
-    session: Mutex<Session>,
+    /// One session per request in flight, opened as requests overlap (up to one per core).
+    sessions: Pool<Session>,
+    another: AnotherSession,
+}
+
+/// What opening another session of a loaded model takes.
+struct AnotherSession {
+    settings: Arc<SessionSettings>,
+    model: String,
+    /// The providers the first session loaded with.
+    providers: Vec<Provider>,
+    /// Shared by all sessions of the model: weights packed once.
+    prepacked: PrepackedWeights,
+    onnx: OnnxSource,
+}
+
+/// Where another session's ONNX bytes come from.
+enum OnnxSource {
+    /// Read again from the model folder (checked against the manifest), and rewritten to
+    /// int8 MatMuls if the first session was: nothing is held between sessions.
+    Reread { reread: Reread, int8: bool },
+    /// Bytes given only in memory, as the first session read them.
+    Held(Vec<u8>),
+}
+
+impl AnotherSession {
+    fn open(&self) -> Result<Session, String> {
+        let bytes = match &self.onnx {
+            OnnxSource::Held(bytes) => Cow::Borrowed(&bytes[..]),
+            OnnxSource::Reread { reread, int8 } => {
+                let bytes = reread()?;
+                match int8 {
+                    true => Cow::Owned(super::int8::quantize_matmuls(&bytes)?.0),
+                    false => Cow::Owned(bytes),
+                }
+            }
+        };
+        let (mut builder, _, _) = self
+            .settings
+            .builder(&self.model, &self.providers, &self.prepacked)
+            .map_err(|e| e.to_string())?;
+        let session = builder
+            .commit_from_memory(&bytes)
+            .map_err(|e| e.to_string())?;
+        tracing::debug!(model = %self.model, "opened another session for overlapping requests");
+        Ok(session)
+    }
 }
 
 impl OrtModel {
@@ -263,7 +365,15 @@ impl Model for OrtModel {
             .map(session_input)
             .collect::<ort::Result<Vec<_>>>()
             .map_err(|e| self.run_error(e))?;
-        let mut session = self.session.lock();
+        let mut session = self.sessions.take(
+            || self.another.open(),
+            |why| {
+                tracing::warn!(
+                    "{}: cannot open another session ({why}); requests take turns",
+                    self.placement.model
+                )
+            },
+        );
         let outputs = session
             .run(values.as_slice())
             .map_err(|e| self.run_error(e))?;
@@ -288,5 +398,9 @@ impl Model for OrtModel {
 
     fn plans_per_shape(&self) -> bool {
         self.placement.plans_per_shape()
+    }
+
+    fn instances(&self) -> usize {
+        self.sessions.opened()
     }
 }

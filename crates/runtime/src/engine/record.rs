@@ -138,6 +138,10 @@ impl Model for RecordingModel {
         self.model.placement()
     }
 
+    fn instances(&self) -> usize {
+        self.model.instances()
+    }
+
     fn plans_per_shape(&self) -> bool {
         self.model.plans_per_shape()
     }

@@ -227,6 +227,10 @@ impl Model for AutoModel {
     fn plans_per_shape(&self) -> bool {
         self.with_current(|model, _| model.plans_per_shape())
     }
+
+    fn instances(&self) -> usize {
+        self.with_current(|model, _| model.instances())
+    }
 }
 
 /// A model with a note for its placement.
@@ -252,6 +256,10 @@ impl Model for Noted {
 
     fn plans_per_shape(&self) -> bool {
         self.model.plans_per_shape()
+    }
+
+    fn instances(&self) -> usize {
+        self.model.instances()
     }
 }
 
