@@ -140,7 +140,7 @@ pub enum Warm {
 }
 
 impl Warm {
-    fn scope(self) -> Option<WarmUp> {
+    fn scope(self) -> Option<WarmUp<'static>> {
         match self {
             Warm::Up => Some(WarmUp::EveryPoint),
             Warm::DefaultPoint => Some(WarmUp::DefaultPoint),

@@ -1,7 +1,9 @@
 //! Which models each service plans ahead of requests: `serve` comes online on its default
-//! points' models ([`WarmUp::DefaultPoint`]) and plans the rest in the background
-//! ([`WarmUp::EveryPoint`]). Checked on the shipped models, through an engine that records
-//! every warm-up.
+//! points' models ([`WarmUp::DefaultPoint`]) and plans in the background those of every
+//! point while they are to be measured ([`WarmUp::EveryPoint`]), or of its controller's
+//! candidates ([`WarmUp::Points`]), whose models alone keep their plans once measured
+//! (`release_outside`). Checked on the shipped models, through an engine that records every
+//! warm-up and release.
 
 use std::collections::BTreeMap;
 
@@ -107,4 +109,51 @@ fn legal_warms_the_default_stitched_chain_first() {
     assert_eq!(every.len(), 18, "every model in models/legal: {every:?}");
     assert!(every.contains_key("legal/stitch_l3.2-l6.5.onnx"));
     assert!(every.contains_key("legal/emb_l6.onnx"));
+}
+
+#[test]
+fn a_controllers_candidates_keep_their_plans_and_the_rest_are_released() {
+    let recorder = recorder();
+    let dir = ModelDir::open(&default_root(), "ocr").unwrap();
+    let pipeline = OcrPipeline::load(&recorder, &dir).unwrap();
+    let candidates = ["tiny@640".to_string()];
+    // The default point (cascade0.9@960) is always in scope.
+    pipeline.warm_up(WarmUp::Points(&candidates)).unwrap();
+    assert_eq!(
+        counts(&recorder),
+        named(&[
+            ("ocr/det_tiny.onnx", 1),
+            ("ocr/rec_small.onnx", 1),
+            ("ocr/rec_tiny.onnx", 1),
+        ])
+    );
+    pipeline.release_outside(WarmUp::Points(&candidates));
+    assert_eq!(recorder.releases(), ["ocr/det_small.onnx"]);
+
+    let recorder = self::recorder();
+    let legal = Legal::load(&default_root(), &recorder, None).unwrap();
+    // cola:4.5 chains emb_l6, l6_layer4, l6_layer5; the default sn:l3.1-l6.1 the rest kept.
+    legal.release_outside(WarmUp::Points(&["cola:4.5".to_string()]));
+    assert_eq!(
+        recorder.releases(),
+        [
+            "legal/l3_layer1.onnx",
+            "legal/l3_layer2.onnx",
+            "legal/l6_layer0.onnx",
+            "legal/stitch_l3.1-l6.2.onnx",
+            "legal/stitch_l3.1-l6.3.onnx",
+            "legal/stitch_l3.2-l6.3.onnx",
+            "legal/stitch_l3.2-l6.4.onnx",
+            "legal/stitch_l3.2-l6.5.onnx",
+        ]
+    );
+
+    let recorder = self::recorder();
+    let generate = Generate::load(&default_root(), &recorder).unwrap();
+    // sid:1 runs one step of sid4, as the default sid:2 does two: sid1 and the teacher go.
+    generate.release_outside(WarmUp::Points(&["sid:1".to_string()]));
+    assert_eq!(
+        recorder.releases(),
+        ["generate/sid1.onnx", "generate/teacher.onnx"]
+    );
 }

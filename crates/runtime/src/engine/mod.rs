@@ -168,6 +168,11 @@ pub trait Model: Send + Sync {
     fn instances(&self) -> usize {
         1
     }
+
+    /// Drops what was built for the shapes run so far (tract's plans and the packed weights
+    /// only they held), because no request is expected to need it soon; the next run at any
+    /// shape builds its plan again. Engines that keep nothing per shape keep everything.
+    fn release(&self) {}
 }
 
 /// Where a loaded model runs: the backend, the execution providers it was given (in order of

@@ -54,6 +54,7 @@ pub struct Recorder<E> {
     inner: E,
     runs: Arc<Mutex<Runs>>,
     warm_ups: Arc<Mutex<WarmUps>>,
+    releases: Arc<Mutex<Vec<String>>>,
 }
 
 impl<E: Engine> Recorder<E> {
@@ -62,6 +63,7 @@ impl<E: Engine> Recorder<E> {
             inner,
             runs: Arc::default(),
             warm_ups: Arc::default(),
+            releases: Arc::default(),
         }
     }
 
@@ -73,6 +75,11 @@ impl<E: Engine> Recorder<E> {
     /// The warm-ups recorded so far; recording goes on.
     pub fn warm_ups(&self) -> WarmUps {
         self.warm_ups.lock().clone()
+    }
+
+    /// The names of the models released so far, in order; recording goes on.
+    pub fn releases(&self) -> Vec<String> {
+        self.releases.lock().clone()
     }
 }
 
@@ -102,6 +109,7 @@ impl<E: Engine> Recorder<E> {
             model,
             runs: self.runs.clone(),
             warm_ups: self.warm_ups.clone(),
+            releases: self.releases.clone(),
         })
     }
 }
@@ -111,6 +119,7 @@ struct RecordingModel {
     model: Arc<dyn Model>,
     runs: Arc<Mutex<Runs>>,
     warm_ups: Arc<Mutex<WarmUps>>,
+    releases: Arc<Mutex<Vec<String>>>,
 }
 
 impl Model for RecordingModel {
@@ -140,6 +149,11 @@ impl Model for RecordingModel {
 
     fn instances(&self) -> usize {
         self.model.instances()
+    }
+
+    fn release(&self) {
+        self.releases.lock().push(self.name.clone());
+        self.model.release()
     }
 
     fn plans_per_shape(&self) -> bool {

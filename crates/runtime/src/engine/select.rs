@@ -231,6 +231,12 @@ impl Model for AutoModel {
     fn instances(&self) -> usize {
         self.with_current(|model, _| model.instances())
     }
+
+    fn release(&self) {
+        for model in &self.candidates {
+            model.release();
+        }
+    }
 }
 
 /// A model with a note for its placement.
@@ -260,6 +266,10 @@ impl Model for Noted {
 
     fn instances(&self) -> usize {
         self.model.instances()
+    }
+
+    fn release(&self) {
+        self.model.release()
     }
 }
 

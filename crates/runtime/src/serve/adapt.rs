@@ -19,7 +19,7 @@ use crate::engine;
 use crate::mqtt::envelope::Steering;
 use crate::policy::threads::single_threaded_under_load;
 use crate::policy::{Conditions, Controller, Decision, RequestPolicy};
-use crate::services::ServiceError;
+use crate::services::{ServiceError, WarmUp};
 use crate::telemetry::{Cpu, Monitor};
 
 /// How a service's operating point is chosen.
@@ -34,10 +34,33 @@ pub enum PointChoice {
 }
 
 impl PointChoice {
-    /// Whether requests may be served at another point than the default without asking
-    /// for it: a controller chooses, now or once the points are measured.
-    pub fn may_change(&self) -> bool {
-        !matches!(self, PointChoice::Fixed { .. })
+    /// The points beyond the default that requests may be served at without asking for
+    /// them, whose models are worth planning ahead: a controller's candidates, every point
+    /// while they are still to be measured, none for a service held at its default.
+    pub fn plan_ahead(&self) -> Option<PlanAhead> {
+        match self {
+            PointChoice::Adaptive(controller) => {
+                Some(PlanAhead::Candidates(controller.state().candidates))
+            }
+            PointChoice::Learn(_) => Some(PlanAhead::EveryPoint),
+            PointChoice::Fixed { .. } => None,
+        }
+    }
+}
+
+/// What [`PointChoice::plan_ahead`] plans.
+#[derive(Debug, Clone, PartialEq)]
+pub enum PlanAhead {
+    EveryPoint,
+    Candidates(Vec<String>),
+}
+
+impl PlanAhead {
+    pub fn scope(&self) -> WarmUp<'_> {
+        match self {
+            PlanAhead::EveryPoint => WarmUp::EveryPoint,
+            PlanAhead::Candidates(points) => WarmUp::Points(points),
+        }
     }
 }
 
@@ -220,6 +243,7 @@ mod tests {
         let points = vec![
             ProfiledPoint::new("fast", 0.5, 10.0, 12.0),
             ProfiledPoint::new("good", 0.9, 40.0, 45.0),
+            ProfiledPoint::new("slow", 0.8, 60.0, 65.0),
         ];
         let config = PolicyConfig {
             slo_ms: 100.0,
@@ -238,11 +262,19 @@ mod tests {
             adapt: false,
         };
         let choice = PointChoice::Adaptive(Box::new(controller));
-        assert!(choice.may_change());
+        // "slow" is no better than "good" and slower: the controller never chooses it.
+        assert_eq!(
+            choice.plan_ahead(),
+            Some(PlanAhead::Candidates(vec!["fast".into(), "good".into()]))
+        );
+        let scope = choice.plan_ahead().unwrap();
+        assert!(scope.scope().includes("good", "default"));
+        assert!(!scope.scope().includes("slow", "default"));
+        assert!(scope.scope().includes("default", "default"));
         let fixed = PointChoice::Fixed {
             why: "pinned".into(),
         };
-        assert!(!fixed.may_change());
+        assert_eq!(fixed.plan_ahead(), None);
         let policy = Arc::new(LanePolicy::new(&choice, monitor, threads, 1));
         let holder = policy.clone();
         let panicked = std::thread::spawn(move || {

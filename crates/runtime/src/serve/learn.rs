@@ -17,7 +17,7 @@ use super::adapt::LanePolicy;
 use crate::policy::profile::{self, ProfileKey, ServiceProfile};
 use crate::policy::{Controller, Planning, PolicyConfig};
 use crate::profiler::{Activity, ProfileSettings, Sample, profile_service};
-use crate::services::Service;
+use crate::services::{Service, WarmUp};
 
 /// What a lane needs to become adaptive by itself.
 pub struct Learning {
@@ -61,12 +61,15 @@ pub fn run(jobs: Vec<LearnJob>, activity: &Activity, changed: impl Fn()) {
         let name = job.service.name();
         match learn(&job, activity) {
             Ok(controller) => {
+                let candidates = controller.state().candidates;
                 tracing::info!(
-                    "{name}: measured; adaptive over {:?}, starting at {}",
-                    controller.state().candidates,
+                    "{name}: measured; adaptive over {candidates:?}, starting at {}",
                     controller.current()
                 );
                 job.policy.install(controller);
+                // Measuring planned every point; the controller chooses among these.
+                job.service.release_outside(WarmUp::Points(&candidates));
+                crate::allocator::return_free_memory();
             }
             Err(e) if activity.is_stopping() => {
                 tracing::debug!("{name}: measuring stopped: {e:#}");

@@ -36,9 +36,9 @@ use rumqttc::{TlsConfiguration, TlsError, Transport};
 use serde_json::{Value, json};
 use tokio::sync::{mpsc, oneshot};
 
-use self::adapt::LanePolicy;
 pub use self::adapt::PointChoice;
 pub use self::adapt::ThreadUse;
+use self::adapt::{LanePolicy, PlanAhead};
 pub use self::config::{ServeConfig, ServiceConfig};
 use self::lane::{Answer, Job, Lane, error_body};
 use self::learn::LearnJob;
@@ -46,7 +46,7 @@ use self::replay::{Admission, Replay, RequestKey};
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{BrokerUrl, EmbeddedBroker, Topics};
 use crate::profiler::Activity;
-use crate::services::{Output, Service, ServiceError, WarmUp};
+use crate::services::{Output, Service, ServiceError};
 use crate::telemetry::{Monitor, Sampler};
 
 /// How often the device is sampled for the controllers (telemetry publishes less often).
@@ -191,16 +191,17 @@ pub fn start(
 }
 
 /// The server's background work, on one thread so that the two never plan the same model
-/// at once: first every point's models of `services` are planned for typical inputs
-/// (loading planned only the default points', so that the device comes online sooner),
-/// then the points of `learn_jobs` are measured. `services` are those whose point may
-/// change: a controller switching under load must find its next point ready. A service
-/// held at its default plans another point only when a request pins it (or steps down to
-/// it under a deadline), so a device that serves one point does not keep the others'
-/// plans (all four services, `bench memory --no-adapt`: 171 MiB instead of 204 after 1000
-/// requests).
+/// at once: first the models of the points each of `services` may switch to are planned
+/// for typical inputs (loading planned only the default points', so that the device comes
+/// online sooner), then the points of `learn_jobs` are measured. `services` are those
+/// whose point may change: a controller switching under load must find its next point
+/// ready. With a controller, that is its candidates (the points on its quality/latency
+/// front); while the points are still to be measured, every point. A service held at its
+/// default plans another point only when a request pins it (or steps down to it under a
+/// deadline), so a device that serves one point does not keep the others' plans (all four
+/// services, `bench memory --no-adapt`: 171 MiB instead of 204 after 1000 requests).
 fn spawn_background(
-    services: Vec<Arc<dyn Service>>,
+    services: Vec<(Arc<dyn Service>, PlanAhead)>,
     learn_jobs: Vec<LearnJob>,
     activity: Arc<Activity>,
     changed: impl Fn() + Send + 'static,
@@ -209,8 +210,8 @@ fn spawn_background(
         .name("edgerun-background".into())
         .spawn(move || {
             let started = Instant::now();
-            for service in &services {
-                if let Err(e) = service.warm_up(WarmUp::EveryPoint) {
+            for (service, points) in &services {
+                if let Err(e) = service.warm_up(points.scope()) {
                     // Its requests still plan what they need when they come.
                     tracing::warn!("{}: planning its other points failed: {e}", service.name());
                 }
@@ -282,8 +283,8 @@ async fn serve(
                 threads,
                 settings.workers,
             ));
-            if choice.may_change() {
-                warming.push(service.clone());
+            if let Some(points) = choice.plan_ahead() {
+                warming.push((service.clone(), points));
             }
             if let PointChoice::Learn(learning) = choice {
                 learn_jobs.push(LearnJob {

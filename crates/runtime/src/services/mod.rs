@@ -219,12 +219,25 @@ impl Handled {
 
 /// Which models a service plans ahead of requests, for typical inputs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum WarmUp {
+pub enum WarmUp<'a> {
     /// Only those its default point runs: `serve` comes online on these and prepares the
     /// rest in the background ([`Service::warm_up`]).
     DefaultPoint,
     /// Those of every declared point.
     EveryPoint,
+    /// Those of these points and of the default one (a controller's candidates).
+    Points(&'a [String]),
+}
+
+impl WarmUp<'_> {
+    /// Whether the point named `point` is in scope, `default_point` being the service's.
+    pub fn includes(&self, point: &str, default_point: &str) -> bool {
+        match self {
+            WarmUp::DefaultPoint => point == default_point,
+            WarmUp::EveryPoint => true,
+            WarmUp::Points(points) => point == default_point || points.iter().any(|p| p == point),
+        }
+    }
 }
 
 /// A service a device can serve to remote clients.
@@ -273,7 +286,12 @@ pub trait Service: Send + Sync {
     /// Plans the models of `scope` for typical inputs, so that requests do not pay for it;
     /// models already planned cost nothing again. Nothing to do for a service without
     /// models.
-    fn warm_up(&self, _scope: WarmUp) -> Result<(), ServiceError> {
+    fn warm_up(&self, _scope: WarmUp<'_>) -> Result<(), ServiceError> {
         Ok(())
     }
+
+    /// Drops the plans of every model that no point in `scope` runs (after measuring every
+    /// point, those a controller will not choose); a request that pins another point plans
+    /// its models again. Nothing to do for a service without models.
+    fn release_outside(&self, _scope: WarmUp<'_>) {}
 }

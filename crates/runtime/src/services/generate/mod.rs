@@ -523,14 +523,14 @@ impl Generate {
 
     /// Plans the networks of `scope`'s points for their request shape, so that the first
     /// request is not slow.
-    pub fn warm_up(&self, scope: WarmUp) -> Result<(), GenerateError> {
+    pub fn warm_up(&self, scope: WarmUp<'_>) -> Result<(), GenerateError> {
         let s = &self.settings;
         self.text_encoder
             .warm_up(&[(ElementType::I64, &[1, s.max_len])])?;
         let tokens = self.encode("")?;
-        let default = &self.point(None)?.generator;
+        let used = self.generators_of(scope);
         for (file, model) in &self.generators {
-            if scope == WarmUp::DefaultPoint && file != default {
+            if !used.contains(&file) {
                 continue;
             }
             model.warm_up(&[
@@ -540,6 +540,26 @@ impl Generate {
             ])?;
         }
         Ok(())
+    }
+
+    /// Drops the plans of the generators that no point of `scope` runs.
+    pub fn release_outside(&self, scope: WarmUp<'_>) {
+        let used = self.generators_of(scope);
+        for (file, model) in &self.generators {
+            if !used.contains(&file) {
+                model.release();
+            }
+        }
+    }
+
+    /// The generator files the points of `scope` run.
+    fn generators_of(&self, scope: WarmUp<'_>) -> Vec<&String> {
+        let default = &self.point_set.default_point;
+        self.points
+            .iter()
+            .filter(|p| scope.includes(&p.name, default))
+            .map(|p| &p.generator)
+            .collect()
     }
 
     /// Where each network runs.

@@ -135,10 +135,14 @@ impl Service for GenerateService {
         Some(self.generate.point_set())
     }
 
-    fn warm_up(&self, scope: WarmUp) -> Result<(), ServiceError> {
+    fn warm_up(&self, scope: WarmUp<'_>) -> Result<(), ServiceError> {
         self.generate
             .warm_up(scope)
             .map_err(|e| ServiceError::new(e.code(), e))
+    }
+
+    fn release_outside(&self, scope: WarmUp<'_>) {
+        self.generate.release_outside(scope)
     }
 
     fn describe(&self) -> Value {

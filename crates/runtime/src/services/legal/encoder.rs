@@ -213,6 +213,15 @@ impl Blocks {
         })
     }
 
+    /// Drops the plans of every block not in `used` (file names).
+    pub fn release_except(&self, used: &std::collections::BTreeSet<&str>) {
+        for (file, block) in &self.blocks {
+            if !used.contains(file.as_str()) {
+                block.model.release();
+            }
+        }
+    }
+
     /// Plans every block of `chain` for the typical query lengths ahead of the first request.
     pub fn warm_up(&self, chain: &[String], lengths: &[usize]) -> Result<(), LegalError> {
         let bucket = self.bucket(chain);

@@ -19,7 +19,7 @@ pub mod index;
 pub mod scoring;
 pub mod service;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -471,14 +471,25 @@ impl Legal {
     }
 
     /// Prepares the plans of the chains of `scope`'s points for typical query lengths.
-    pub fn warm_up(&self, scope: WarmUp) -> Result<(), LegalError> {
+    pub fn warm_up(&self, scope: WarmUp<'_>) -> Result<(), LegalError> {
         for p in &self.points {
-            let in_scope = scope == WarmUp::EveryPoint || p.name == self.point_set.default_point;
-            if p.space.is_some() && in_scope {
+            if p.space.is_some() && scope.includes(&p.name, &self.point_set.default_point) {
                 self.blocks.warm_up(&p.chain, &[32, 48, 64])?;
             }
         }
         Ok(())
+    }
+
+    /// Drops the plans of the blocks that no point of `scope` chains.
+    pub fn release_outside(&self, scope: WarmUp<'_>) {
+        let default = &self.point_set.default_point;
+        let used: BTreeSet<&str> = self
+            .points
+            .iter()
+            .filter(|p| scope.includes(&p.name, default))
+            .flat_map(|p| p.chain.iter().map(String::as_str))
+            .collect();
+        self.blocks.release_except(&used);
     }
 
     /// Token ids of `text`, as the encoders see them.

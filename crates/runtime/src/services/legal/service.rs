@@ -110,10 +110,14 @@ impl Service for LegalService {
         Some(self.legal.point_set())
     }
 
-    fn warm_up(&self, scope: WarmUp) -> Result<(), ServiceError> {
+    fn warm_up(&self, scope: WarmUp<'_>) -> Result<(), ServiceError> {
         self.legal
             .warm_up(scope)
             .map_err(|e| ServiceError::new(e.code(), e))
+    }
+
+    fn release_outside(&self, scope: WarmUp<'_>) {
+        self.legal.release_outside(scope)
     }
 
     fn describe(&self) -> Value {

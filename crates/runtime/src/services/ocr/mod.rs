@@ -385,19 +385,38 @@ impl OcrPipeline {
 
     /// Prepares the models of `scope` for a typical request ahead of time (plans built,
     /// `auto` backends measured), so the first user request does not pay for it.
-    pub fn warm_up(&self, scope: WarmUp) -> Result<(), OcrError> {
-        let default = self
-            .points
-            .iter()
-            .find(|p| p.name == self.point_set.default_point)
-            .ok_or_else(|| OcrError::InvalidOption("the default point is not declared".into()))?;
-        let used = default.model_files();
+    pub fn warm_up(&self, scope: WarmUp<'_>) -> Result<(), OcrError> {
+        let used = self.model_files_of(scope);
         for (model, (file, shape)) in self.models().into_iter().zip(TYPICAL_INPUT_SHAPES) {
-            if scope == WarmUp::EveryPoint || used.contains(file) {
+            if used.contains(file) {
                 model.warm_up(&[(ElementType::F32, shape)])?;
             }
         }
         Ok(())
+    }
+
+    /// Drops the plans of the models that no point of `scope` runs.
+    pub fn release_outside(&self, scope: WarmUp<'_>) {
+        let used = self.model_files_of(scope);
+        for (model, (file, _)) in self.models().into_iter().zip(TYPICAL_INPUT_SHAPES) {
+            if !used.contains(file) {
+                model.release();
+            }
+        }
+    }
+
+    /// The model files the points of `scope` run.
+    fn model_files_of(&self, scope: WarmUp<'_>) -> Vec<&'static str> {
+        let default = &self.point_set.default_point;
+        let mut files: Vec<&'static str> = self
+            .points
+            .iter()
+            .filter(|p| scope.includes(&p.name, default))
+            .flat_map(OcrPoint::model_files)
+            .collect();
+        files.sort_unstable();
+        files.dedup();
+        files
     }
 
     /// Where each model runs, for logs and status.

@@ -278,10 +278,14 @@ impl Service for OcrService {
         Some(self.pipeline.point_set())
     }
 
-    fn warm_up(&self, scope: WarmUp) -> Result<(), ServiceError> {
+    fn warm_up(&self, scope: WarmUp<'_>) -> Result<(), ServiceError> {
         self.pipeline
             .warm_up(scope)
             .map_err(|e| ServiceError::new(e.code(), e))
+    }
+
+    fn release_outside(&self, scope: WarmUp<'_>) {
+        self.pipeline.release_outside(scope)
     }
 
     fn describe(&self) -> Value {
