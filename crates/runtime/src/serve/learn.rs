@@ -79,6 +79,9 @@ pub fn run(jobs: Vec<LearnJob>, activity: &Activity, changed: impl Fn()) {
                 tracing::warn!("{name}: measuring its points failed: {e:#}");
                 job.policy
                     .stay_fixed(format!("measuring its points failed: {e:#}"));
+                // Held at its default now, as a server started with `--no-adapt` is.
+                job.service.release_outside(WarmUp::DefaultPoint);
+                crate::allocator::return_free_memory();
             }
         }
         changed();
