@@ -19,6 +19,12 @@ fn recorder() -> Recorder<TractEngine> {
     Recorder::new(TractEngine::new(EngineConfig::default()))
 }
 
+/// The shipped OCR pipeline on `recorder`.
+fn ocr(recorder: &Recorder<TractEngine>) -> OcrPipeline {
+    let dir = ModelDir::open(&default_root(), "ocr").unwrap();
+    OcrPipeline::load(recorder, &dir).unwrap()
+}
+
 /// How many warm-ups each model had, by name.
 fn counts(recorder: &Recorder<TractEngine>) -> BTreeMap<String, usize> {
     recorder
@@ -35,8 +41,7 @@ fn named(pairs: &[(&str, usize)]) -> BTreeMap<String, usize> {
 #[test]
 fn ocr_warms_its_default_cascade_first_and_the_small_detector_later() {
     let recorder = recorder();
-    let dir = ModelDir::open(&default_root(), "ocr").unwrap();
-    let pipeline = OcrPipeline::load(&recorder, &dir).unwrap();
+    let pipeline = ocr(&recorder);
     assert_eq!(pipeline.point_set().default_point, "cascade0.9@960");
     pipeline.warm_up(WarmUp::DefaultPoint).unwrap();
     assert_eq!(
@@ -114,8 +119,7 @@ fn legal_warms_the_default_stitched_chain_first() {
 #[test]
 fn a_controllers_candidates_keep_their_plans_and_the_rest_are_released() {
     let recorder = recorder();
-    let dir = ModelDir::open(&default_root(), "ocr").unwrap();
-    let pipeline = OcrPipeline::load(&recorder, &dir).unwrap();
+    let pipeline = ocr(&recorder);
     let candidates = ["tiny@640".to_string()];
     // The default point (cascade0.9@960) is always in scope.
     pipeline.warm_up(WarmUp::Points(&candidates)).unwrap();
