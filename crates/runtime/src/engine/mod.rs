@@ -170,8 +170,9 @@ pub trait Model: Send + Sync {
     }
 
     /// Drops what was built for the shapes run so far (tract's plans and the packed weights
-    /// only they held), because no request is expected to need it soon; the next run at any
-    /// shape builds its plan again. Engines that keep nothing per shape keep everything.
+    /// only they held) and a parsed graph that the model can read from its file again,
+    /// because no request is expected to need them soon; the next run at any shape builds
+    /// its plan again. Engines that keep nothing per shape keep everything.
     fn release(&self) {}
 }
 

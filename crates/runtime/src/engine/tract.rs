@@ -230,11 +230,12 @@ impl TractModel {
         }
         plan.optimize()?;
         let earlier = self.plans.lock().all();
-        let shared = self
-            .weights
-            .lock()
-            .share(&mut plan, earlier.iter().map(|p| p.model()))?;
-        tracing::debug!(model = %self.name, ?key, shared_bytes = shared, "planned");
+        let (shared, held) = {
+            let mut weights = self.weights.lock();
+            let shared = weights.share(&mut plan, earlier.iter().map(|p| p.model()))?;
+            (shared, weights.held_bytes())
+        };
+        tracing::debug!(model = %self.name, ?key, shared_bytes = shared, held_bytes = held, plans = earlier.len() + 1, "planned");
         plan.into_runnable_with_options(&self.options)
     }
 
@@ -315,6 +316,11 @@ impl Model for TractModel {
         if dropped > 0 {
             self.weights.lock().forget_unused();
             tracing::debug!(model = %self.name, plans = dropped, "plans released");
+        }
+        // A graph is kept from loading until the first plan; a model that was never
+        // planned would hold it for good (det_small: 10 MiB of weights as f32).
+        if self.reread.is_some() && self.graph.lock().take().is_some() {
+            tracing::debug!(model = %self.name, "parsed graph released");
         }
     }
 
@@ -586,6 +592,45 @@ mod tests {
             dropping.run(&[Input::F32(image(416).view())]).unwrap()[0].shape(),
             &[1, 52, 6906]
         );
+    }
+
+    /// A model released before its first plan drops the graph it parsed at load when it
+    /// can read its bytes again, and reads them once for the next plan, answering as a
+    /// model that kept its graph; a model given as bytes alone keeps its graph.
+    #[test]
+    fn a_model_never_planned_releases_its_graph_if_it_can_read_it_again() {
+        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
+        let onnx = std::fs::read(path).unwrap();
+        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let reread: Reread = {
+            let (onnx, reads) = (onnx.clone(), reads.clone());
+            Arc::new(move || {
+                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                Ok(onnx.clone())
+            })
+        };
+        let engine = TractEngine::new(EngineConfig::default());
+        let source = Onnx {
+            bytes: &onnx,
+            reread: Some(&reread),
+        };
+        let rereadable = engine.load_model("rec_tiny.onnx", source, None).unwrap();
+        let held = engine
+            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
+            .unwrap();
+        rereadable.release();
+        held.release();
+        assert!(rereadable.graph.lock().is_none());
+        assert!(held.graph.lock().is_some());
+        let input = ndarray::Array4::from_shape_fn((1, 3, 48, 320), |(_, c, y, x)| {
+            ((c * 7 + y + x * 3) % 23) as f32 / 23.0 - 0.5
+        })
+        .into_dyn();
+        let a = rereadable.run(&[Input::F32(input.view())]).unwrap();
+        let b = held.run(&[Input::F32(input.view())]).unwrap();
+        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(a[0].shape(), &[1, 40, 6906]);
+        assert_eq!(a[0], b[0]);
     }
 
     /// A legal encoder layer: one plan for every sequence length when loaded as varying,

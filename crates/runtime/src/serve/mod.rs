@@ -46,7 +46,7 @@ use self::replay::{Admission, Replay, RequestKey};
 use crate::mqtt::envelope::Request;
 use crate::mqtt::{BrokerUrl, EmbeddedBroker, Topics};
 use crate::profiler::Activity;
-use crate::services::{Output, Service, ServiceError};
+use crate::services::{Output, Service, ServiceError, WarmUp};
 use crate::telemetry::{Monitor, Sampler};
 
 /// How often the device is sampled for the controllers (telemetry publishes less often).
@@ -199,9 +199,11 @@ pub fn start(
 /// front); while the points are still to be measured, every point. A service held at its
 /// default plans another point only when a request pins it (or steps down to it under a
 /// deadline), so a device that serves one point does not keep the others' plans (all four
-/// services, `bench memory --no-adapt`: 171 MiB instead of 204 after 1000 requests).
+/// services, `bench memory --no-adapt`: 171 MiB instead of 204 after 1000 requests); it
+/// also drops the graphs its other points' models parsed while loading (`None` in
+/// `services`).
 fn spawn_background(
-    services: Vec<(Arc<dyn Service>, PlanAhead)>,
+    services: Vec<(Arc<dyn Service>, Option<PlanAhead>)>,
     learn_jobs: Vec<LearnJob>,
     activity: Arc<Activity>,
     changed: impl Fn() + Send + 'static,
@@ -211,9 +213,17 @@ fn spawn_background(
         .spawn(move || {
             let started = Instant::now();
             for (service, points) in &services {
-                if let Err(e) = service.warm_up(points.scope()) {
-                    // Its requests still plan what they need when they come.
-                    tracing::warn!("{}: planning its other points failed: {e}", service.name());
+                match points {
+                    Some(points) => {
+                        if let Err(e) = service.warm_up(points.scope()) {
+                            // Its requests still plan what they need when they come.
+                            tracing::warn!(
+                                "{}: planning its other points failed: {e}",
+                                service.name()
+                            );
+                        }
+                    }
+                    None => service.release_outside(WarmUp::DefaultPoint),
                 }
             }
             // This thread's arena keeps the planning scratch at its top.
@@ -283,9 +293,7 @@ async fn serve(
                 threads,
                 settings.workers,
             ));
-            if let Some(points) = choice.plan_ahead() {
-                warming.push((service.clone(), points));
-            }
+            warming.push((service.clone(), choice.plan_ahead()));
             if let PointChoice::Learn(learning) = choice {
                 learn_jobs.push(LearnJob {
                     service: service.clone(),

@@ -133,8 +133,8 @@ impl SharedWeights {
         self.tensors.retain(|t| Arc::strong_count(t) > 1);
     }
 
-    /// The bytes of the constants held once for every plan.
-    #[cfg(test)]
+    /// The bytes of the constants held once for every plan (0 while the model has had a
+    /// single plan: they are not counted until a second plan is built).
     pub(super) fn held_bytes(&self) -> usize {
         let packed: usize = self.packed.iter().map(|p| p.0.packed.len()).sum();
         let tensors: usize = self.tensors.iter().map(|t| plain_bytes(t)).sum();
