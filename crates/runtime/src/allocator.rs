@@ -18,9 +18,10 @@
 //! finds every arena busy a new one, up to eight per core, and each keeps its own free
 //! blocks and its own fragmentation: serving spawns loader threads, workers, a measuring
 //! thread and the broker's, and with all four services a 2-core VM held 12 heaps of
-//! non-main arenas 20 s after start-up, 2 with the cap (which counts the main arena). The cap lowered the peak while the points are measured (400 and
-//! 467 MiB against 488 and 535, all four and OCR alone) and left throughput and the resident
-//! set after 1000 requests as they were (docs/benchmarks.md, "One malloc arena per core").
+//! non-main arenas 20 s after start-up, 2 with the cap (which counts the main arena). The
+//! cap lowered the peak while the points are measured (400 and 467 MiB against 488 and 535,
+//! all four and OCR alone) and left throughput and the resident set after 1000 requests as
+//! they were (docs/benchmarks.md, "One malloc arena per core").
 
 /// Pins the allocator's thresholds the way serving wants them (see the glibc module): call
 /// it first thing, so that every command, benchmarks included, allocates as `serve` does.

@@ -235,7 +235,14 @@ impl TractModel {
             let shared = weights.share(&mut plan, earlier.iter().map(|p| p.model()))?;
             (shared, weights.held_bytes())
         };
-        tracing::debug!(model = %self.name, ?key, shared_bytes = shared, held_bytes = held, plans = earlier.len() + 1, "planned");
+        tracing::debug!(
+            model = %self.name,
+            ?key,
+            shared_bytes = shared,
+            held_bytes = held,
+            plans = earlier.len() + 1,
+            "planned"
+        );
         plan.into_runnable_with_options(&self.options)
     }
 
@@ -396,6 +403,7 @@ impl PlanCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
 
     fn plan() -> Plan {
         let mut model = TypedModel::default();
@@ -536,6 +544,21 @@ mod tests {
         assert_eq!(last[0], alone[0]);
     }
 
+    /// A reread that gives `onnx` back `readable` times, then fails as a file changed on
+    /// disk would, and the count of its calls.
+    fn counted_reread(onnx: &[u8], readable: usize) -> (Reread, Arc<AtomicUsize>) {
+        let reads = Arc::new(AtomicUsize::new(0));
+        let (onnx, counter) = (onnx.to_vec(), reads.clone());
+        let reread: Reread = Arc::new(move || {
+            if counter.fetch_add(1, Ordering::SeqCst) < readable {
+                Ok(onnx.clone())
+            } else {
+                Err("models/ocr/rec_tiny.onnx changed on disk".to_string())
+            }
+        });
+        (reread, reads)
+    }
+
     /// A model that can read its bytes again keeps no graph between plans: each new shape
     /// reads and parses them once, a known shape reads nothing, and the answers are those
     /// of a model that kept its graph. A reread that fails fails that plan, saying why.
@@ -543,16 +566,7 @@ mod tests {
     fn a_rereadable_model_parses_again_for_each_new_shape() {
         let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
         let onnx = std::fs::read(path).unwrap();
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let reread: Reread = {
-            let (onnx, reads) = (onnx.clone(), reads.clone());
-            Arc::new(
-                move || match reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst) {
-                    0 | 1 => Ok(onnx.clone()),
-                    _ => Err("models/ocr/rec_tiny.onnx changed on disk".to_string()),
-                },
-            )
-        };
+        let (reread, reads) = counted_reread(&onnx, 2);
         let engine = TractEngine::new(EngineConfig::default());
         let source = Onnx {
             bytes: &onnx,
@@ -568,7 +582,7 @@ mod tests {
             })
             .into_dyn()
         };
-        let reads_now = || reads.load(std::sync::atomic::Ordering::SeqCst);
+        let reads_now = || reads.load(Ordering::SeqCst);
         for (width, reads_after) in [(320, 0), (416, 1), (320, 1), (544, 2)] {
             let input = image(width);
             let a = dropping.run(&[Input::F32(input.view())]).unwrap();
@@ -601,14 +615,7 @@ mod tests {
     fn a_model_never_planned_releases_its_graph_if_it_can_read_it_again() {
         let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
         let onnx = std::fs::read(path).unwrap();
-        let reads = Arc::new(std::sync::atomic::AtomicUsize::new(0));
-        let reread: Reread = {
-            let (onnx, reads) = (onnx.clone(), reads.clone());
-            Arc::new(move || {
-                reads.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
-                Ok(onnx.clone())
-            })
-        };
+        let (reread, reads) = counted_reread(&onnx, usize::MAX);
         let engine = TractEngine::new(EngineConfig::default());
         let source = Onnx {
             bytes: &onnx,
@@ -628,7 +635,7 @@ mod tests {
         .into_dyn();
         let a = rereadable.run(&[Input::F32(input.view())]).unwrap();
         let b = held.run(&[Input::F32(input.view())]).unwrap();
-        assert_eq!(reads.load(std::sync::atomic::Ordering::SeqCst), 1);
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
         assert_eq!(a[0].shape(), &[1, 40, 6906]);
         assert_eq!(a[0], b[0]);
     }
