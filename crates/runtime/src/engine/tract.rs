@@ -110,6 +110,7 @@ impl TractEngine {
             // No executor in the plan: each run picks one (see `run`).
             options: RunOptions::default(),
             plans: Mutex::new(PlanCache::new(self.config.max_plans_per_model)),
+            building: Mutex::new(HashMap::new()),
             weights: Mutex::new(SharedWeights::default()),
             varying_axis,
         })
@@ -147,6 +148,9 @@ struct TractModel {
     executor: Option<Executor>,
     options: RunOptions,
     plans: Mutex<PlanCache>,
+    /// A gate per shape being planned, so that a shape is planned once however many
+    /// threads ask for it at once.
+    building: Mutex<HashMap<ShapeKey, Arc<Mutex<()>>>>,
     /// The constants of the plans in `plans`, each held once.
     weights: Mutex<SharedWeights>,
     /// The axis along which every input varies in length: one plan, with that dimension
@@ -166,8 +170,25 @@ impl TractModel {
         if let Some(plan) = self.plans.lock().get(key) {
             return Ok(plan);
         }
-        // Built outside the lock: optimising a large graph takes a while and other shapes
-        // must not wait for it. Two threads racing on one new shape both build; one wins.
+        // Built outside the cache's lock: optimising a large graph takes a while and other
+        // shapes must not wait for it. A thread asking for a shape that another is planning
+        // (a request and the background measurement often want the same new width) waits
+        // for that plan rather than building a second one and throwing one away.
+        let gate = self.building.lock().entry(key.clone()).or_default().clone();
+        let built = {
+            let _turn = gate.lock();
+            let planned_meanwhile = self.plans.lock().get(key);
+            match planned_meanwhile {
+                Some(plan) => Ok(plan),
+                None => self.build_and_keep(key),
+            }
+        };
+        // Ended, planned or not: a later thread finds the plan, or tries again.
+        self.building.lock().remove(key);
+        built
+    }
+
+    fn build_and_keep(&self, key: &ShapeKey) -> Result<Plan, EngineError> {
         let plan = self.build_plan(key).map_err(|e| EngineError::Run {
             model: self.name.clone(),
             message: format!("cannot build a plan for shapes {key:?}: {e:#}"),
@@ -638,6 +659,45 @@ mod tests {
         assert_eq!(reads.load(Ordering::SeqCst), 1);
         assert_eq!(a[0].shape(), &[1, 40, 6906]);
         assert_eq!(a[0], b[0]);
+    }
+
+    /// Threads that ask at once for a shape not yet planned get one plan between them: the
+    /// model reads and plans its bytes once, and every thread gets the same answer.
+    #[test]
+    fn threads_asking_for_one_new_shape_at_once_plan_it_once() {
+        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
+        let onnx = std::fs::read(path).unwrap();
+        let (reread, reads) = counted_reread(&onnx, usize::MAX);
+        let engine = TractEngine::new(EngineConfig::default());
+        let source = Onnx {
+            bytes: &onnx,
+            reread: Some(&reread),
+        };
+        let model = engine.load_model("rec_tiny.onnx", source, None).unwrap();
+        // Drop the graph parsed at load, so that every plan built reads the bytes once.
+        model.release();
+        let input = ndarray::Array4::from_shape_fn((1, 3, 48, 160), |(_, c, y, x)| {
+            ((c * 7 + y + x * 3) % 23) as f32 / 23.0 - 0.5
+        })
+        .into_dyn();
+        let threads = 4;
+        let start = std::sync::Barrier::new(threads);
+        let answers: Vec<ArrayD<f32>> = std::thread::scope(|scope| {
+            let runs: Vec<_> = (0..threads)
+                .map(|_| {
+                    scope.spawn(|| {
+                        start.wait();
+                        model.run(&[Input::F32(input.view())]).unwrap().remove(0)
+                    })
+                })
+                .collect();
+            runs.into_iter().map(|run| run.join().unwrap()).collect()
+        });
+        assert_eq!(reads.load(Ordering::SeqCst), 1);
+        assert_eq!(model.plans.lock().plans.len(), 1);
+        assert!(model.building.lock().is_empty());
+        assert_eq!(answers[0].shape(), &[1, 20, 6906]);
+        assert!(answers.iter().all(|a| *a == answers[0]));
     }
 
     /// A legal encoder layer: one plan for every sequence length when loaded as varying,
