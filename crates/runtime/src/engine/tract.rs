@@ -629,31 +629,44 @@ mod tests {
         );
     }
 
+    /// The tiny recognizer's bytes, and the model loaded from them with a reread that
+    /// always succeeds, with the count of its rereads.
+    fn rereadable_rec_tiny() -> (Vec<u8>, TractModel, Arc<AtomicUsize>) {
+        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
+        let onnx = std::fs::read(path).unwrap();
+        let (reread, reads) = counted_reread(&onnx, usize::MAX);
+        let source = Onnx {
+            bytes: &onnx,
+            reread: Some(&reread),
+        };
+        let model = TractEngine::new(EngineConfig::default())
+            .load_model("rec_tiny.onnx", source, None)
+            .unwrap();
+        (onnx, model, reads)
+    }
+
+    /// A deterministic input to the recognizer at `width` columns.
+    fn rec_input(width: usize) -> ArrayD<f32> {
+        ndarray::Array4::from_shape_fn((1, 3, 48, width), |(_, c, y, x)| {
+            ((c * 7 + y + x * 3) % 23) as f32 / 23.0 - 0.5
+        })
+        .into_dyn()
+    }
+
     /// A model released before its first plan drops the graph it parsed at load when it
     /// can read its bytes again, and reads them once for the next plan, answering as a
     /// model that kept its graph; a model given as bytes alone keeps its graph.
     #[test]
     fn a_model_never_planned_releases_its_graph_if_it_can_read_it_again() {
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let onnx = std::fs::read(path).unwrap();
-        let (reread, reads) = counted_reread(&onnx, usize::MAX);
-        let engine = TractEngine::new(EngineConfig::default());
-        let source = Onnx {
-            bytes: &onnx,
-            reread: Some(&reread),
-        };
-        let rereadable = engine.load_model("rec_tiny.onnx", source, None).unwrap();
-        let held = engine
+        let (onnx, rereadable, reads) = rereadable_rec_tiny();
+        let held = TractEngine::new(EngineConfig::default())
             .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
             .unwrap();
         rereadable.release();
         held.release();
         assert!(rereadable.graph.lock().is_none());
         assert!(held.graph.lock().is_some());
-        let input = ndarray::Array4::from_shape_fn((1, 3, 48, 320), |(_, c, y, x)| {
-            ((c * 7 + y + x * 3) % 23) as f32 / 23.0 - 0.5
-        })
-        .into_dyn();
+        let input = rec_input(320);
         let a = rereadable.run(&[Input::F32(input.view())]).unwrap();
         let b = held.run(&[Input::F32(input.view())]).unwrap();
         assert_eq!(reads.load(Ordering::SeqCst), 1);
@@ -665,21 +678,10 @@ mod tests {
     /// model reads and plans its bytes once, and every thread gets the same answer.
     #[test]
     fn threads_asking_for_one_new_shape_at_once_plan_it_once() {
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let onnx = std::fs::read(path).unwrap();
-        let (reread, reads) = counted_reread(&onnx, usize::MAX);
-        let engine = TractEngine::new(EngineConfig::default());
-        let source = Onnx {
-            bytes: &onnx,
-            reread: Some(&reread),
-        };
-        let model = engine.load_model("rec_tiny.onnx", source, None).unwrap();
+        let (_, model, reads) = rereadable_rec_tiny();
         // Drop the graph parsed at load, so that every plan built reads the bytes once.
         model.release();
-        let input = ndarray::Array4::from_shape_fn((1, 3, 48, 160), |(_, c, y, x)| {
-            ((c * 7 + y + x * 3) % 23) as f32 / 23.0 - 0.5
-        })
-        .into_dyn();
+        let input = rec_input(160);
         let threads = 4;
         let start = std::sync::Barrier::new(threads);
         let answers: Vec<ArrayD<f32>> = std::thread::scope(|scope| {
