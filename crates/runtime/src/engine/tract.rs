@@ -177,6 +177,8 @@ impl TractModel {
         let gate = self.building.lock().entry(key.clone()).or_default().clone();
         let built = {
             let _turn = gate.lock();
+            // Bound apart: a guard in the `match` below would hold the cache through the
+            // build, which reads the cache again.
             let planned_meanwhile = self.plans.lock().get(key);
             match planned_meanwhile {
                 Some(plan) => Ok(plan),
