@@ -3,9 +3,10 @@
 //! A model builds one optimized plan per distinct set of input shapes, caching the most
 //! recently used ones: convolutional models (OCR) run about twice as fast on fixed shapes
 //! as on symbolic ones. Each optimization packs the weights anew, as f32; the plans of one
-//! model then share every packed matrix that came out the same ([`weights`]), so a further
-//! shape costs the few matrices packed for another kernel rather than a whole copy
-//! (`rec_small` at five widths: 20.7 MiB instead of 68).
+//! model then share every packed matrix that came out the same ([`weights`]), and a further
+//! shape takes the kernels its weights were packed for before ([`kernels`]), so it costs
+//! the few matrices packed as the other operand rather than a whole copy (`rec_small` at six
+//! widths: 18.8 MB instead of 73).
 //!
 //! The parsed ONNX graph is needed only to plan. A model whose bytes can be read again
 //! ([`Onnx::reread`]) drops it after each plan and parses the file anew for the next new
@@ -33,6 +34,7 @@ use ndarray::ArrayD;
 use tract_onnx::prelude::tract_linalg::multithread::{Executor, multithread_tract_scope};
 use tract_onnx::prelude::*;
 
+use self::kernels::KernelChoices;
 pub use self::op_times::{OpTime, TimeBy};
 use self::weights::SharedWeights;
 use super::{
@@ -121,6 +123,20 @@ type Plan = Arc<TypedRunnableModel>;
 
 fn parse(onnx: &[u8]) -> TractResult<InferenceModel> {
     tract_onnx::onnx().model_for_read(&mut Cursor::new(onnx))
+}
+
+/// The kernels `plans` packed their weights for, for a further plan of their model to
+/// follow ([`kernels`]: a weight is then packed once for every shape).
+fn kernels_of(plans: &[Plan]) -> KernelChoices {
+    let mut choices = KernelChoices::default();
+    for plan in plans {
+        for packed in weights::packed_weights(plan.model()) {
+            if let Some(kernel) = packed.kernel {
+                choices.record(packed.operand, packed.value.mn, packed.value.fact.k, kernel);
+            }
+        }
+    }
+    choices
 }
 
 /// The input element types and shapes a plan was built for.
@@ -251,8 +267,8 @@ impl TractModel {
         if !conv_choice::left_to_tract() {
             conv_choice::im2col_for_wide_convolutions(&mut plan)?;
         }
-        plan.optimize()?;
         let earlier = self.plans.lock().all();
+        kernels_of(&earlier).follow_while(|| plan.optimize())?;
         let (shared, held) = {
             let mut weights = self.weights.lock();
             let shared = weights.share(&mut plan, earlier.iter().map(|p| p.model()))?;
@@ -511,10 +527,40 @@ mod tests {
         assert_eq!(model.plans.lock().all().len(), 1);
     }
 
-    /// Plans at four crop widths share their packed weights: the further widths add a few
-    /// matrices packed for another kernel (measured on an AVX-512 Xeon: 4.6 MiB for two plans,
-    /// 5.3 for four, against 4 x 4.5 without sharing; AVX2 EPYC: 7.3 and 8.1; AVX-512 EPYC:
-    /// 5.7 and 8.9), and answer as a model planned at that width alone.
+    /// A further width packs no weight again: it takes the kernels the first width's
+    /// weights were packed for ([`kernels::KernelChoices`]), where tract would choose by
+    /// width (on an AMD EPYC, 8x8 tiles for the last layers at 128 columns and 16x5 at 160),
+    /// and answers as a model planned at that width alone.
+    #[test]
+    fn a_further_width_packs_no_weight_again() {
+        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
+        let onnx = std::fs::read(path).unwrap();
+        let engine = TractEngine::new(EngineConfig::default());
+        let model = engine
+            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
+            .unwrap();
+        model.run(&[Input::F32(rec_input(128).view())]).unwrap();
+        let first = weights::constant_bytes(model.plans.lock().all()[0].model());
+        let wider = model.run(&[Input::F32(rec_input(160).view())]).unwrap();
+        // Only small constants of the shape itself are new (12 bytes on x86_64); one weight
+        // packed again would be 20 KB or more.
+        let added = model.weights.lock().held_bytes() - first;
+        assert!(added < 1024, "{added} bytes added");
+        let alone = engine
+            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
+            .unwrap()
+            .run(&[Input::F32(rec_input(160).view())])
+            .unwrap();
+        assert_eq!(wider[0].shape(), &[1, 20, 6906]);
+        assert_eq!(wider[0], alone[0]);
+    }
+
+    /// Plans at four crop widths share their packed weights: the further widths add the few
+    /// matrices that became the other operand of their product (tract makes the larger outer
+    /// dimension the left one), and answer as a model planned at that width alone. Measured
+    /// on a Zen 4 EPYC: 4.5 MiB for two plans, 5.1 for four, against 4 x 4.5 without
+    /// sharing; with `EDGERUN_TRACT_KERNELS=tract` (kernels chosen per width, as before they
+    /// followed the first plan's) 7.0 and 7.6, and on an AVX-512 Xeon 4.6 and 5.3.
     #[test]
     fn plans_of_one_model_share_their_weights() {
         let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
@@ -535,17 +581,16 @@ mod tests {
         shared.run(&[Input::F32(image(416).view())]).unwrap();
         let two_plans = shared.weights.lock().held_bytes();
         // The tiny recognizer's weights packed as f32 are about 4.5 MiB (a 4.4 MB file):
-        // two plans hold one copy and the matrices packed for another kernel at the second
-        // width, fewer than a second copy (measured: 4.6 MiB on an AVX-512 Xeon, 7.3 MiB on
-        // an AVX2 EPYC, whose kernels differ more between the two widths).
+        // two plans hold one copy and the matrices packed as the other operand at the
+        // second width, fewer than a second copy.
         assert!((4 << 20..8 << 20).contains(&two_plans), "{two_plans} bytes");
         let mut last = Vec::new();
         for width in [544, 704] {
             last = shared.run(&[Input::F32(image(width).view())]).unwrap();
         }
-        // Which kernel a matrix gets depends on the width, and more so on some CPUs (an
-        // AVX-512 EPYC packs for five kernels across these widths), so what two more widths
-        // add varies; what must hold is that four plans keep well under four copies.
+        // Which operand a matrix is depends on the width, and a weight that no earlier plan
+        // packed as such takes tract's kernel for this width, so what two more widths add
+        // varies by CPU; what must hold is that four plans keep well under four copies.
         let four_plans = shared.weights.lock().held_bytes();
         let unshared: usize = shared
             .plans

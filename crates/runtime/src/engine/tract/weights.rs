@@ -21,6 +21,8 @@ use tract_onnx::prelude::*;
 use tract_onnx::tract_core::ops::konst::Const;
 use tract_onnx::tract_core::ops::matmul::optimized::{MatMulOperand, OptMatMul, ProtoFusedSpec};
 
+use super::kernels::Operand;
+
 /// A fast hasher: every constant of a plan is hashed whole (20 MiB for `rec_small`).
 type FastHash = foldhash::fast::RandomState;
 
@@ -90,18 +92,11 @@ impl SharedWeights {
 
     /// Takes in the constants of a plan built before sharing started, as they are.
     fn remember(&mut self, plan: &TypedModel) {
+        for packed in packed_weights(plan) {
+            self.packed.insert(PackedWeights(packed.value.clone()));
+        }
         for node in &plan.nodes {
-            if let Some(matmul) = node.op_as::<OptMatMul>() {
-                for micro_op in &matmul.micro_ops {
-                    if let ProtoFusedSpec::AddMatMul { a, b, .. } = micro_op {
-                        for operand in [a, b] {
-                            if let Some(packed) = eager_packed(operand) {
-                                self.packed.insert(PackedWeights(packed.clone()));
-                            }
-                        }
-                    }
-                }
-            } else if let Some(konst) = node.op_as::<Const>() {
+            if let Some(konst) = node.op_as::<Const>() {
                 self.tensors.insert(konst.val().clone());
             }
         }
@@ -148,6 +143,39 @@ pub(super) fn constant_bytes(plan: &TypedModel) -> usize {
     let mut alone = SharedWeights::default();
     alone.remember(plan);
     alone.held_bytes()
+}
+
+/// A weight matrix that a matrix product of a plan holds packed.
+pub(super) struct PackedWeight<'p> {
+    pub operand: Operand,
+    pub value: &'p EagerPackedInput,
+    /// The kernel the product runs, for which the weight is packed; `None` for a product
+    /// that picks one of several at run time (by its `n`).
+    pub kernel: Option<&'p str>,
+}
+
+/// Every weight matrix `plan` holds packed for a matrix product.
+pub(super) fn packed_weights(plan: &TypedModel) -> impl Iterator<Item = PackedWeight<'_>> {
+    plan.nodes
+        .iter()
+        .filter_map(|node| node.op_as::<OptMatMul>())
+        .flat_map(|matmul| {
+            matmul.micro_ops.iter().flat_map(move |micro_op| {
+                let ProtoFusedSpec::AddMatMul { a, b, .. } = micro_op else {
+                    return Vec::new();
+                };
+                [(Operand::Left, a), (Operand::Right, b)]
+                    .into_iter()
+                    .filter_map(|(operand, value)| {
+                        Some(PackedWeight {
+                            operand,
+                            value: eager_packed(value)?,
+                            kernel: (matmul.mmm.len() == 1).then(|| matmul.mmm[0].name()),
+                        })
+                    })
+                    .collect()
+            })
+        })
 }
 
 /// The packed matrix a matrix product holds as a constant operand. Only eagerly packed
