@@ -471,8 +471,7 @@ mod tests {
     #[test]
     fn runs_a_real_model_and_checks_arity() {
         // The tiny recognizer at its narrowest width: one plan, cached across runs.
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let bytes = std::fs::read(path).unwrap();
+        let bytes = rec_tiny_onnx();
         let model = TractEngine::new(EngineConfig::default())
             .load("rec_tiny.onnx", Onnx::bytes(&bytes))
             .unwrap();
@@ -501,12 +500,9 @@ mod tests {
     /// as before.
     #[test]
     fn released_plans_hold_nothing_and_plan_again() {
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let onnx = std::fs::read(path).unwrap();
+        let onnx = rec_tiny_onnx();
         let engine = TractEngine::new(EngineConfig::default());
-        let model = engine
-            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
-            .unwrap();
+        let model = load_rec_tiny(&engine, &onnx);
         let image = |width: usize| {
             ndarray::Array4::from_shape_fn((1, 3, 48, width), |(_, c, y, x)| {
                 ((c * 5 + y * 3 + x) % 17) as f32 / 17.0 - 0.5
@@ -533,22 +529,17 @@ mod tests {
     /// and answers as a model planned at that width alone.
     #[test]
     fn a_further_width_packs_no_weight_again() {
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let onnx = std::fs::read(path).unwrap();
+        let onnx = rec_tiny_onnx();
         let engine = TractEngine::new(EngineConfig::default());
-        let model = engine
-            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
-            .unwrap();
+        let model = load_rec_tiny(&engine, &onnx);
         model.run(&[Input::F32(rec_input(128).view())]).unwrap();
         let first = weights::constant_bytes(model.plans.lock().all()[0].model());
         let wider = model.run(&[Input::F32(rec_input(160).view())]).unwrap();
-        // Only small constants of the shape itself are new (12 bytes on x86_64); one weight
-        // packed again would be 20 KB or more.
+        // Only small constants of the shape itself are new (12 bytes on x86_64); with
+        // tract's kernel per width, 169 KB of weights were packed again (AMD EPYC).
         let added = model.weights.lock().held_bytes() - first;
         assert!(added < 1024, "{added} bytes added");
-        let alone = engine
-            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
-            .unwrap()
+        let alone = load_rec_tiny(&engine, &onnx)
             .run(&[Input::F32(rec_input(160).view())])
             .unwrap();
         assert_eq!(wider[0].shape(), &[1, 20, 6906]);
@@ -563,12 +554,9 @@ mod tests {
     /// followed the first plan's) 7.0 and 7.6, and on an AVX-512 Xeon 4.6 and 5.3.
     #[test]
     fn plans_of_one_model_share_their_weights() {
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let onnx = std::fs::read(path).unwrap();
+        let onnx = rec_tiny_onnx();
         let engine = TractEngine::new(EngineConfig::default());
-        let shared = engine
-            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
-            .unwrap();
+        let shared = load_rec_tiny(&engine, &onnx);
         let image = |width: usize| {
             ndarray::Array4::from_shape_fn((1, 3, 48, width), |(_, c, y, x)| {
                 ((c * 13 + y * 7 + x * 3) % 23) as f32 / 23.0 - 0.5
@@ -603,9 +591,7 @@ mod tests {
             four_plans * 10 < unshared * 6,
             "four plans hold {four_plans} bytes, {unshared} on their own"
         );
-        let alone = engine
-            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
-            .unwrap()
+        let alone = load_rec_tiny(&engine, &onnx)
             .run(&[Input::F32(image(704).view())])
             .unwrap();
         assert_eq!(last[0].shape(), &[1, 88, 6906]);
@@ -632,8 +618,7 @@ mod tests {
     /// of a model that kept its graph. A reread that fails fails that plan, saying why.
     #[test]
     fn a_rereadable_model_parses_again_for_each_new_shape() {
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let onnx = std::fs::read(path).unwrap();
+        let onnx = rec_tiny_onnx();
         let (reread, reads) = counted_reread(&onnx, 2);
         let engine = TractEngine::new(EngineConfig::default());
         let source = Onnx {
@@ -641,9 +626,7 @@ mod tests {
             reread: Some(&reread),
         };
         let dropping = engine.load_model("rec_tiny.onnx", source, None).unwrap();
-        let keeping = engine
-            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
-            .unwrap();
+        let keeping = load_rec_tiny(&engine, &onnx);
         let image = |width: usize| {
             ndarray::Array4::from_shape_fn((1, 3, 48, width), |(_, c, y, x)| {
                 ((c * 5 + y * 3 + x) % 19) as f32 / 19.0 - 0.5
@@ -676,11 +659,22 @@ mod tests {
         );
     }
 
+    /// The tiny recognizer's ONNX bytes.
+    fn rec_tiny_onnx() -> Vec<u8> {
+        std::fs::read(crate::models::default_root().join("ocr/rec_tiny.onnx")).unwrap()
+    }
+
+    /// The tiny recognizer loaded from `onnx` on `engine`, keeping its graph.
+    fn load_rec_tiny(engine: &TractEngine, onnx: &[u8]) -> TractModel {
+        engine
+            .load_model("rec_tiny.onnx", Onnx::bytes(onnx), None)
+            .unwrap()
+    }
+
     /// The tiny recognizer's bytes, and the model loaded from them with a reread that
     /// always succeeds, with the count of its rereads.
     fn rereadable_rec_tiny() -> (Vec<u8>, TractModel, Arc<AtomicUsize>) {
-        let path = crate::models::default_root().join("ocr/rec_tiny.onnx");
-        let onnx = std::fs::read(path).unwrap();
+        let onnx = rec_tiny_onnx();
         let (reread, reads) = counted_reread(&onnx, usize::MAX);
         let source = Onnx {
             bytes: &onnx,
@@ -706,9 +700,7 @@ mod tests {
     #[test]
     fn a_model_never_planned_releases_its_graph_if_it_can_read_it_again() {
         let (onnx, rereadable, reads) = rereadable_rec_tiny();
-        let held = TractEngine::new(EngineConfig::default())
-            .load_model("rec_tiny.onnx", Onnx::bytes(&onnx), None)
-            .unwrap();
+        let held = load_rec_tiny(&TractEngine::new(EngineConfig::default()), &onnx);
         rereadable.release();
         held.release();
         assert!(rereadable.graph.lock().is_none());
