@@ -135,10 +135,17 @@ impl KernelChoices {
     /// Runs `optimize` with these choices followed wherever a product of its plan may be a
     /// weight packed before.
     pub fn follow_while<T>(self, optimize: impl FnOnce() -> T) -> T {
-        let earlier = FOLLOWED.replace(self);
-        let result = optimize();
-        FOLLOWED.set(earlier);
-        result
+        /// Puts back what the thread followed before, also when `optimize` panics.
+        struct Restore(Option<KernelChoices>);
+        impl Drop for Restore {
+            fn drop(&mut self) {
+                if let Some(earlier) = self.0.take() {
+                    FOLLOWED.set(earlier);
+                }
+            }
+        }
+        let _restore = Restore(Some(FOLLOWED.replace(self)));
+        optimize()
     }
 
     /// The kernel an `m` x `k` by `k` x `n` product takes to reuse an earlier packing of its
