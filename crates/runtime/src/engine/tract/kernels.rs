@@ -64,7 +64,7 @@ pub fn choose() {
 }
 
 /// The name of edgerun's tier in tract's kernel choice.
-pub const FOLLOW_TIER: &str = "edgerun: kernels of the earlier plans";
+const FOLLOW_TIER: &str = "edgerun: kernels of the earlier plans";
 
 inventory::submit! {
     MmmTier {
@@ -81,10 +81,7 @@ inventory::submit! {
                 return None;
             }
             let (m, k, n) = (query.m?, query.k?, query.n?);
-            FOLLOWED.with_borrow(|followed| {
-                let kernel = followed.kernel_for(m, k, n, suitable)?;
-                suitable_named(suitable, kernel).map(|_| kernel)
-            })
+            FOLLOWED.with_borrow(|followed| followed.kernel_for(m, k, n, suitable))
         },
     }
 }
