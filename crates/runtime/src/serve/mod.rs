@@ -30,7 +30,9 @@ use std::time::{Duration, Instant};
 use anyhow::{Context, Result};
 use bytes::Bytes;
 use rumqttc::v5::mqttbytes::QoS;
-use rumqttc::v5::mqttbytes::v5::{ConnectReturnCode, LastWill, Packet, Publish, PublishProperties};
+use rumqttc::v5::mqttbytes::v5::{
+    ConnectReturnCode, Filter, LastWill, Packet, Publish, PublishProperties, SubscribeReasonCode,
+};
 use rumqttc::v5::{AsyncClient, ConnectionError, Event, EventLoop, MqttOptions};
 use rumqttc::{TlsConfiguration, TlsError, Transport};
 use serde_json::{Value, json};
@@ -70,6 +72,38 @@ impl Link {
 
     fn index(self) -> usize {
         self as usize
+    }
+}
+
+/// When the server may say it is ready: once both connections are up and the broker has
+/// acknowledged each one's subscriptions. A SUBSCRIBE handed to the client is not yet in
+/// force at the broker, and a broker drops a request that no one is subscribed to: a
+/// client that connected and published right after [`start`] returned would go unanswered
+/// (CI lost the first request of a test that way, when the SUBSCRIBE went out late).
+#[derive(Debug, Default)]
+struct Readiness {
+    /// By [`Link::index`]: connected at least once.
+    connected: [bool; 2],
+    /// By [`Link::index`]: SUBSCRIBEs sent on the current connection and not acknowledged.
+    awaiting: [usize; 2],
+}
+
+impl Readiness {
+    /// `link` (re)connected and sent `subscribes` SUBSCRIBE packets.
+    fn connected(&mut self, link: Link, subscribes: usize) {
+        self.connected[link.index()] = true;
+        self.awaiting[link.index()] = subscribes;
+    }
+
+    /// The broker answered one of `link`'s SUBSCRIBEs (granted or refused: waiting longer
+    /// would not change it).
+    fn acknowledged(&mut self, link: Link) {
+        let awaiting = &mut self.awaiting[link.index()];
+        *awaiting = awaiting.saturating_sub(1);
+    }
+
+    fn is_ready(&self) -> bool {
+        self.connected.iter().all(|&c| c) && self.awaiting.iter().all(|&n| n == 0)
     }
 }
 
@@ -340,9 +374,10 @@ async fn serve(
         replay: Replay::new(config.answer_cache),
     };
     let device = &clients[Link::Device.index()];
-    // Ready once both connections have subscribed a first time (so a client that connects
-    // right after `start` returns is heard), or after 10 s of trying: the server keeps
-    // reconnecting.
+    // Ready once the broker has acknowledged both connections' first subscriptions (so a
+    // client that connects right after `start` returns is heard), or after 10 s of trying:
+    // the server keeps reconnecting.
+    let mut readiness = Readiness::default();
     let mut ready = Some(ready);
     let ready_by = tokio::time::sleep(Duration::from_secs(10));
     tokio::pin!(ready_by);
@@ -356,13 +391,35 @@ async fn serve(
             Some((link, event)) = incoming.recv() => match event {
                 Incoming::Connected => {
                     server.connections[link.index()] += 1;
-                    if let Err(e) = subscribe(server.client(link), &topics, &lanes, link).await {
-                        tracing::warn!("subscribing: {e}");
-                    }
+                    let subscribes = match subscribe(server.client(link), &topics, &lanes, link).await {
+                        Ok(sent) => usize::from(sent),
+                        Err(e) => {
+                            tracing::warn!("subscribing: {e}");
+                            0
+                        }
+                    };
+                    readiness.connected(link, subscribes);
                     if link == Link::Device {
                         publish_status(device, &topics, &lanes, true).await;
                     }
-                    if server.connections.iter().all(|&n| n > 0) {
+                    if readiness.is_ready() {
+                        say_ready(&mut ready);
+                    }
+                }
+                Incoming::Subscribed(codes) => {
+                    let refused: Vec<_> = codes
+                        .iter()
+                        .filter(|code| !matches!(code, SubscribeReasonCode::Success(_)))
+                        .collect();
+                    if !refused.is_empty() {
+                        tracing::error!(
+                            "the broker refused {} of the {link:?} session's subscriptions \
+                             ({refused:?}): those requests will not reach this device",
+                            refused.len()
+                        );
+                    }
+                    readiness.acknowledged(link);
+                    if readiness.is_ready() {
                         say_ready(&mut ready);
                     }
                 }
@@ -439,6 +496,8 @@ pub struct BrokerRefused {
 enum Incoming {
     /// (Re)connected: subscribe and announce.
     Connected,
+    /// The broker answered a SUBSCRIBE, a reason code per topic filter.
+    Subscribed(Vec<SubscribeReasonCode>),
     Publish(Box<Publish>),
     /// The broker refused us for a reason retrying will not mend (still retried).
     Refused(String),
@@ -489,6 +548,7 @@ async fn pump(
                 Incoming::Connected
             }
             Ok(Event::Incoming(Packet::Publish(publish))) => Incoming::Publish(Box::new(publish)),
+            Ok(Event::Incoming(Packet::SubAck(ack))) => Incoming::Subscribed(ack.return_codes),
             Ok(Event::Outgoing(rumqttc::Outgoing::Disconnect)) => return,
             Ok(_) => continue,
             Err(e) => {
@@ -588,28 +648,29 @@ fn mqtt_options(
     Ok(options)
 }
 
-/// What `link` subscribes to: this device's request topics, or the fleet's.
+/// Subscribes `link` to what it serves, this device's request topics or the fleet's, in
+/// one SUBSCRIBE; `false` when there is nothing to subscribe to (no services in a fleet).
 async fn subscribe(
     client: &AsyncClient,
     topics: &Topics,
     lanes: &BTreeMap<String, Lane<Receipt>>,
     link: Link,
-) -> Result<()> {
-    match link {
-        Link::Device => {
-            client
-                .subscribe(topics.device_requests(), QoS::AtLeastOnce)
-                .await?
-        }
-        Link::Fleet => {
-            for name in lanes.keys() {
-                client
-                    .subscribe(topics.fleet_subscription(name), QoS::AtLeastOnce)
-                    .await?;
-            }
-        }
+) -> Result<bool> {
+    let filters: Vec<String> = match link {
+        Link::Device => vec![topics.device_requests()],
+        Link::Fleet => lanes
+            .keys()
+            .map(|name| topics.fleet_subscription(name))
+            .collect(),
+    };
+    if filters.is_empty() {
+        return Ok(false);
     }
-    Ok(())
+    let filters = filters
+        .into_iter()
+        .map(|filter| Filter::new(filter, QoS::AtLeastOnce));
+    client.subscribe_many(filters).await?;
+    Ok(true)
 }
 
 async fn unsubscribe(
@@ -909,6 +970,29 @@ impl Dispatcher<'_> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn ready_once_both_sessions_have_their_subscriptions_acknowledged() {
+        let mut readiness = Readiness::default();
+        readiness.connected(Link::Device, 1);
+        readiness.connected(Link::Fleet, 1);
+        assert!(!readiness.is_ready(), "subscribed, not yet acknowledged");
+        readiness.acknowledged(Link::Device);
+        assert!(!readiness.is_ready(), "the fleet's still awaited");
+        // A reconnect before the acknowledgement subscribes again: only that one counts.
+        readiness.connected(Link::Fleet, 1);
+        readiness.acknowledged(Link::Fleet);
+        assert!(readiness.is_ready());
+
+        // A session with nothing to subscribe to waits for the other one alone.
+        let mut readiness = Readiness::default();
+        readiness.connected(Link::Fleet, 0);
+        assert!(!readiness.is_ready(), "the device session is not up");
+        readiness.connected(Link::Device, 1);
+        assert!(!readiness.is_ready());
+        readiness.acknowledged(Link::Device);
+        assert!(readiness.is_ready());
+    }
 
     #[test]
     fn both_sessions_bound_their_unacknowledged_publishes() {
