@@ -228,6 +228,9 @@ fn raspberry_pi_5_first_sample() {
     assert_eq!(s.memory.available_kib, Some(7_398_016));
     assert_eq!(s.memory.own_rss_kib, Some(288_516));
     assert_eq!(s.memory.own_peak_rss_kib, Some(301_244));
+    // A unit with `MemoryMax=512M` under a slice without a limit: the budget is the unit's.
+    assert_eq!(s.memory.limit_kib, Some(524_288));
+    assert_eq!(s.memory.budget_kib(), Some(524_288));
 
     assert_eq!(
         s.thermal,

@@ -80,6 +80,7 @@ pub fn run(global: &GlobalArgs, args: &ProfileArgs) -> Result<ExitCode> {
         rounds: args.rounds,
         progress: true,
         skip_dominated: false,
+        memory_budget_mib: crate::telemetry::memory_budget_mib(),
     };
     let points = profile_service(service.as_ref(), &samples, settings, None)?;
     // Other services' profiles stay if they were measured with the same settings.

@@ -23,6 +23,7 @@ use crate::services::generate::Generate;
 use crate::services::legal::Legal;
 use crate::services::ocr::{DetectorKind, OcrOptions, OcrPipeline, RecognizerChoice};
 use crate::services::{Service, WarmUp};
+use crate::telemetry::memory_budget_mib;
 
 /// What every subcommand runs with.
 pub struct Runtime {
@@ -73,6 +74,7 @@ impl Runtime {
             logical_cores: machine.logical_cores,
             threads: self.threads,
             backend,
+            memory_class_mib: memory_budget_mib().map(profile::memory_class_mib),
         }
     }
 
@@ -311,6 +313,7 @@ fn point_choice(
                 rounds: config.profile_rounds,
                 progress: false,
                 skip_dominated: true,
+                memory_budget_mib: memory_budget_mib(),
             },
             cache: profile_path.to_path_buf(),
             key: key.clone(),

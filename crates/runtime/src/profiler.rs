@@ -58,6 +58,37 @@ pub struct ProfileSettings {
     /// never be chosen, and measuring them only delays adapting. They are left out of the
     /// result.
     pub skip_dominated: bool,
+    /// What the process may hold in all ([`crate::telemetry::Memory::budget_kib`]), in MiB:
+    /// once its peak so far passes [`MEASURING_SHARE`] of it, the points not yet run are
+    /// left out ([`warm_up_order`]: the default first, then cheapest first). `None`: every
+    /// point.
+    pub memory_budget_mib: Option<f64>,
+}
+
+/// The share of the memory budget that the process's peak may have reached for a further
+/// point to be measured. A further point may need a good deal more than every point
+/// before it: in a lone `edgerun profile` of OCR, each larger detector size raised the
+/// peak by up to 36% over the points before it (145 -> 185 -> 249 -> 333 MiB), so a
+/// further point is measured only while the peak is below 1 / 1.43 of the budget.
+pub const MEASURING_SHARE: f64 = 0.7;
+
+/// The order in which the points are first run: the default point first (a server runs
+/// it anyway, so it costs no memory that serving does not), then the others as the
+/// manifest lists them, cheapest first. Indices into `names`.
+pub fn warm_up_order(names: &[&str], default: Option<&str>) -> Vec<usize> {
+    let first = default.and_then(|d| names.iter().position(|&n| n == d));
+    first
+        .into_iter()
+        .chain((0..names.len()).filter(|&i| Some(i) != first))
+        .collect()
+}
+
+/// Whether a point may still be measured with the process's peak at `peak_mib`.
+pub fn room_to_measure(peak_mib: Option<f64>, budget_mib: Option<f64>) -> bool {
+    match (peak_mib, budget_mib) {
+        (Some(peak), Some(budget)) => peak < budget * MEASURING_SHARE,
+        _ => true,
+    }
 }
 
 /// How much slower in the warm-up pass (its fastest sample) than a point of no lower
@@ -194,8 +225,27 @@ pub fn profile_service(
     let mut latencies = vec![Vec::new(); points.len()];
     let mut peak_rss = vec![None; points.len()];
     let mut warm_up_ms = vec![0.0; points.len()];
+    let names: Vec<&str> = points.iter().map(|p| p.0.as_str()).collect();
+    let default = service.points().map(|p| p.default_point.clone());
+    let order = warm_up_order(&names, default.as_deref());
+    let mut unmeasured: &[usize] = &[];
     // Round 0 warms each point up (plans for new shapes) and measures its memory alone.
-    for (i, (name, _)) in points.iter().enumerate() {
+    for (step, &i) in order.iter().enumerate() {
+        let name = names[i];
+        let peak = crate::telemetry::peak_rss_mib();
+        if !room_to_measure(peak, settings.memory_budget_mib) {
+            unmeasured = &order[step..];
+            let left: Vec<&str> = unmeasured.iter().map(|&j| names[j]).collect();
+            tracing::warn!(
+                "{}: not measuring {left:?}: the peak so far, {:.0} MiB, is past {:.0}% of \
+                 the {:.0} MiB this process may hold",
+                service.name(),
+                peak.unwrap_or_default(),
+                MEASURING_SHARE * 100.0,
+                settings.memory_budget_mib.unwrap_or_default(),
+            );
+            break;
+        }
         progress.set_message(format!("{name} (warm-up)"));
         // Inside a server the mark is the process's, which telemetry reports: left alone,
         // the reading then covers everything so far.
@@ -208,11 +258,25 @@ pub fn profile_service(
         warm_up_ms[i] = warm_up.iter().copied().fold(f64::INFINITY, f64::min);
         peak_rss[i] = crate::telemetry::peak_rss_mib();
     }
-    let qualities: Vec<f64> = points.iter().map(|p| p.1).collect();
-    let skipped = match settings.skip_dominated {
-        true => clearly_dominated(&warm_up_ms, &qualities),
-        false => Vec::new(),
-    };
+    anyhow::ensure!(
+        unmeasured.len() < points.len(),
+        "no room in memory to measure any point (the peak so far is past {:.0}% of the \
+         {:.0} MiB this process may hold)",
+        MEASURING_SHARE * 100.0,
+        settings.memory_budget_mib.unwrap_or_default()
+    );
+    let warmed: Vec<usize> = order
+        .iter()
+        .copied()
+        .filter(|i| !unmeasured.contains(i))
+        .collect();
+    let mut skipped: Vec<usize> = unmeasured.to_vec();
+    if settings.skip_dominated {
+        let warm_up: Vec<f64> = warmed.iter().map(|&i| warm_up_ms[i]).collect();
+        let qualities: Vec<f64> = warmed.iter().map(|&i| points[i].1).collect();
+        let dominated = clearly_dominated(&warm_up, &qualities);
+        skipped.extend(dominated.into_iter().map(|at| warmed[at]));
+    }
     for _ in 0..settings.rounds {
         for (i, (name, _)) in points.iter().enumerate() {
             if skipped.contains(&i) {
@@ -271,6 +335,26 @@ mod tests {
         assert!(!activity.is_idle());
         drop(second);
         assert!(activity.is_idle());
+    }
+
+    #[test]
+    fn a_point_is_measured_while_the_peak_is_below_its_share_of_the_budget() {
+        assert!(room_to_measure(Some(240.0), Some(350.0)));
+        assert!(!room_to_measure(Some(245.0), Some(350.0)));
+        assert!(!room_to_measure(Some(300.0), Some(350.0)));
+        // Nothing known: measure.
+        assert!(room_to_measure(None, Some(350.0)));
+        assert!(room_to_measure(Some(300.0), None));
+    }
+
+    #[test]
+    fn the_default_point_is_run_first_then_the_manifests_order() {
+        let names = ["tiny@640", "small@640", "cascade0.9@960", "small@1280"];
+        assert_eq!(warm_up_order(&names, Some("cascade0.9@960")), [2, 0, 1, 3]);
+        assert_eq!(warm_up_order(&names, Some("tiny@640")), [0, 1, 2, 3]);
+        // A default that is not among the measured points: the manifest's order.
+        assert_eq!(warm_up_order(&names, Some("custom")), [0, 1, 2, 3]);
+        assert_eq!(warm_up_order(&names, None), [0, 1, 2, 3]);
     }
 
     #[test]

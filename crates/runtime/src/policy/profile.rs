@@ -27,6 +27,21 @@ pub struct ProfileKey {
     pub threads: usize,
     /// `tract`, `ort` or `auto`, with per-model overrides, as configured.
     pub backend: String,
+    /// The memory budget ([`memory_class_mib`]): under a small one the heaviest points
+    /// go unmeasured ([`crate::profiler::MEASURING_SHARE`]), so a device given more memory
+    /// measures again.
+    #[serde(default)]
+    pub memory_class_mib: Option<u64>,
+}
+
+/// A memory budget as the profile is keyed by: rounded down to a power of two MiB or one
+/// and a half times one (256, 384, 512, 768, ...), so that the few MiB a kernel update
+/// takes from `MemTotal` keep the profile.
+pub fn memory_class_mib(budget_mib: f64) -> u64 {
+    let mib = budget_mib.max(1.0) as u64;
+    let power = 1 << mib.ilog2();
+    let between = power + power / 2;
+    if mib >= between { between } else { power }
 }
 
 /// One operating point as measured.
@@ -216,7 +231,19 @@ mod tests {
             logical_cores: 4,
             threads: 2,
             backend: "tract".into(),
+            memory_class_mib: Some(8192),
         }
+    }
+
+    #[test]
+    fn memory_budgets_fall_in_power_of_two_classes() {
+        assert_eq!(memory_class_mib(350.0), 256);
+        assert_eq!(memory_class_mib(500.0), 384);
+        assert_eq!(memory_class_mib(512.0), 512);
+        // An 8 GB Raspberry Pi (MemTotal 7.4 GiB) and a 24 GiB VM.
+        assert_eq!(memory_class_mib(7_763_620.0 / 1024.0), 6144);
+        assert_eq!(memory_class_mib(24_105.0), 16_384);
+        assert_eq!(memory_class_mib(0.0), 1);
     }
 
     #[test]

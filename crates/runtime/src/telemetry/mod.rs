@@ -24,7 +24,7 @@ use serde::Serialize;
 
 pub use cpu::{CoreFrequency, Cpu};
 pub use gpu::Gpu;
-pub use memory::{Memory, Resident, peak_rss_mib, resident};
+pub use memory::{Memory, Resident, memory_budget_mib, peak_rss_mib, resident};
 pub use monitor::Monitor;
 pub use power::{Power, Rail};
 pub use thermal::{CoolingDevice, ThermalZone, TripPoint};
