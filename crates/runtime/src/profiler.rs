@@ -4,7 +4,9 @@
 //! decoding and pre/post-processing count, as they do for real requests), in rounds that
 //! visit the points in turn so that background noise spreads over all of them alike. The
 //! result feeds the profile cache ([`crate::policy::profile`]); this module measures and
-//! does not decide anything.
+//! chooses nothing for requests. What it leaves unmeasured: points its warm-up shows
+//! clearly dominated, and points past what the process's memory allows
+//! ([`room_to_measure`]).
 //!
 //! Inside `serve` it measures while requests are served: [`Activity`] tells it when a
 //! request overlapped a measurement, which is then taken again.
