@@ -36,6 +36,10 @@ pub struct Machine {
     pub logical_cores: usize,
     pub arch: &'static str,
     pub os: &'static str,
+    /// What a process may hold here: the machine's memory, or this process's cgroup limit
+    /// where lower ([`edgerun_runtime::telemetry::Memory::budget_kib`]); serving measures
+    /// fewer points under a small one.
+    pub memory_budget_mib: Option<f64>,
 }
 
 impl Machine {
@@ -54,6 +58,7 @@ impl Machine {
             logical_cores: std::thread::available_parallelism().map_or(1, |n| n.get()),
             arch: std::env::consts::ARCH,
             os: std::env::consts::OS,
+            memory_budget_mib: edgerun_runtime::telemetry::memory_budget_mib(),
         }
     }
 }
@@ -62,9 +67,13 @@ impl std::fmt::Display for Machine {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(
             f,
-            "{} ({} logical cores, {}/{})",
+            "{} ({} logical cores, {}/{}",
             self.cpu, self.logical_cores, self.arch, self.os
-        )
+        )?;
+        if let Some(mib) = self.memory_budget_mib {
+            write!(f, ", {mib:.0} MiB of memory")?;
+        }
+        write!(f, ")")
     }
 }
 

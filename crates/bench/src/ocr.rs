@@ -861,6 +861,7 @@ mod tests {
                 logical_cores: 2,
                 arch: "x86_64",
                 os: "linux",
+                memory_budget_mib: Some(1024.0),
             },
             engine: "tract".into(),
             threads: 1,
